@@ -1,0 +1,77 @@
+"""The interface every binarization method implements, and the default (float) blocks."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class MethodConfig:
+    _target_: str = "???"
+    name: str = "???"
+
+
+class Method:
+    """Builds layers for an architecture. Subclasses override the blocks they binarize.
+
+    Architectures call the block factories with a stable layer `name` (conv1, fc1, ...) and say whether a
+    layer is the network's first or last, and whether an activation is the last hidden one; the method
+    decides what each becomes. Layers that have a step-function form set `self.step = True` in step mode.
+    """
+
+    name = "base"
+    # names of the 0-d buffers (nu, lambda, phase, ...) this method's layers read from the schedule
+    schedule_keys: tuple[str, ...] = ()
+
+    def conv(
+        self, name: str, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0,
+        bias: bool = True, *, first: bool = False,
+    ) -> nn.Module:
+        return nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding, bias=bias)
+
+    def linear(self, name: str, in_features: int, out_features: int, bias: bool = True, *, last: bool = False) -> nn.Module:
+        return nn.Linear(in_features, out_features, bias=bias)
+
+    def bn(self, name: str, channels: int, *, dims: int = 2) -> nn.Module:
+        return nn.BatchNorm2d(channels) if dims == 2 else nn.BatchNorm1d(channels)
+
+    def act(self, name: str, channels: int, *, last: bool = False) -> nn.Module:
+        return nn.ReLU()
+
+    # ---- training hooks ----------------------------------------------------------------------------
+    def regularization(self, model: nn.Module) -> torch.Tensor | None:
+        """An extra loss term (e.g. in-loss slope growth); None when the method has none."""
+        return None
+
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        """Updates applied outside the learning rate after every optimizer step."""
+
+    def decays(self, param_name: str, param: torch.Tensor) -> bool:
+        """Whether weight decay applies: weights of conv/linear layers yes; biases, BN and slopes no."""
+        return param.ndim > 1
+
+    def callbacks(self) -> list:
+        return []
+
+
+def set_step_mode(model: nn.Module, on: bool = True) -> None:
+    """Switch every layer that has a step-function form between its training and its inference form."""
+    for module in model.modules():
+        if hasattr(module, "step"):
+            module.step = on
+
+
+@contextlib.contextmanager
+def step_mode(model: nn.Module) -> Iterator[nn.Module]:
+    previous = {m: m.step for m in model.modules() if hasattr(m, "step")}
+    set_step_mode(model, True)
+    try:
+        yield model
+    finally:
+        for module, state in previous.items():
+            module.step = state

@@ -1,0 +1,1 @@
+"""Lightning callbacks: schedules, loss guard, graceful stop on signals, and (per method) curves."""

@@ -1,0 +1,106 @@
+"""Stop a run cleanly: on a non-finite loss, and on SIGINT/SIGTERM/SIGUSR1 with a resumable checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from binexp.errors import NonFiniteLossError
+
+log = logging.getLogger(__name__)
+
+
+class FiniteLossGuard(pl.Callback):
+    """Raise `NonFiniteLossError` once the training loss is NaN or inf.
+
+    The check accumulates on the device and reads back every `check_every_n_steps` steps, so a GPU run
+    does not synchronise each step. The error keeps the last good checkpoint (nothing is saved after it).
+    """
+
+    def __init__(self, check_every_n_steps: int = 10):
+        self.check_every_n_steps = max(1, check_every_n_steps)
+        self._bad: torch.Tensor | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        bad = ~torch.isfinite(loss.detach())
+        self._bad = bad if self._bad is None else (self._bad | bad)
+        if (trainer.global_step % self.check_every_n_steps == 0) and bool(self._bad):
+            ckpt = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+            kept = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint had been saved yet"
+            raise NonFiniteLossError(
+                f"training loss became {loss.item()} by step {trainer.global_step} (epoch {trainer.current_epoch}); "
+                f"stopped, {kept}. Try a lower optimizer.lr, or check the inputs (dataset.normalize)."
+            )
+
+
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
+
+
+class GracefulStop(pl.Callback):
+    """On the first SIGINT/SIGTERM/SIGUSR1, finish the current batch, save `checkpoints/last.ckpt` and stop.
+
+    A second Ctrl-C interrupts at once. `train` reports the stop and how to resume.
+    """
+
+    def __init__(self, signals: tuple[str, ...] = STOP_SIGNALS, sync_every_n_steps: int = 10):
+        self.sync_every_n_steps = max(1, sync_every_n_steps)
+        self.signals = [getattr(signal, s) for s in signals if hasattr(signal, s)]
+        self.received: int | None = None
+        self.checkpoint: Path | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+        log.warning("received %s: stopping after this batch and saving a checkpoint", signal.Signals(signum).name)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not _main_thread():
+            return
+        for sig in self.signals:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        stop = self.received is not None
+        if trainer.world_size > 1:  # every rank must stop at the same step; agree every few steps
+            if trainer.global_step % self.sync_every_n_steps:
+                return
+            flag = torch.tensor(float(stop), device=pl_module.device)
+            stop = trainer.strategy.reduce(flag, reduce_op="max").item() > 0
+        if stop and not trainer.should_stop:
+            self.received = self.received or signal.SIGTERM
+            self.checkpoint = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+            trainer.save_checkpoint(self.checkpoint)
+            trainer.should_stop = True
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+class SignalAtStep(pl.Callback):
+    """Debugging aid: send this process a signal while it runs the batch that starts at `step`
+    (tests preemption and Ctrl-C; the checkpoint then holds step + 1)."""
+
+    def __init__(self, step: int, signal_name: str = "SIGINT"):
+        self.step, self.signal_name = step, signal_name
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), getattr(signal, self.signal_name))

@@ -1,0 +1,38 @@
+"""Writes the schedule's values into the layers' 0-d buffers before every training step."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+
+from binexp.schedules import Progress, Schedule
+
+
+def write_buffers(model: torch.nn.Module, values: dict[str, float]) -> int:
+    """Fill every buffer named like a schedule value, in place; returns how many buffers were written."""
+    written = 0
+    for module in model.modules():
+        for key, value in values.items():
+            buf = module._buffers.get(key)
+            if buf is not None:
+                buf.fill_(value)
+                written += 1
+    return written
+
+
+class ScheduleCallback(pl.Callback):
+    def __init__(self, schedule: Schedule, log_every_n_steps: int = 50):
+        self.schedule = schedule
+        self.log_every_n_steps = log_every_n_steps
+
+    def progress(self, trainer: pl.Trainer) -> Progress:
+        steps_per_epoch = max(int(trainer.num_training_batches // trainer.accumulate_grad_batches), 1)
+        return Progress(trainer.global_step, steps_per_epoch, int(trainer.max_epochs or 1))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        values = self.schedule.values(self.progress(trainer))
+        if not values:
+            return
+        write_buffers(pl_module, values)
+        if trainer.global_step % self.log_every_n_steps == 0:
+            pl_module.log_dict({f"schedule/{k}": float(v) for k, v in values.items()}, on_step=True, on_epoch=False)

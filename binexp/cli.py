@@ -1,0 +1,94 @@
+"""`binexp <task> [overrides]`: the first word picks the task, the rest goes to that task's Hydra app.
+
+Hydra has no subcommands, so this module dispatches: `train` and `eval` are Hydra apps over the config
+tree shipped as the package `binexp.conf` (the repository's top-level `conf/`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+
+CONFIG_PATH = "pkg://binexp.conf"
+
+TASKS = {
+    "train": "train a model: binexp train [group=option] [key=value] (-m for sweeps, --help for groups)",
+    "eval": "evaluate a run's checkpoint on the test set: binexp eval run=<run dir> [ckpt=last|best|<path>]",
+}
+
+
+def _print_help() -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="binexp <task> [hydra overrides]", show_header=False, box=None)
+    for name, text in TASKS.items():
+        table.add_row(f"[bold]{name}[/bold]", escape(text))
+    Console().print(table)
+
+
+def _resume_args(args: list[str]) -> list[str]:
+    """`resume=<dir>` re-composes the run's saved config (not today's defaults) into the same directory."""
+    value = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
+    if not value:
+        return args
+    run_dir = Path(value).resolve()
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.exists():
+        raise SystemExit(f"resume={value}: {saved} not found; resume takes a run directory made by `binexp train`")
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    rest = [a for a in args if not a.startswith("resume=")]
+    return [
+        "--config-dir", str(saved.parent), "--config-name", "config",
+        f"resume={run_dir}", f"hydra.run.dir={run_dir}", f"hydra.output_subdir=.hydra/resumed-{stamp}",
+        *rest,
+    ]
+
+
+def _hydra_task(config_name: str, fn):
+    import hydra
+
+    from binexp.config import register_configs
+    from binexp.errors import BinexpError
+
+    register_configs()
+
+    @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)
+    def app(cfg):
+        try:
+            return fn(cfg)
+        except BinexpError as err:  # a user-fixable problem: its message, no traceback
+            logging.getLogger("binexp").error("%s", err)
+            print(f"binexp: error: {err}", file=sys.stderr)
+            raise SystemExit(err.exit_code) from None
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        _print_help()
+        return
+    task, rest = argv[0], argv[1:]
+    if task not in TASKS:
+        print(f"binexp: unknown task {task!r}; tasks: {', '.join(TASKS)}", file=sys.stderr)
+        raise SystemExit(2)
+    if task == "train":
+        from binexp.train import train
+
+        rest = _resume_args(rest)
+        app = _hydra_task("train", train)
+    else:
+        from binexp.evaluate import evaluate
+
+        app = _hydra_task("eval", evaluate)
+    sys.argv = [f"binexp {task}", *rest]
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Structured-config schemas and their registration with Hydra.
+
+Every YAML option under conf/ starts from one of these schemas (its defaults list names
+`/schema/<group>/<name>`), so a wrong type or an unknown key fails when the config is composed, with the
+full key named. Method-, data- and architecture-specific schemas live next to their code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+from binexp.binarize.fp import FloatConfig
+from binexp.data.cifar10 import CIFAR10Config
+from binexp.data.imagefolder import ImageFolderConfig
+from binexp.data.mnist import MNISTConfig
+from binexp.data.synthetic import SyntheticConfig
+from binexp.evaluate import EvalConfig
+from binexp.models.cifar_quick import CifarQuickConfig
+from binexp.models.lenet import LeNetConfig
+from binexp.models.resnet import ResNetConfig
+from binexp.models.vgg_small import VGGSmallConfig
+from binexp.schedules import ConstantConfig
+
+
+@dataclass
+class PathsConfig:
+    log_dir: str = "${oc.env:BINEXP_LOGS,logs}"
+    data_dir: str = "${oc.env:BINEXP_DATA,data}"
+    cache_dir: str = "${oc.env:BINEXP_CACHE,${oc.env:HOME,.}/.cache/binexp}"
+
+
+@dataclass
+class SGDConfig:
+    _target_: str = "torch.optim.SGD"
+    _partial_: bool = True
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    nesterov: bool = False
+
+
+@dataclass
+class AdamConfig:
+    _target_: str = "torch.optim.Adam"
+    _partial_: bool = True
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+
+@dataclass
+class LRSchedulerConfig:
+    scheduler: Any = MISSING  # a `_partial_` torch scheduler; Lightning gets the rest of the keys
+    interval: str = "epoch"
+    frequency: int = 1
+
+
+@dataclass
+class TrainerConfig:
+    """The pytorch_lightning.Trainer arguments binexp exposes (types checked when composing)."""
+
+    _target_: str = "pytorch_lightning.Trainer"
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: Any = "auto"
+    precision: Any = "32-true"
+    max_epochs: int = 10
+    max_steps: int = -1
+    max_time: Optional[str] = None
+    limit_train_batches: Any = 1.0
+    limit_val_batches: Any = 1.0
+    limit_test_batches: Any = 1.0
+    val_check_interval: Any = 1.0
+    check_val_every_n_epoch: Optional[int] = 1
+    num_sanity_val_steps: int = 0
+    log_every_n_steps: int = 50
+    enable_progress_bar: bool = True
+    enable_model_summary: bool = True
+    deterministic: Any = False
+    benchmark: Optional[bool] = None
+    gradient_clip_val: Optional[float] = None
+    accumulate_grad_batches: int = 1
+    sync_batchnorm: bool = False
+    use_distributed_sampler: bool = False  # DeviceBatches shards by rank itself
+    fast_dev_run: Any = False
+    detect_anomaly: bool = False
+    profiler: Optional[str] = None
+    plugins: Any = None
+
+
+@dataclass
+class TrainConfig:
+    dataset: Any = MISSING
+    architecture: Any = MISSING
+    method: Any = MISSING
+    schedule: Any = MISSING
+    optimizer: Any = MISSING
+    lr_scheduler: Any = None
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: Any = None  # dict name -> logger config
+    callbacks: Any = None  # dict name -> callback config
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    task_name: str = "train"
+    seed: Optional[int] = 0
+    resume: Optional[str] = None  # a run directory to continue from its checkpoints/last.ckpt
+    run_dir: str = "${hydra:runtime.output_dir}"
+    channels_last: bool = False
+    compile: bool = False
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "dataset": {"mnist": MNISTConfig, "cifar10": CIFAR10Config, "synthetic": SyntheticConfig, "imagefolder": ImageFolderConfig},
+    "architecture": {"lenet": LeNetConfig, "cifar_quick": CifarQuickConfig, "vgg_small": VGGSmallConfig, "resnet": ResNetConfig},
+    "method": {"fp": FloatConfig},
+    "schedule": {"constant": ConstantConfig},
+    "optimizer": {"sgd": SGDConfig, "adam": AdamConfig},
+    "lr_scheduler": {"base": LRSchedulerConfig},
+    "trainer": {"base": TrainerConfig},
+}
+
+_registered = False
+
+
+def register_configs() -> None:
+    """Put the schemas in Hydra's ConfigStore (idempotent); call before composing a config."""
+    global _registered
+    if _registered:
+        return
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="eval_schema", node=EvalConfig)
+    for group, options in SCHEMAS.items():
+        for name, node in options.items():
+            cs.store(group=f"schema/{group}", name=name, node=node)
+    if not OmegaConf.has_resolver("mul"):
+        OmegaConf.register_new_resolver("mul", lambda a, b: a * b)
+    if not OmegaConf.has_resolver("add"):
+        OmegaConf.register_new_resolver("add", lambda *xs: sum(xs))
+    _registered = True

@@ -1,0 +1,81 @@
+"""`binexp eval run=<run dir> [ckpt=last|best|<path>]`: test a run's checkpoint on its dataset's test set.
+
+The network is rebuilt from the run's own saved config, so it is evaluated exactly as it was trained;
+layers with a step-function form are also evaluated in step mode (`test/acc_step`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from binexp.binarize.base import step_mode
+from binexp.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalConfig:
+    run: str = "???"
+    ckpt: str = "last"
+    accelerator: str = "auto"
+
+
+def load_run_config(run_dir: Path) -> DictConfig:
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.exists():
+        raise ConfigError(f"run={run_dir}: {saved} not found; `run` takes a directory made by `binexp train`")
+    cfg = OmegaConf.load(saved)
+    cfg.run_dir = str(run_dir)
+    return cfg
+
+
+def find_checkpoint(run_dir: Path, which: str) -> Path:
+    ckpt_dir = run_dir / "checkpoints"
+    if which == "last":
+        path = ckpt_dir / "last.ckpt"
+    elif which == "best":
+        best = sorted(ckpt_dir.glob("best-*.ckpt"))
+        path = best[-1] if best else ckpt_dir / "best-*.ckpt"
+    else:
+        path = Path(which)
+    if not path.exists():
+        raise ConfigError(f"ckpt={which}: {path} not found (allowed: last, best, or a checkpoint path)")
+    return path
+
+
+def has_step_form(model: torch.nn.Module) -> bool:
+    return any(hasattr(m, "step") for m in model.modules())
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    from binexp.train import build_data, build_method, build_module, print_summary, scalar_metrics
+
+    run_dir = Path(cfg.run)
+    run_cfg = load_run_config(run_dir)
+    ckpt = find_checkpoint(run_dir, cfg.ckpt)
+    dm = build_data(run_cfg)
+    method = build_method(run_cfg)
+    module = build_module(run_cfg, dm, method)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    module.load_state_dict(state["state_dict"])
+    trainer = pl.Trainer(
+        accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )
+    metrics = scalar_metrics(trainer.test(module, datamodule=dm, verbose=False)[0])
+    if has_step_form(module.net):
+        with step_mode(module.net):
+            stepped = scalar_metrics(trainer.test(module, datamodule=dm, verbose=False)[0])
+        metrics.update({f"{k}_step": v for k, v in stepped.items()})
+    out = run_dir / f"eval-{ckpt.stem}.json"
+    out.write_text(json.dumps({"checkpoint": str(ckpt), **metrics}, indent=2) + "\n")
+    print_summary(run_dir, metrics)
+    return metrics

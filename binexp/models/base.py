@@ -1,0 +1,42 @@
+"""What every architecture shares: its config schema and weight initialisation.
+
+Each architecture's YAML also pulls in its reference training recipe from conf/recipe/."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from torch import nn
+
+
+class Init(str, Enum):
+    xavier = "xavier"  # the ABR paper's choice
+    kaiming = "kaiming"
+    torch = "torch"  # PyTorch's own layer defaults
+
+
+@dataclass
+class ArchitectureConfig:
+    _target_: str = "???"
+    name: str = "???"
+    width: float = 1.0  # multiplies every hidden layer's channels (the papers' 2x and 4x models)
+    init: Init = Init.xavier
+
+
+def scaled(channels: int, width: float) -> int:
+    return max(1, int(round(channels * width)))
+
+
+def initialize(model: nn.Module, scheme: str) -> None:
+    """Init conv and linear weights (a method's latent weights included); biases to zero."""
+    if scheme == Init.torch:
+        return
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            if scheme == Init.xavier:
+                nn.init.xavier_uniform_(module.weight)
+            else:
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)

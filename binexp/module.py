@@ -1,0 +1,81 @@
+"""The LightningModule: a classifier whose network is built from a binarization method's blocks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from binexp.binarize.base import Method
+
+
+class Classifier(pl.LightningModule):
+    def __init__(
+        self,
+        net: nn.Module,
+        method: Method,
+        num_classes: int,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        lr_scheduler: Optional[dict[str, Any]] = None,
+        hparams: Optional[dict[str, Any]] = None,
+    ):
+        super().__init__()
+        self.net = net
+        self.method = method
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_spec = lr_scheduler
+        if hparams:
+            self.save_hyperparameters(hparams)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y)
+        self.train_acc(logits, y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        extra = self.method.regularization(self.net)
+        if extra is not None:
+            self.log("train/regularization", extra, on_step=True, on_epoch=False)
+            return loss + extra
+        return loss
+
+    def _evaluate(self, batch, stage: str, metric: MulticlassAccuracy) -> None:
+        x, y = batch
+        logits = self.net(x)
+        metric(logits, y)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True)
+        self.log(f"{stage}/acc", metric, on_epoch=True, prog_bar=True)
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, "val", self.val_acc)
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, "test", self.test_acc)
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        self.method.after_optimizer_step(self.net)
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, param in self.net.named_parameters():
+            if param.requires_grad:
+                (decay if self.method.decays(name, param) else no_decay).append(param)
+        optimizer = self.optimizer_factory(params=[{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        if not self.lr_scheduler_spec:
+            return optimizer
+        spec = dict(self.lr_scheduler_spec)
+        scheduler = spec.pop("scheduler")(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **spec}}

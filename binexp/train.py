@@ -1,0 +1,157 @@
+"""`binexp train`: compose -> seed -> build -> fit -> test -> metrics.json.
+
+    binexp train                                          # LeNet on MNIST, Caffe's recipe
+    binexp train dataset=cifar10 architecture=cifar_quick # the ABR paper's CIFAR-10 baseline
+    binexp train -m optimizer.lr=1e-3,3e-3                # a sweep: one run directory per job
+    binexp train resume=logs/train/runs/<time>            # continue an interrupted run
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from binexp.binarize.base import Method
+from binexp.builder import build
+from binexp.callbacks.guards import GracefulStop
+from binexp.callbacks.schedule import ScheduleCallback
+from binexp.data.datamodule import ImageData
+from binexp.errors import ConfigError, RunInterrupted
+from binexp.models import build_model
+from binexp.module import Classifier
+from binexp.schedules import Schedule
+
+log = logging.getLogger(__name__)
+
+
+def build_data(cfg: DictConfig) -> ImageData:
+    dm: ImageData = build(cfg.dataset, channels_last=bool(cfg.get("channels_last", False)))
+    dm.setup()
+    return dm
+
+
+def build_method(cfg: DictConfig) -> Method:
+    return build(cfg.method)
+
+
+def build_schedule(cfg: DictConfig, method: Method) -> Schedule:
+    schedule: Schedule = build(cfg.schedule)
+    missing = [key for key in method.schedule_keys if key not in schedule.provides]
+    if missing:
+        raise ConfigError(
+            f"method={cfg.method.name} reads {missing} from its schedule, but schedule={cfg.schedule.name} "
+            f"provides {list(schedule.provides) or 'nothing'}; choose a schedule that provides them."
+        )
+    return schedule
+
+
+def build_module(cfg: DictConfig, dm: ImageData, method: Method) -> Classifier:
+    net = build_model(cfg.architecture, method, dm.image_shape, dm.num_classes)
+    if cfg.get("channels_last", False):
+        net = net.to(memory_format=torch.channels_last)
+    scheduler = None
+    if cfg.get("lr_scheduler"):
+        scheduler = OmegaConf.to_container(cfg.lr_scheduler, resolve=True)
+        scheduler["scheduler"] = instantiate(cfg.lr_scheduler.scheduler)
+    hparams = {"config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "input_norm": dm.norm.__dict__}
+    return Classifier(net, method, dm.num_classes, instantiate(cfg.optimizer), scheduler, hparams=hparams)
+
+
+def build_callbacks(cfg: DictConfig, schedule: Schedule, method: Method) -> list[pl.Callback]:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks.append(ScheduleCallback(schedule, log_every_n_steps=cfg.trainer.log_every_n_steps))
+    return callbacks + method.callbacks()
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path) -> pl.Trainer:
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir))
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt.exists():
+        raise ConfigError(f"resume={run_dir}: no checkpoint at {ckpt}; nothing to resume from")
+    return ckpt
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+def write_metrics(run_dir: Path, metrics: dict[str, float]) -> Path:
+    path = run_dir / "metrics.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dict(sorted(metrics.items())), indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def print_summary(run_dir: Path, metrics: dict[str, float]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="final metrics")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in sorted(metrics.items()):
+        table.add_row(key, f"{value:.4f}" if not float(value).is_integer() else f"{int(value)}")
+    console = Console()
+    console.print(table)
+    console.print(f"run directory: [bold]{run_dir}[/bold]")
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Run one training job described by a composed config; returns (and writes) its final metrics."""
+    started = time.time()
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("seed") is not None:  # seed 0 is a seed
+        pl.seed_everything(cfg.seed, workers=True)
+
+    dm = build_data(cfg)
+    method = build_method(cfg)
+    schedule = build_schedule(cfg, method)
+    module = build_module(cfg, dm, method)
+    callbacks = build_callbacks(cfg, schedule, method)
+    trainer = build_trainer(cfg, callbacks, run_dir)
+    ckpt = last_checkpoint(Path(cfg.resume)) if cfg.get("resume") else None
+
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
+    stopper = next((c for c in callbacks if isinstance(c, GracefulStop)), None)
+    if stopper is not None and stopper.checkpoint is not None:
+        raise RunInterrupted(
+            f"stopped at step {trainer.global_step} (epoch {trainer.current_epoch}); saved {stopper.checkpoint}.\n"
+            f"Resume with: binexp train resume={run_dir}"
+        )
+
+    metrics = {
+        k: v for k, v in scalar_metrics(trainer.callback_metrics).items()
+        if not (k.startswith("lr-") or k.endswith("_step") or k.endswith("_epoch"))
+    }
+    for result in trainer.test(module, datamodule=dm, verbose=False):
+        metrics.update(scalar_metrics(result))
+    ckpt_cb = trainer.checkpoint_callback
+    if ckpt_cb is not None and ckpt_cb.best_model_score is not None:
+        metrics["val/acc_best"] = float(ckpt_cb.best_model_score)
+    metrics.update({"trainer/epochs": float(trainer.current_epoch), "trainer/global_step": float(trainer.global_step)})
+    metrics["time/wall_s"] = time.time() - started
+    if trainer.is_global_zero:
+        write_metrics(run_dir, metrics)
+        print_summary(run_dir, metrics)
+    return metrics

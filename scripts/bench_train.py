@@ -1,0 +1,144 @@
+"""Training-step overhead of binexp's Lightning loop against a plain PyTorch loop.
+
+Both loops train the same network (built by binexp from the same config) on the same device-resident
+batches (DeviceBatches), with the same optimizer and autocast precision; the Lightning side uses binexp's
+real module and its default callbacks (no progress bar, no checkpoints, no logger, so it measures the loop).
+It reports images/s of each and the ratio of step times (goal: <= 1.10).
+
+    python scripts/bench_train.py --arch cifar_quick vgg_small --batch 256 --steps 300 --precision bf16
+    python scripts/bench_train.py --arch cifar_quick --steps 20 --device cpu --precision 32   # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import open_dict
+
+from binexp.config import register_configs
+from binexp.train import build_data, build_method, build_module
+
+
+def compose_cfg(arch: str, batch: int, dataset: str, samples: int, data_root: str | None):
+    register_configs()
+    GlobalHydra.instance().clear()
+    overrides = [f"architecture={arch}", f"dataset={dataset}", f"dataset.batch_size={batch}"]
+    if dataset == "synthetic":
+        overrides += ["dataset.image_shape=[3,32,32]", f"dataset.num_train={samples}", "dataset.val_size=256"]
+    elif data_root:
+        overrides.append(f"dataset.root={data_root}")
+    with initialize_config_module("binexp.conf", version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.run_dir = "/tmp/binexp-bench"
+    return cfg
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def plain_loop(cfg, device: torch.device, steps: int, warmup: int, precision: str) -> float:
+    dm = build_data(cfg)
+    module = build_module(cfg, dm, build_method(cfg))
+    net = module.net.to(device)
+    opt = module.configure_optimizers()
+    opt = opt["optimizer"] if isinstance(opt, dict) else opt
+    loader = dm.batches("train", train=True, device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    done, start = 0, None
+    net.train()
+    while done < steps + warmup:
+        for x, y in loader:
+            if done == warmup:
+                sync(device)
+                start = time.perf_counter()
+            with autocast:
+                loss = F.cross_entropy(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done += 1
+            if done == steps + warmup:
+                break
+        loader.set_epoch(loader.epoch + 1)
+    sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+class StepTimer(pl.Callback):
+    def __init__(self, warmup: int):
+        self.warmup, self.start, self.end = warmup, None, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.warmup and self.start is None:
+            sync(pl_module.device)
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module):
+        sync(pl_module.device)
+        self.end = time.perf_counter()
+
+
+def lightning_loop(cfg, device: torch.device, steps: int, warmup: int, precision: str) -> float:
+    from binexp.callbacks.guards import FiniteLossGuard, GracefulStop
+
+    dm = build_data(cfg)
+    module = build_module(cfg, dm, build_method(cfg))
+    timer = StepTimer(warmup)
+    trainer = pl.Trainer(
+        accelerator=device.type, devices=1, max_steps=steps + warmup, max_epochs=-1,
+        precision="bf16-mixed" if precision == "bf16" else "32-true", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        callbacks=[timer, FiniteLossGuard(), GracefulStop()], log_every_n_steps=50, use_distributed_sampler=False,
+    )
+    trainer.fit(module, datamodule=dm)
+    return (timer.end - timer.start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", nargs="+", default=["cifar_quick", "vgg_small"])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--precision", choices=["bf16", "32"], default="bf16")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dataset", default="synthetic", choices=["synthetic", "cifar10"])
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    rows = []
+    for arch in args.arch:
+        cfg = compose_cfg(arch, args.batch, args.dataset, args.batch * 40, args.data_root)
+        plain = plain_loop(cfg, device, args.steps, args.warmup, args.precision)
+        lightning = lightning_loop(cfg, device, args.steps, args.warmup, args.precision)
+        rows.append({
+            "arch": arch, "batch": args.batch, "precision": args.precision, "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "plain_ms": plain * 1e3, "lightning_ms": lightning * 1e3, "ratio": lightning / plain,
+            "plain_img_s": args.batch / plain, "lightning_img_s": args.batch / lightning,
+        })
+    print(f"{'arch':12} {'plain ms':>9} {'lightning ms':>13} {'ratio':>6} {'plain img/s':>12} {'lightning img/s':>16}")
+    for r in rows:
+        print(f"{r['arch']:12} {r['plain_ms']:9.2f} {r['lightning_ms']:13.2f} {r['ratio']:6.3f} "
+              f"{r['plain_img_s']:12.0f} {r['lightning_img_s']:16.0f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

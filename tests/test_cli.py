@@ -1,0 +1,98 @@
+"""The `binexp` command as a user runs it (subprocesses), and the config tree inside a built wheel."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BINEXP = [sys.executable, "-m", "binexp.cli"]
+
+
+def binexp(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([*BINEXP, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_the_tasks():
+    out = binexp("--help")
+    assert out.returncode == 0
+    assert "train" in out.stdout and "eval" in out.stdout
+
+
+def test_unknown_task_is_refused():
+    out = binexp("fly")
+    assert out.returncode == 2 and "unknown task 'fly'" in out.stderr
+
+
+def test_train_help_shows_the_config_groups(tmp_path):
+    out = binexp("train", "--help", cwd=tmp_path)
+    assert out.returncode == 0
+    for line in ("architecture: cifar_quick, lenet, resnet18, vgg_small", "dataset: cifar10, imagefolder, mnist, synthetic"):
+        assert line in out.stdout
+
+
+def test_unknown_option_fails_with_the_allowed_options(tmp_path):
+    out = binexp("train", "dataset=nope", cwd=tmp_path)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "Could not find 'dataset/nope'" in text and "mnist" in text and "synthetic" in text
+
+
+def test_missing_dataset_fails_cleanly_with_a_hint(tmp_path):
+    out = binexp("train", f"dataset.root={tmp_path / 'empty'}", "dataset.download=false", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "binexp: error: MNIST not found" in out.stderr and "BINEXP_DATA" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_train_resume_and_eval_from_the_command_line(tmp_path):
+    run = tmp_path / "run"
+    out = binexp("train", "dataset=synthetic", "debug=smoke", "trainer.max_epochs=1", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads((run / "metrics.json").read_text())["trainer/global_step"] == 4
+    assert "run directory" in out.stdout
+    original = (run / ".hydra" / "config.yaml").read_text()
+
+    out = binexp("train", f"resume={run}", "trainer.max_epochs=2", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads((run / "metrics.json").read_text())["trainer/global_step"] == 8
+    assert (run / ".hydra" / "config.yaml").read_text() == original
+    assert len(list((run / ".hydra").glob("resumed-*/config.yaml"))) == 1
+
+    out = binexp("eval", f"run={run}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads((run / "eval-last.json").read_text())["test/acc"] == json.loads((run / "metrics.json").read_text())["test/acc"]
+
+
+def test_a_built_wheel_carries_the_config_tree(tmp_path):
+    """A non-editable install finds conf/ as the package binexp.conf."""
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(REPO)],
+        capture_output=True, text=True, timeout=300,
+    )
+    if built.returncode != 0 and "No module named" in built.stderr:
+        pytest.skip("pip wheel unavailable")
+    assert built.returncode == 0, built.stderr[-2000:]
+    wheel = next(tmp_path.glob("binexp-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "binexp/conf/train.yaml" in names and "binexp/conf/architecture/cifar_quick.yaml" in names
+    target = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(target)
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys; from binexp.cli import main; main(['train', '--help'])"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)}, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "method: fp" in out.stdout
+    check = subprocess.run(
+        [sys.executable, "-c", "import binexp, binexp.conf; print(binexp.__file__, binexp.conf.__file__)"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)}, capture_output=True, text=True,
+    )
+    assert str(target) in check.stdout.split()[0] and str(target) in check.stdout.split()[1]

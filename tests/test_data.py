@@ -1,0 +1,186 @@
+"""Data: subsets, hold-outs, device batches (order, augmentation, resume), normalisation, real sources."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from binexp.data.cifar10 import CIFAR10Data
+from binexp.data.errors import DatasetNotFoundError
+from binexp.data.imagefolder import ImageFolderData
+from binexp.data.loader import DeviceBatches, InputNorm, random_crop
+from binexp.data.mnist import MNISTData
+from binexp.data.split import Split, balanced_subset, stratified_holdout
+
+
+def toy_split(n: int = 100, classes: int = 10) -> Split:
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 4, 4).contiguous()
+    return Split(images, torch.arange(n) % classes)
+
+
+def test_balanced_subset_takes_the_first_samples_of_each_class():
+    split = toy_split(100)
+    sub = balanced_subset(split, 23, 10)
+    assert len(sub) == 23
+    assert torch.bincount(sub.labels, minlength=10).tolist() == [3, 3, 3, 2, 2, 2, 2, 2, 2, 2]
+    assert sub.images[:, 0, 0, 0].tolist() == sorted(sub.images[:, 0, 0, 0].tolist())
+    assert sub.images[0, 0, 0, 0] == 0 and 90 not in sub.images[:, 0, 0, 0].tolist()
+
+
+def test_holdout_is_disjoint_balanced_and_seeded():
+    split = toy_split(100)
+    train, val = stratified_holdout(split, 20, 10, seed=3)
+    ids_train, ids_val = set(train.images[:, 0, 0, 0].tolist()), set(val.images[:, 0, 0, 0].tolist())
+    assert len(train) == 80 and len(val) == 20 and not ids_train & ids_val
+    assert torch.bincount(val.labels, minlength=10).tolist() == [2] * 10
+    again = stratified_holdout(split, 20, 10, seed=3)[1]
+    assert torch.equal(again.images, val.images)
+    assert not torch.equal(stratified_holdout(split, 20, 10, seed=4)[1].images, val.images)
+
+
+def test_holdout_larger_than_the_data_is_refused():
+    with pytest.raises(ValueError, match="dataset.val_size=100"):
+        stratified_holdout(toy_split(100), 100, 10, seed=0)
+
+
+NORM = InputNorm.from_stats("standard", [0.0], [1.0])
+
+
+def ids(batch) -> list[int]:
+    return batch[1].tolist()
+
+
+def test_batches_cover_each_sample_once_per_epoch_in_a_seeded_order():
+    split = Split(torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.arange(10))
+    loader = DeviceBatches(split, 3, NORM, shuffle=True, drop_last=True, seed=1)
+    assert len(loader) == 3
+    epoch0 = [i for b in loader for i in ids(b)]
+    assert len(epoch0) == 9 and len(set(epoch0)) == 9
+    loader.set_epoch(1)
+    epoch1 = [i for b in loader for i in ids(b)]
+    loader.set_epoch(0)
+    assert [i for b in loader for i in ids(b)] == epoch0
+    assert epoch1 != epoch0
+
+
+def test_eval_batches_keep_order_and_the_remainder():
+    split = Split(torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.arange(10))
+    loader = DeviceBatches(split, 4, NORM, shuffle=False, drop_last=False)
+    assert len(loader) == 3
+    assert [ids(b) for b in loader] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_ranks_split_the_epoch_without_overlap():
+    split = Split(torch.zeros(12, 1, 2, 2, dtype=torch.uint8), torch.arange(12))
+    seen = []
+    for rank in range(2):
+        loader = DeviceBatches(split, 2, NORM, shuffle=True, drop_last=True, seed=5, rank=rank, world_size=2)
+        assert len(loader) == 3
+        seen += [i for b in loader for i in ids(b)]
+    assert sorted(seen) == list(range(12))
+
+
+def test_resumed_loader_continues_with_the_same_batches_and_augmentation():
+    images = torch.randint(0, 255, (40, 3, 8, 8), dtype=torch.uint8)
+    split = Split(images, torch.arange(40))
+    kwargs = dict(shuffle=True, drop_last=True, crop_padding=2, flip=True, seed=9)
+    reference = DeviceBatches(split, 8, NORM, **kwargs)
+    reference.set_epoch(2)
+    full = list(reference)
+
+    first = DeviceBatches(split, 8, NORM, **kwargs)
+    first.set_epoch(2)
+    it = iter(first)
+    next(it), next(it)  # trained on two batches
+    state = first.state_dict()
+    assert state == {"epoch": 2, "batches_served": 2}
+
+    resumed = DeviceBatches(split, 8, NORM, **kwargs)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(2)
+    rest = list(resumed)
+    assert len(rest) == 3
+    for (xa, ya), (xb, yb) in zip(full[2:], rest):
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+
+
+def test_random_crop_cuts_windows_of_the_zero_padded_image():
+    x = torch.randint(1, 255, (16, 2, 5, 6), dtype=torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    out = random_crop(x, 2, g)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    g = torch.Generator().manual_seed(0)
+    oy, ox = torch.randint(0, 5, (16,), generator=g), torch.randint(0, 5, (16,), generator=g)
+    for i in range(16):
+        assert torch.equal(out[i], padded[i, :, oy[i] : oy[i] + 5, ox[i] : ox[i] + 6])
+    assert torch.equal(random_crop(x, 0, g), x)
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [("standard", [(0 / 255 - 0.5) / 0.25, (255 / 255 - 0.5) / 0.25]), ("mean_only", [-0.5, 0.5]), ("caffe", [-127.5, 127.5])],
+)
+def test_input_normalisation_modes(mode, expected):
+    norm = InputNorm.from_stats(mode, [0.5], [0.25])
+    x = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1)
+    assert norm.apply(x).flatten().tolist() == pytest.approx(expected)
+
+
+def test_unknown_normalisation_names_the_allowed_ones():
+    with pytest.raises(ValueError, match="allowed: standard, mean_only, caffe"):
+        InputNorm.from_stats("zscore", [0.5], [0.2])
+
+
+def test_mnist_is_read_from_the_torchvision_layout(shared_data):
+    dm = MNISTData(root=str(shared_data), download=False, val_size=5000)
+    dm.setup()
+    train, val, test = (dm.splits[s] for s in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (55000, 5000, 10000)
+    assert tuple(train.images.shape[1:]) == (1, 28, 28) and dm.num_classes == 10
+    assert test.labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]  # the first ten MNIST test digits
+
+
+def test_mnist_subset_is_small_and_balanced(shared_data):
+    dm = MNISTData(root=str(shared_data), download=False, subset=200, val_size=5000)
+    dm.setup()
+    assert len(dm.splits["train"]) == 200 and len(dm.splits["val"]) == 50
+    assert torch.bincount(dm.splits["train"].labels).tolist() == [20] * 10
+
+
+def test_cifar10_is_read_from_the_image_folder_copy(shared_data, tmp_path):
+    dm = CIFAR10Data(root=str(shared_data), download=False, cache_dir=str(tmp_path), val_size=5000)
+    dm.setup()
+    assert (len(dm.splits["train"]), len(dm.splits["test"])) == (45000, 10000)
+    assert tuple(dm.image_shape) == (3, 32, 32) and dm.num_classes == 10
+    assert torch.bincount(dm.splits["test"].labels).tolist() == [1000] * 10
+    assert list(tmp_path.glob("imagefolder-*.pt")), "decoded images are cached"
+
+
+def test_image_folder_source(tmp_path):
+    for split, n in (("train", 6), ("test", 2)):
+        for c, name in enumerate(("cat", "dog")):
+            (tmp_path / "imgs" / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.full((8, 8, 3), 40 * c + i, np.uint8)).save(tmp_path / "imgs" / split / name / f"{i}.png")
+    dm = ImageFolderData(folder=str(tmp_path / "imgs"), root=str(tmp_path), cache_dir=None, val_size=2)
+    dm.setup()
+    assert dm.num_classes == 2 and len(dm.splits["train"]) == 10 and len(dm.splits["test"]) == 4
+    assert dm.splits["test"].images[2, 0, 0, 0] == 40  # class 1, first image
+
+
+def test_missing_dataset_offline_says_where_it_looked_and_what_to_set(tmp_path):
+    dm = MNISTData(root=str(tmp_path / "nothing"), download=True)
+    with pytest.raises(DatasetNotFoundError) as err:
+        dm.setup()
+    text = str(err.value)
+    assert str(tmp_path / "nothing" / "MNIST" / "raw") in text
+    assert "dataset.root" in text and "BINEXP_DATA" in text
+
+
+def test_missing_cifar_lists_both_layouts(tmp_path):
+    dm = CIFAR10Data(root=str(tmp_path), download=False)
+    with pytest.raises(DatasetNotFoundError, match="cifar10-jpeg") as err:
+        dm.setup()
+    assert "cifar-10-batches-py" in str(err.value)

@@ -1,0 +1,116 @@
+"""End-to-end training runs on CPU: outputs, resume, interruption, bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from binexp.errors import ConfigError, NonFiniteLossError, RunInterrupted
+from binexp.evaluate import evaluate
+from binexp.train import train
+from tests.conftest import SMOKE, compose_train
+
+
+def run(tmp_path: Path, overrides: list[str], name: str = "run") -> tuple[Path, dict]:
+    run_dir = tmp_path / name
+    cfg = compose_train(SMOKE + overrides, run_dir=run_dir)
+    return run_dir, train(cfg)
+
+
+def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_smoke_run_writes_metrics_checkpoints_and_tensorboard_events(tmp_path):
+    run_dir, metrics = run(tmp_path, [])
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved == pytest.approx(metrics)
+    for key in ("test/acc", "test/loss", "val/acc", "val/loss", "train/loss", "trainer/global_step"):
+        assert key in saved, key
+    assert 0.0 <= saved["test/acc"] <= 1.0
+    assert saved["trainer/global_step"] == 8  # 2 epochs x 4 batches
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    assert list((run_dir / "checkpoints").glob("best-*.ckpt"))
+    steps = [s for s, _ in scalars(run_dir, "train/loss_step")]
+    assert steps == list(range(8))
+
+
+def test_synthetic_data_is_learnable(tmp_path):
+    _, metrics = run(tmp_path, ["trainer.max_epochs=6", "trainer.limit_train_batches=1.0"])
+    assert metrics["test/acc"] > 0.5
+
+
+def test_tiny_mnist_subset(tmp_path, shared_data):
+    run_dir = tmp_path / "mnist"
+    cfg = compose_train(["dataset=mnist", f"dataset.root={shared_data}", "debug=smoke"], run_dir=run_dir)
+    metrics = train(cfg)
+    assert (run_dir / "metrics.json").exists() and (run_dir / "checkpoints" / "last.ckpt").exists()
+    assert metrics["trainer/global_step"] == 8
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+
+
+def test_resume_continues_from_the_saved_step(tmp_path):
+    run_dir, first = run(tmp_path, ["trainer.max_epochs=1"])
+    assert first["trainer/global_step"] == 4
+    cfg = compose_train(SMOKE + ["trainer.max_epochs=2", f"resume={run_dir}"], run_dir=run_dir)
+    second = train(cfg)
+    assert second["trainer/global_step"] == 8
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 8
+
+
+def test_interrupt_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_path):
+    common = ["trainer.max_epochs=2", "trainer.deterministic=true"]
+    straight_dir, straight = run(tmp_path, common, "straight")
+
+    stop = ["+callbacks.signal._target_=binexp.callbacks.guards.SignalAtStep", "+callbacks.signal.step=4"]
+    cut_dir = tmp_path / "cut"
+    with pytest.raises(RunInterrupted, match="resume=") as err:
+        train(compose_train(SMOKE + common + stop, run_dir=cut_dir))
+    assert str(cut_dir) in str(err.value)
+    saved = torch.load(cut_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 5
+
+    resumed = train(compose_train(SMOKE + common + [f"resume={cut_dir}"], run_dir=cut_dir))
+    assert resumed["trainer/global_step"] == straight["trainer/global_step"]
+    a = torch.load(straight_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    b = torch.load(cut_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert resumed["test/acc"] == straight["test/acc"]
+
+
+def test_resume_without_a_checkpoint_is_refused(tmp_path):
+    cfg = compose_train(SMOKE + [f"resume={tmp_path / 'nowhere'}"], run_dir=tmp_path / "x")
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        train(cfg)
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    poison = [
+        "+callbacks.poison._target_=tests.helpers.PoisonWeightsAtStep", "+callbacks.poison.step=5",
+        "callbacks.finite_loss.check_every_n_steps=1", "trainer.max_epochs=2",
+    ]
+    run_dir = tmp_path / "nan"
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint") as err:
+        train(compose_train(SMOKE + poison, run_dir=run_dir))
+    assert "step 6" in str(err.value)
+    kept = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert kept["global_step"] == 4
+    assert all(torch.isfinite(v).all() for v in kept["state_dict"].values() if v.is_floating_point())
+    assert not (run_dir / "metrics.json").exists()
+
+
+def test_eval_reproduces_the_runs_test_accuracy(tmp_path):
+    run_dir, metrics = run(tmp_path, [])
+    from omegaconf import OmegaConf
+
+    result = evaluate(OmegaConf.create({"run": str(run_dir), "ckpt": "last", "accelerator": "cpu"}))
+    assert result["test/acc"] == metrics["test/acc"]
+    assert result["test/acc_step"] >= 0.0  # fp has a thresholded-ReLU step form
+    assert (run_dir / "eval-last.json").exists()
