@@ -16,6 +16,7 @@ CONFIG_PATH = "pkg://binexp.conf"
 TASKS = {
     "train": "train a model: binexp train [group=option] [key=value] (-m for sweeps, --help for groups)",
     "eval": "evaluate a run's checkpoint on the test set: binexp eval run=<run dir> [ckpt=last|best|<path>]",
+    "report": "tabulate and plot runs or sweeps: binexp report <run or multirun dir ...> [--out DIR]",
 }
 
 
@@ -77,6 +78,11 @@ def main(argv: list[str] | None = None) -> None:
     if task not in TASKS:
         print(f"binexp: unknown task {task!r}; tasks: {', '.join(TASKS)}", file=sys.stderr)
         raise SystemExit(2)
+    if task == "report":
+        from binexp.report import main as report_main
+
+        report_main(rest)
+        return
     if task == "train":
         from binexp.train import train
 

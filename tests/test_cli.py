@@ -96,3 +96,18 @@ def test_a_built_wheel_carries_the_config_tree(tmp_path):
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)}, capture_output=True, text=True,
     )
     assert str(target) in check.stdout.split()[0] and str(target) in check.stdout.split()[1]
+
+
+def test_report_tabulates_a_sweep(tmp_path):
+    out = binexp(
+        "train", "-m", "dataset=synthetic", "debug=smoke", "trainer.max_epochs=1", "optimizer.lr=0.01,0.05",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    runs = sorted((tmp_path / "sweep").glob("*/metrics.json"))
+    assert len(runs) == 2
+    out = binexp("report", str(tmp_path / "sweep"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = (tmp_path / "sweep" / "report.csv").read_text().splitlines()
+    assert lines[0].split(",")[:2] == ["run", "optimizer.lr"]
+    assert sorted(line.split(",")[1] for line in lines[1:]) == ["0.01", "0.05"]

@@ -59,6 +59,33 @@ class Method:
         return []
 
 
+class BinarizationProbe:
+    """Mixin for layers that report how binary they are (binexp.callbacks.binarization drives it).
+
+    Over an evaluation pass the callback calls `probe_reset()`, runs the data through the model with
+    `self.probing = True`, then collects `probe_counts()`: a dict of tensors that are *sums* over the samples
+    seen (so ranks can add them up), and finally `probe_summary(counts)`: named floats to log, e.g.
+    {"binary99": share of units binary at least 99% of the time, "saturated": ...}. `layer_name` names the
+    layer in logs and CSV files.
+    """
+
+    layer_name: str = ""
+    probing: bool = False
+
+    def probe_reset(self) -> None:
+        raise NotImplementedError
+
+    def probe_counts(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def probe_summary(self, counts: dict[str, torch.Tensor]) -> dict[str, float]:
+        raise NotImplementedError
+
+
+def probes(model: nn.Module) -> list[BinarizationProbe]:
+    return [m for m in model.modules() if isinstance(m, BinarizationProbe)]
+
+
 def set_step_mode(model: nn.Module, on: bool = True) -> None:
     """Switch every layer that has a step-function form between its training and its inference form."""
     for module in model.modules():

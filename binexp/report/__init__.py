@@ -1,0 +1,117 @@
+"""`binexp report <run dirs or multirun dirs ...>`: one table of runs, report.csv, and plots.
+
+A run is any folder holding `metrics.json` and `.hydra/config.yaml`; a multirun folder is searched for them.
+The table shows the overrides that differ between runs and their final metrics. Plots are produced by the
+functions registered in `PLOTTERS` (each gets the runs and the output folder, and returns the files it wrote),
+so a method adds its figures without touching this module's logic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+@dataclass
+class Run:
+    path: Path
+    metrics: dict[str, float]
+    overrides: dict[str, str] = field(default_factory=dict)
+    config: dict | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def load_run(path: Path) -> Run:
+    metrics = json.loads((path / "metrics.json").read_text())
+    overrides: dict[str, str] = {}
+    over_file = path / ".hydra" / "overrides.yaml"
+    if over_file.exists():
+        for item in OmegaConf.load(over_file) or []:
+            key, _, value = str(item).partition("=")
+            if not key.startswith("hydra."):
+                overrides[key.lstrip("+~")] = value
+    cfg_file = path / ".hydra" / "config.yaml"
+    config = OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=False) if cfg_file.exists() else None
+    return Run(path, metrics, overrides, config)
+
+
+def find_runs(paths: list[Path]) -> list[Run]:
+    found: dict[Path, Run] = {}
+    for root in paths:
+        candidates = [root] if (root / "metrics.json").exists() else sorted(p.parent for p in root.rglob("metrics.json"))
+        for run_dir in candidates:
+            if (run_dir / "metrics.json").exists():
+                found.setdefault(run_dir.resolve(), load_run(run_dir))
+    return list(found.values())
+
+
+def varying_overrides(runs: list[Run]) -> list[str]:
+    keys = sorted({k for r in runs for k in r.overrides})
+    return [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
+
+
+DEFAULT_METRICS = ("test/acc", "val/acc", "test/loss")
+
+Plotter = Callable[[list[Run], Path], list[Path]]
+PLOTTERS: list[Plotter] = []
+
+
+def write_csv(runs: list[Run], out: Path, keys: list[str], metrics: list[str]) -> Path:
+    path = out / "report.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run", *keys, *metrics])
+        for r in runs:
+            writer.writerow([str(r.path), *[r.overrides.get(k, "") for k in keys], *[r.metrics.get(m, "") for m in metrics]])
+    return path
+
+
+def print_table(runs: list[Run], keys: list[str], metrics: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(runs)} runs")
+    table.add_column("run")
+    for k in keys:
+        table.add_column(k)
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for r in runs:
+        values = [f"{r.metrics[m]:.4f}" if m in r.metrics else "-" for m in metrics]
+        table.add_row(r.name, *[r.overrides.get(k, "") for k in keys], *values)
+    Console().print(table)
+
+
+def report(paths: list[Path], out: Path | None = None, metrics: list[str] | None = None) -> tuple[list[Run], list[Path]]:
+    runs = find_runs(paths)
+    if not runs:
+        raise SystemExit(f"binexp report: no runs (folders with metrics.json) under {', '.join(map(str, paths))}")
+    out = out or (paths[0] if paths[0].is_dir() else paths[0].parent)
+    out.mkdir(parents=True, exist_ok=True)
+    keys = varying_overrides(runs)
+    metrics = metrics or [m for m in DEFAULT_METRICS if any(m in r.metrics for r in runs)]
+    print_table(runs, keys, metrics)
+    written = [write_csv(runs, out, keys, metrics)]
+    for plot in PLOTTERS:
+        written += plot(runs, out)
+    return runs, written
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="binexp report", description=__doc__)
+    parser.add_argument("paths", nargs="+", type=Path, help="run directories or multirun directories")
+    parser.add_argument("--out", type=Path, default=None, help="where report.csv and plots go (default: the first path)")
+    parser.add_argument("--metrics", nargs="+", default=None, help="metric keys to tabulate")
+    args = parser.parse_args(argv)
+    _, written = report(args.paths, args.out, args.metrics)
+    for path in written:
+        print(f"wrote {path}")
