@@ -111,7 +111,6 @@ class TrainConfig:
     resume: Optional[str] = None  # a run directory to continue from its checkpoints/last.ckpt
     run_dir: str = "${hydra:runtime.output_dir}"
     channels_last: bool = False
-    compile: bool = False
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
