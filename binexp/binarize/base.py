@@ -59,6 +59,10 @@ class Method:
         return []
 
 
+class BinaryWeights:
+    """Marker for layers whose `weight` is binary at inference (1 bit per weight in size tables and export)."""
+
+
 class BinarizationProbe:
     """Mixin for layers that report how binary they are (binexp.callbacks.binarization drives it).
 
