@@ -14,6 +14,7 @@ class Init(str, Enum):
     xavier = "xavier"  # the ABR paper's choice
     kaiming = "kaiming"
     torch = "torch"  # PyTorch's own layer defaults
+    caffe = "caffe"  # the Caffe model file's own fillers (architectures that define `caffe_init`)
 
 
 @dataclass
@@ -31,6 +32,12 @@ def scaled(channels: int, width: float) -> int:
 def initialize(model: nn.Module, scheme: str) -> None:
     """Init conv and linear weights (a method's latent weights included); biases to zero."""
     if scheme == Init.torch:
+        return
+    if scheme == Init.caffe:
+        caffe_init = getattr(model, "caffe_init", None)
+        if caffe_init is None:
+            raise ValueError(f"architecture.init=caffe: {type(model).__name__} has no Caffe fillers; use xavier, kaiming or torch")
+        caffe_init()
         return
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):

@@ -50,5 +50,16 @@ class CifarQuick(nn.Module):
             method.linear("fc2", fc, num_classes, last=True),
         )
 
+    # Caffe's cifar10_quick_train_test.prototxt: gaussian weight fillers, zero biases. The tiny conv1 std
+    # matches its raw-pixel inputs (mean subtracted, not scaled).
+    CAFFE_STD = {"conv1": 1e-4, "conv2": 1e-2, "conv3": 1e-2, "fc1": 1e-1, "fc2": 1e-1}
+
+    def caffe_init(self) -> None:
+        layers = [self.features[0], self.features[3], self.features[6], self.classifier[1], self.classifier[3]]
+        for layer, std in zip(layers, self.CAFFE_STD.values()):
+            nn.init.normal_(layer.weight, std=std)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
     def forward(self, x):
         return self.classifier(self.features(x))
