@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from binexp.binarize.base import Method
 from binexp.builder import build
@@ -66,8 +67,12 @@ def build_module(cfg: DictConfig, dm: ImageData, method: Method) -> Classifier:
     return Classifier(net, method, dm.num_classes, instantiate(cfg.optimizer), scheduler, hparams=hparams)
 
 
-def build_callbacks(cfg: DictConfig, schedule: Schedule, method: Method) -> list[pl.Callback]:
+def build_callbacks(cfg: DictConfig, schedule: Schedule, method: Method, dm: ImageData) -> list[pl.Callback]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if not dm.has_validation:  # dataset.val_size=0: nothing to rank checkpoints by, keep last.ckpt only
+        for cb in callbacks:
+            if isinstance(cb, ModelCheckpoint):
+                cb.monitor, cb.save_top_k = None, 0
     callbacks.append(ScheduleCallback(schedule, log_every_n_steps=cfg.trainer.log_every_n_steps))
     return callbacks + method.callbacks()
 
@@ -128,7 +133,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     method = build_method(cfg)
     schedule = build_schedule(cfg, method)
     module = build_module(cfg, dm, method)
-    callbacks = build_callbacks(cfg, schedule, method)
+    callbacks = build_callbacks(cfg, schedule, method, dm)
     trainer = build_trainer(cfg, callbacks, run_dir)
     ckpt = last_checkpoint(Path(cfg.resume)) if cfg.get("resume") else None
 

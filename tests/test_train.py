@@ -114,3 +114,10 @@ def test_eval_reproduces_the_runs_test_accuracy(tmp_path):
     assert result["test/acc"] == metrics["test/acc"]
     assert result["test/acc_step"] >= 0.0  # fp has a thresholded-ReLU step form
     assert (run_dir / "eval-last.json").exists()
+
+
+def test_no_validation_split_trains_on_everything_and_keeps_last_checkpoint(tmp_path):
+    run_dir, metrics = run(tmp_path, ["dataset.val_size=0"])
+    assert "val/acc" not in metrics and "test/acc" in metrics
+    assert metrics["trainer/global_step"] == 8
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
