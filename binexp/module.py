@@ -38,6 +38,12 @@ class Classifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def on_train_epoch_start(self) -> None:
+        # device-resident batches draw their order and augmentation from (seed, epoch)
+        set_epoch = getattr(self.trainer.train_dataloader, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(self.current_epoch)
+
     def training_step(self, batch, batch_idx):
         x, y = batch
         logits = self.net(x)

@@ -23,10 +23,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from binexp.binarize.base import Method
 from binexp.builder import build
-from binexp.callbacks.guards import GracefulStop
 from binexp.callbacks.schedule import ScheduleCallback
 from binexp.data.datamodule import ImageData
-from binexp.errors import ConfigError, RunInterrupted
+from binexp.errors import ConfigError
 from binexp.models import build_model
 from binexp.module import Classifier
 from binexp.schedules import Schedule
@@ -137,13 +136,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = build_trainer(cfg, callbacks, run_dir)
     ckpt = last_checkpoint(Path(cfg.resume)) if cfg.get("resume") else None
 
-    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
-    stopper = next((c for c in callbacks if isinstance(c, GracefulStop)), None)
-    if stopper is not None and stopper.checkpoint is not None:
-        raise RunInterrupted(
-            f"stopped at step {trainer.global_step} (epoch {trainer.current_epoch}); saved {stopper.checkpoint}.\n"
-            f"Resume with: binexp train resume={run_dir}"
-        )
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)  # a signal raises RunInterrupted
 
     metrics = {
         k: v for k, v in scalar_metrics(trainer.callback_metrics).items()

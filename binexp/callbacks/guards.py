@@ -10,7 +10,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from binexp.errors import NonFiniteLossError
+from binexp.errors import NonFiniteLossError, RunInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,9 @@ STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
 class GracefulStop(pl.Callback):
     """On the first SIGINT/SIGTERM/SIGUSR1, finish the current batch, save `checkpoints/last.ckpt` and stop.
 
-    A second Ctrl-C interrupts at once. `train` reports the stop and how to resume.
+    It stops by raising `RunInterrupted` right after saving: letting the epoch wind down instead would let
+    ModelCheckpoint overwrite last.ckpt with the epoch marked finished, and a resume would skip its rest.
+    A second Ctrl-C interrupts at once.
     """
 
     def __init__(self, signals: tuple[str, ...] = STOP_SIGNALS, sync_every_n_steps: int = 10):
@@ -76,16 +78,26 @@ class GracefulStop(pl.Callback):
                 return
             flag = torch.tensor(float(stop), device=pl_module.device)
             stop = trainer.strategy.reduce(flag, reduce_op="max").item() > 0
-        if stop and not trainer.should_stop:
+        if stop:
             self.received = self.received or signal.SIGTERM
-            self.checkpoint = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+            run_dir = Path(trainer.default_root_dir)
+            self.checkpoint = run_dir / "checkpoints" / "last.ckpt"
             trainer.save_checkpoint(self.checkpoint)
-            trainer.should_stop = True
+            raise RunInterrupted(
+                f"stopped at step {trainer.global_step} (epoch {trainer.current_epoch}); saved {self.checkpoint}.\n"
+                f"Resume with: binexp train resume={run_dir}"
+            )
 
-    def teardown(self, trainer, pl_module, stage: str) -> None:
+    def _restore_handlers(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._restore_handlers()
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._restore_handlers()
 
 
 def _main_thread() -> bool:

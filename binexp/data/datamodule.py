@@ -1,0 +1,125 @@
+"""`ImageData`: the LightningDataModule every source shares.
+
+A source implements `load()` -> (train split, test split, class names). This class holds out a validation set,
+cuts the `subset`, computes the input normalisation from the training images, and serves `DeviceBatches` on
+the trainer's device (sharded by rank under DDP).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Optional
+
+import pytorch_lightning as pl
+import torch
+
+from binexp.data.loader import DeviceBatches, InputNorm, channel_stats
+from binexp.data.split import Split, balanced_subset, stratified_holdout
+
+
+class Normalize(str, Enum):
+    standard = "standard"
+    mean_only = "mean_only"
+    caffe = "caffe"
+
+
+@dataclass
+class AugmentConfig:
+    crop_padding: int = 0  # random crop of the image zero-padded by this many pixels (0: no crop)
+    flip: bool = False  # random horizontal flip
+
+
+@dataclass
+class DataConfig:
+    _target_: str = "???"
+    name: str = "???"
+    root: str = "${paths.data_dir}"
+    download: bool = True
+    subset: Optional[int] = None  # the first N training samples, class-balanced (smoke runs)
+    val_size: int = 5000  # held out of the training set, class-balanced and seeded; 0 = no validation
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    normalize: Normalize = Normalize.standard
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    seed: Optional[int] = "${seed}"  # hold-out and batch order; null = a fresh random seed
+
+
+class ImageData(pl.LightningDataModule):
+    name = "images"
+
+    def __init__(
+        self, root: str = "data", download: bool = True, subset: Optional[int] = None, val_size: int = 5000,
+        batch_size: int = 128, eval_batch_size: int = 1000, normalize: str = "standard",
+        augment: Optional[dict] = None, seed: Optional[int] = 0, channels_last: bool = False,
+    ):
+        super().__init__()
+        self.root, self.download = root, download
+        self.subset, self.val_size = subset, val_size
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.normalize = str(getattr(normalize, "value", normalize))
+        augment = augment or {}
+        self.crop_padding, self.flip = int(augment.get("crop_padding", 0)), bool(augment.get("flip", False))
+        self.seed = seed if seed is not None else random.randrange(2**31)
+        self.channels_last = channels_last
+        self.splits: dict[str, Split] = {}
+        self.classes: list[str] = []
+        self.norm: InputNorm | None = None
+
+    # ---- what a source provides ----------------------------------------------------------------------
+    def load(self) -> tuple[Split, Split, list[str]]:
+        raise NotImplementedError
+
+    # ---- shared ----------------------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.splits["train"].images.shape[1:])
+
+    @property
+    def has_validation(self) -> bool:
+        return "val" in self.splits
+
+    def validation_size(self) -> int:
+        """With a subset, the hold-out shrinks with it (a quarter of the subset at most)."""
+        return min(self.val_size, self.subset // 4) if self.subset else self.val_size
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.splits:
+            return
+        train, test, self.classes = self.load()
+        n_val = self.validation_size()
+        if n_val > 0:
+            train, val = stratified_holdout(train, n_val, len(self.classes), self.seed)
+            self.splits["val"] = val
+        mean, std = channel_stats(train.images)
+        self.norm = InputNorm.from_stats(self.normalize, mean, std)
+        if self.subset:
+            train = balanced_subset(train, self.subset, len(self.classes))
+        self.splits.update(train=train, test=test)
+
+    def batches(self, stage: str, train: bool = False, device: torch.device | str | None = None) -> DeviceBatches:
+        self.setup()
+        trainer = self.trainer
+        if device is None:
+            device = trainer.strategy.root_device if trainer is not None else "cpu"
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return DeviceBatches(
+            self.splits[stage], self.batch_size if train else self.eval_batch_size, self.norm,
+            shuffle=train, drop_last=train, crop_padding=self.crop_padding if train else 0,
+            flip=self.flip and train, seed=self.seed, rank=rank, world_size=world, device=device,
+            channels_last=self.channels_last,
+        )
+
+    def train_dataloader(self) -> DeviceBatches:
+        return self.batches("train", train=True)
+
+    def val_dataloader(self) -> DeviceBatches | list:
+        return self.batches("val") if self.has_validation else []
+
+    def test_dataloader(self) -> DeviceBatches:
+        return self.batches("test")

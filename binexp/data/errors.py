@@ -1,0 +1,17 @@
+"""Data errors a user can fix (the CLI prints them without a traceback)."""
+
+from binexp.errors import BinexpError
+
+
+class DatasetNotFoundError(BinexpError, FileNotFoundError):
+    """A dataset is neither on disk nor downloadable; the message says where binexp looked."""
+
+
+def not_found(name: str, looked_in: list[str], cause: object = None) -> DatasetNotFoundError:
+    places = "\n".join(f"  {p}" for p in looked_in)
+    why = f" ({cause})" if cause else ""
+    return DatasetNotFoundError(
+        f"{name} not found{why}. Looked in:\n{places}\n"
+        f"Point dataset.root (or the BINEXP_DATA environment variable) at a folder holding a copy, "
+        f"or allow dataset.download=true on a machine with internet access."
+    )

@@ -1,0 +1,103 @@
+"""Any `<folder>/{train,test}/<class>/<image>` tree (torchvision's ImageFolder layout), decoded once.
+
+Class names are the sorted folder names, images within a class are read in file-name order. The decoded
+uint8 tensors are cached under `cache_dir` (keyed by the folder and its file list), so only the first run
+pays for decoding JPEGs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from binexp.data.datamodule import DataConfig, ImageData
+from binexp.data.errors import not_found
+from binexp.data.split import Split
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp"}
+
+
+@dataclass
+class ImageFolderConfig(DataConfig):
+    _target_: str = "binexp.data.imagefolder.ImageFolderData"
+    name: str = "imagefolder"
+    folder: str = "images"  # absolute, or relative to dataset.root
+    cache_dir: Optional[str] = "${paths.cache_dir}"
+    val_size: int = 0
+
+
+def _list_images(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+    files = [
+        (path, label)
+        for label, name in enumerate(classes)
+        for path in sorted((split_dir / name).iterdir())
+        if path.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    return classes, files
+
+
+def _decode_all(files: list[tuple[Path, int]]) -> Split:
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
+
+    data = [read_file(str(path)) for path, _ in files]
+    if all(path.suffix.lower() in (".jpg", ".jpeg") for path, _ in files):
+        arrays = decode_jpeg(data, mode=ImageReadMode.RGB)  # one batched call, several times faster than PIL
+    else:
+        arrays = [decode_image(d, mode=ImageReadMode.RGB) for d in data]
+    shapes = {tuple(a.shape) for a in arrays}
+    if len(shapes) > 1:
+        odd = next(p for (p, _), a in zip(files, arrays) if a.shape != arrays[0].shape)
+        raise ValueError(f"images differ in size ({sorted(shapes)}), e.g. {odd}; resize them to one size first")
+    images = torch.stack(arrays) if arrays else torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
+    return Split(images, torch.tensor([label for _, label in files], dtype=torch.long))
+
+
+def read_image_folder(folder: Path, cache_dir: Optional[str]) -> tuple[Split, Split, list[str]]:
+    """(train, test, class names) of an ImageFolder tree with train/ and test/ subfolders."""
+    listing = {split: _list_images(folder / split) for split in ("train", "test")}
+    classes = listing["train"][0]
+    if listing["test"][0] != classes:
+        raise ValueError(f"{folder}: train/ and test/ have different class folders")
+    key = hashlib.sha1(str(folder.resolve()).encode())
+    for split in ("train", "test"):
+        for path, _ in listing[split][1]:
+            key.update(f"{path.name}:{path.stat().st_size}".encode())
+    cache = Path(cache_dir) / f"imagefolder-{key.hexdigest()[:16]}.pt" if cache_dir else None
+    if cache is not None and cache.exists():
+        saved = torch.load(cache, weights_only=True)
+        return Split(*saved["train"]), Split(*saved["test"]), classes
+    log.info("decoding %s (once; cached in %s)", folder, cache)
+    train, test = _decode_all(listing["train"][1]), _decode_all(listing["test"][1])
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"train": (train.images, train.labels), "test": (test.images, test.labels)}, tmp)
+        tmp.replace(cache)
+    return train, test, classes
+
+
+def has_image_folder(folder: Path) -> bool:
+    return (folder / "train").is_dir() and (folder / "test").is_dir()
+
+
+class ImageFolderData(ImageData):
+    name = "imagefolder"
+
+    def __init__(self, folder: str = "images", cache_dir: Optional[str] = None, val_size: int = 0, **kwargs):
+        super().__init__(val_size=val_size, **kwargs)
+        self.folder = Path(self.root) / folder  # an absolute folder stays itself
+        self.cache_dir = cache_dir
+
+    def load(self) -> tuple[Split, Split, list[str]]:
+        if not has_image_folder(self.folder):
+            raise not_found(f"image folder {self.folder}", [str(self.folder / "train"), str(self.folder / "test")])
+        return read_image_folder(self.folder, self.cache_dir)

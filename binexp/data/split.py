@@ -1,0 +1,51 @@
+"""A split is images (uint8, N x C x H x W) with their labels; subsets and hold-outs keep classes balanced."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8, N x C x H x W
+    labels: torch.Tensor  # int64, N
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def take(self, index: torch.Tensor) -> Split:
+        return Split(self.images[index], self.labels[index])
+
+
+def _per_class_counts(n: int, num_classes: int) -> list[int]:
+    """n spread over the classes, the first n % num_classes classes getting one more."""
+    base, extra = divmod(n, num_classes)
+    return [base + (c < extra) for c in range(num_classes)]
+
+
+def balanced_subset(split: Split, n: int, num_classes: int) -> Split:
+    """The first samples of each class, n in all, in their original order (`dataset.subset=n`)."""
+    if n >= len(split):
+        return split
+    keep = []
+    for c, count in enumerate(_per_class_counts(n, num_classes)):
+        keep.append(torch.nonzero(split.labels == c).flatten()[:count])
+    index, _ = torch.sort(torch.cat(keep))
+    return split.take(index)
+
+
+def stratified_holdout(split: Split, n: int, num_classes: int, seed: int) -> tuple[Split, Split]:
+    """A seeded random validation set of n samples, balanced over classes, and the rest for training."""
+    if n >= len(split):
+        raise ValueError(f"dataset.val_size={n} leaves nothing to train on ({len(split)} training samples)")
+    g = torch.Generator().manual_seed(seed)
+    held = []
+    for c, count in enumerate(_per_class_counts(n, num_classes)):
+        members = torch.nonzero(split.labels == c).flatten()
+        held.append(members[torch.randperm(len(members), generator=g)[:count]])
+    val_index, _ = torch.sort(torch.cat(held))
+    mask = torch.ones(len(split), dtype=torch.bool)
+    mask[val_index] = False
+    return split.take(torch.nonzero(mask).flatten()), split.take(val_index)
