@@ -13,6 +13,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from binexp.binarize.abr import ABRConfig
 from binexp.binarize.fp import FloatConfig
 from binexp.data.cifar10 import CIFAR10Config
 from binexp.data.imagefolder import ImageFolderConfig
@@ -23,7 +24,8 @@ from binexp.models.cifar_quick import CifarQuickConfig
 from binexp.models.lenet import LeNetConfig
 from binexp.models.resnet import ResNetConfig
 from binexp.models.vgg_small import VGGSmallConfig
-from binexp.schedules import ConstantConfig
+from binexp.protocol import ProtocolConfig
+from binexp.schedules import ConstantConfig, TwoPhaseConfig
 
 
 @dataclass
@@ -106,6 +108,7 @@ class TrainConfig:
     logger: Any = None  # dict name -> logger config
     callbacks: Any = None  # dict name -> callback config
     paths: PathsConfig = field(default_factory=PathsConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)  # regular / binary / finetuned after training
     task_name: str = "train"
     seed: Optional[int] = 0
     resume: Optional[str] = None  # a run directory to continue from its checkpoints/last.ckpt
@@ -116,8 +119,8 @@ class TrainConfig:
 SCHEMAS: dict[str, dict[str, type]] = {
     "dataset": {"mnist": MNISTConfig, "cifar10": CIFAR10Config, "synthetic": SyntheticConfig, "imagefolder": ImageFolderConfig},
     "architecture": {"lenet": LeNetConfig, "cifar_quick": CifarQuickConfig, "vgg_small": VGGSmallConfig, "resnet": ResNetConfig},
-    "method": {"fp": FloatConfig},
-    "schedule": {"constant": ConstantConfig},
+    "method": {"fp": FloatConfig, "abr": ABRConfig},
+    "schedule": {"constant": ConstantConfig, "two_phase": TwoPhaseConfig},
     "optimizer": {"sgd": SGDConfig, "adam": AdamConfig},
     "lr_scheduler": {"base": LRSchedulerConfig},
     "trainer": {"base": TrainerConfig},
@@ -139,6 +142,8 @@ def register_configs() -> None:
             cs.store(group=f"schema/{group}", name=name, node=node)
     if not OmegaConf.has_resolver("mul"):
         OmegaConf.register_new_resolver("mul", lambda a, b: a * b)
+    if not OmegaConf.has_resolver("floordiv"):
+        OmegaConf.register_new_resolver("floordiv", lambda a, b: int(a) // int(b))
     if not OmegaConf.has_resolver("add"):
         OmegaConf.register_new_resolver("add", lambda *xs: sum(xs))
     _registered = True

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from binexp.binarize.base import step_mode
 from binexp.errors import ConfigError
+from binexp.protocol import has_step_form
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,6 @@ def find_checkpoint(run_dir: Path, which: str) -> Path:
     if not path.exists():
         raise ConfigError(f"ckpt={which}: {path} not found (allowed: last, best, or a checkpoint path)")
     return path
-
-
-def has_step_form(model: torch.nn.Module) -> bool:
-    return any(hasattr(m, "step") for m in model.modules())
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

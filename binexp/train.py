@@ -28,6 +28,7 @@ from binexp.data.datamodule import ImageData
 from binexp.errors import ConfigError
 from binexp.models import build_model
 from binexp.module import Classifier
+from binexp.protocol import PhaseEvaluation, ProtocolConfig, run_protocol
 from binexp.schedules import Schedule
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def build_schedule(cfg: DictConfig, method: Method) -> Schedule:
             f"method={cfg.method.name} reads {missing} from its schedule, but schedule={cfg.schedule.name} "
             f"provides {list(schedule.provides) or 'nothing'}; choose a schedule that provides them."
         )
+    schedule.check(cfg.trainer.max_epochs)
     return schedule
 
 
@@ -69,10 +71,10 @@ def build_module(cfg: DictConfig, dm: ImageData, method: Method) -> Classifier:
 def build_callbacks(cfg: DictConfig, schedule: Schedule, method: Method, dm: ImageData) -> list[pl.Callback]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if not dm.has_validation:  # dataset.val_size=0: nothing to rank checkpoints by, keep last.ckpt only
-        for cb in callbacks:
-            if isinstance(cb, ModelCheckpoint):
-                cb.monitor, cb.save_top_k = None, 0
+        callbacks = [cb for cb in callbacks if not (isinstance(cb, ModelCheckpoint) and cb.monitor)]
     callbacks.append(ScheduleCallback(schedule, log_every_n_steps=cfg.trainer.log_every_n_steps))
+    if schedule.milestones():
+        callbacks.append(PhaseEvaluation(schedule.milestones()))
     return callbacks + method.callbacks()
 
 
@@ -144,9 +146,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     }
     for result in trainer.test(module, datamodule=dm, verbose=False):
         metrics.update(scalar_metrics(result))
-    ckpt_cb = trainer.checkpoint_callback
-    if ckpt_cb is not None and ckpt_cb.best_model_score is not None:
-        metrics["val/acc_best"] = float(ckpt_cb.best_model_score)
+    for ckpt_cb in trainer.checkpoint_callbacks:
+        if ckpt_cb.monitor == "val/acc" and ckpt_cb.best_model_score is not None:
+            metrics["val/acc_best"] = float(ckpt_cb.best_model_score)
+    for cb in callbacks:
+        if isinstance(cb, PhaseEvaluation):
+            metrics.update(cb.results)
+    # merged onto the schema: a resumed run's saved config is plain YAML
+    protocol = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ProtocolConfig), cfg.get("protocol") or {}))
+    module.to(trainer.strategy.root_device)  # Lightning hands the model back on the CPU
+    metrics.update(run_protocol(module.net, method, dm, protocol, seed=dm.seed))
     metrics.update({"trainer/epochs": float(trainer.current_epoch), "trainer/global_step": float(trainer.global_step)})
     metrics["time/wall_s"] = time.time() - started
     if trainer.is_global_zero:

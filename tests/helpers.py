@@ -19,6 +19,20 @@ class PoisonWeightsAtStep(pl.Callback):
                     p.fill_(float("nan"))
 
 
+class ShiftBiasesAtStep(pl.Callback):
+    """Set every bias of the network to `value` at a given step, saturating the units after them."""
+
+    def __init__(self, step: int, value: float):
+        self.step, self.value = step, value
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                for name, p in pl_module.named_parameters():
+                    if name.endswith(".bias"):
+                        p.fill_(self.value)
+
+
 class RecordBatches(pl.Callback):
     """Append (global_step, first labels of the batch, lr) of every training batch to a list file."""
 

@@ -90,7 +90,7 @@ def test_a_built_wheel_carries_the_config_tree(tmp_path):
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)}, capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "method: fp" in out.stdout
+    assert "method: abr, fp" in out.stdout and "abr_table1_mnist" in out.stdout
     check = subprocess.run(
         [sys.executable, "-c", "import binexp, binexp.conf; print(binexp.__file__, binexp.conf.__file__)"],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)}, capture_output=True, text=True,

@@ -9,11 +9,47 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from binexp.errors import ConfigError
+
 
 @dataclass
 class MethodConfig:
     _target_: str = "???"
     name: str = "???"
+
+
+SCOPES = ("all", "last")
+
+
+class ActivationScope:
+    """Which hidden activations a method binarizes: `all`, `last` (the last hidden one), or a list of layer names.
+
+    The method asks `includes(name, last)` while the architecture is built, and `check()` afterwards refuses
+    listed names the architecture does not have, naming the ones it has.
+    """
+
+    def __init__(self, scope: str | list[str] = "all"):
+        if isinstance(scope, str) and scope not in SCOPES:
+            raise ConfigError(f"method.scope={scope!r}: allowed are {', '.join(SCOPES)} or a list of activation names")
+        self.scope = scope
+        self.seen: list[str] = []
+
+    def includes(self, name: str, last: bool) -> bool:
+        self.seen.append(name)
+        if self.scope == "all":
+            return True
+        if self.scope == "last":
+            return last
+        return name in self.scope
+
+    def check(self, selected: int) -> None:
+        if isinstance(self.scope, str):
+            if selected == 0:
+                raise ConfigError(f"method.scope={self.scope}: this architecture has no such activation")
+            return
+        unknown = [n for n in self.scope if n not in self.seen]
+        if unknown:
+            raise ConfigError(f"method.scope lists {unknown}, not activations of this architecture (allowed: {', '.join(self.seen)})")
 
 
 class Method:
@@ -57,6 +93,9 @@ class Method:
 
     def callbacks(self) -> list:
         return []
+
+    def finalize(self, model: nn.Module) -> None:
+        """Called once the architecture is built: check that the method's options fit it."""
 
 
 class BinaryWeights:

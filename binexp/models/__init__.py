@@ -14,4 +14,5 @@ def build_model(arch: DictConfig, method: Method, image_shape: tuple[int, int, i
     """Instantiate `arch` with the method's blocks, then initialise it."""
     model = build(arch, drop=("init",), method=method, image_shape=tuple(image_shape), num_classes=num_classes)
     initialize(model, OmegaConf.select(arch, "init", default="xavier"))
+    method.finalize(model)
     return model

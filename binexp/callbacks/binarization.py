@@ -1,0 +1,168 @@
+"""Per-layer binarization curves (the ABR paper's Figures 2 and 4 left) and the firing matrix (Section 4.3).
+
+Over the whole test set, for every layer that is a `BinarizationProbe`: the share of units whose output is
+binary at least 90%, 99% and 99.9% of the time, the share of saturated outputs, the share of units stuck at
+one value, and the median |slope|. Logged to the loggers and appended to `<run dir>/binarization.csv` before
+training, every `every_n_epochs` epochs and every `every_n_steps` steps. When a layer's units are (nearly)
+all stuck at one value for every test image, training has collapsed: the run stops with a message.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from binexp.binarize.base import probes, step_mode
+from binexp.errors import BinexpError
+
+log = logging.getLogger(__name__)
+
+CSV_NAME = "binarization.csv"
+
+
+class TrainingCollapsed(BinexpError):
+    exit_code = 4
+
+
+@torch.no_grad()
+def measure(net: torch.nn.Module, batches, reduce=None) -> dict[str, dict[str, float]]:
+    """{layer name: statistics} over all batches; `reduce(tensor)` sums counts over ranks when given."""
+    layers = probes(net)
+    if not layers:
+        return {}
+    was_training = net.training
+    net.eval()
+    for layer in layers:
+        layer.probe_reset()
+        layer.probing = True
+    try:
+        for x, _ in batches:
+            net(x)
+    finally:
+        for layer in layers:
+            layer.probing = False
+        net.train(was_training)
+    out = {}
+    for layer in layers:
+        counts = layer.probe_counts()
+        if reduce is not None:
+            counts = {k: reduce(v) for k, v in counts.items()}
+        out[layer.layer_name] = layer.probe_summary(counts)
+    return out
+
+
+def append_csv(path: Path, step: int, epoch: int, stats: dict[str, dict[str, float]]) -> None:
+    new = not path.exists()
+    keys = sorted(next(iter(stats.values())))
+    with path.open("a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(["step", "epoch", "layer", *keys])
+        for layer, values in stats.items():
+            writer.writerow([step, epoch, layer, *[f"{values[k]:.6g}" for k in keys]])
+
+
+@torch.no_grad()
+def firing_matrix(net: torch.nn.Module, batches, num_classes: int) -> np.ndarray:
+    """classes x units: how often each unit of the last probed layer outputs 1 in step mode, per class."""
+    layer = probes(net)[-1]
+    fired, seen = [], torch.zeros(num_classes, dtype=torch.float64)
+    sums: Optional[torch.Tensor] = None
+    handle = layer.register_forward_hook(lambda _m, _i, out: fired.append(out.detach().flatten(1)))
+    was_training = net.training
+    net.eval()
+    try:
+        with step_mode(net):
+            for x, y in batches:
+                net(x)
+                onehot = torch.nn.functional.one_hot(y, num_classes).to(torch.float64)
+                batch = onehot.T @ (fired.pop() > 0.5).to(torch.float64)
+                sums = batch.cpu() if sums is None else sums + batch.cpu()
+                seen += onehot.sum(0).cpu()
+    finally:
+        handle.remove()
+        net.train(was_training)
+    return (sums / seen.clamp_min(1)[:, None]).numpy()
+
+
+def clear_units(matrix: np.ndarray, classes: list[str], margin: float = 0.01) -> dict[int, dict[str, list[str]]]:
+    """Units with at least one class that always fires them and one that never does (within `margin`)."""
+    units = {}
+    for u in range(matrix.shape[1]):
+        positive = [classes[c] for c in np.flatnonzero(matrix[:, u] >= 1 - margin)]
+        negative = [classes[c] for c in np.flatnonzero(matrix[:, u] <= margin)]
+        if positive and negative:
+            units[u] = {"positive": positive, "negative": negative}
+    return units
+
+
+class BinarizationCurves(pl.Callback):
+    def __init__(self, every_n_epochs: Optional[int] = 1, every_n_steps: Optional[int] = None,
+                 stop_on_collapse: Optional[float] = 0.99, firing_matrix: bool = True):
+        self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
+        self.stop_on_collapse = stop_on_collapse
+        self.firing_matrix = firing_matrix
+        self._last_step: Optional[int] = None
+
+    def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._last_step == trainer.global_step:
+            return
+        self._last_step = trainer.global_step
+        stats = measure(pl_module.net, trainer.datamodule.batches("test"),
+                        reduce=lambda t: trainer.strategy.reduce(t, reduce_op="sum"))
+        if not stats:
+            return
+        flat = {f"binarization/{layer}/{k}": v for layer, values in stats.items() for k, v in values.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(flat, step=trainer.global_step)
+        if trainer.is_global_zero:
+            append_csv(Path(trainer.default_root_dir) / CSV_NAME, trainer.global_step, trainer.current_epoch, stats)
+        self._check_collapse(trainer, stats)
+
+    def _check_collapse(self, trainer: pl.Trainer, stats: dict[str, dict[str, float]]) -> None:
+        if self.stop_on_collapse is None:
+            return
+        for layer, values in stats.items():
+            if values["stuck"] >= self.stop_on_collapse:
+                raise TrainingCollapsed(
+                    f"training collapsed at step {trainer.global_step}: {values['stuck']:.1%} of the units of layer "
+                    f"{layer} output the same value for every test image (saturated, so no gradient flows). "
+                    f"Try a smaller optimizer.lr or schedule.lambda1; inputs scaled as the paper's "
+                    f"(dataset.normalize=mean_only) help. Checkpoints so far are in {trainer.default_root_dir}."
+                )
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._record(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            self._record(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._record(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._record(trainer, pl_module)
+        if self.firing_matrix and probes(pl_module.net) and trainer.is_global_zero:
+            self._write_firing(trainer, pl_module)
+
+    def _write_firing(self, trainer, pl_module) -> None:
+        dm = trainer.datamodule
+        matrix = firing_matrix(pl_module.net, dm.batches("test", device=pl_module.device), dm.num_classes)
+        run_dir = Path(trainer.default_root_dir)
+        np.save(run_dir / "firing_matrix.npy", matrix)
+        units = clear_units(matrix, dm.classes)
+        (run_dir / "firing_units.json").write_text(json.dumps({str(k): v for k, v in units.items()}, indent=1) + "\n")
+        log.info("firing matrix: %d of %d units have classes that always / never fire them", len(units), matrix.shape[1])
+        for logger in trainer.loggers:
+            writer = getattr(logger, "experiment", None)
+            if hasattr(writer, "add_image"):
+                writer.add_image("firing_matrix", torch.from_numpy(matrix).float()[None], trainer.global_step)

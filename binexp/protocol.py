@@ -1,0 +1,197 @@
+"""The evaluation protocol of the ABR paper, for any method whose layers have a step form.
+
+- `regular`: test accuracy of the network as trained (continuous activations).
+- `binary`: every layer with a step form replaced by it (`step_mode`), no retraining.
+- `finetuned`: only the final classifier retrained on the frozen binary features (Table 1/2's "Finetuned").
+- `binary_weights` (Section 4.4, optional): every weight but the first layer's thresholded to +-1 and frozen,
+  biases and the method's other parameters (ABR slopes) finetuned, then tested in step mode.
+
+`PhaseEvaluation` records `regular` and `binary` at the end of each schedule milestone (ABR's phase 1), so
+Table 1's "1st Phase / 1st Binary" come from the same run as "2nd Phase / 2nd Binary".
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from binexp.binarize.base import step_mode
+from binexp.binarize.functional import binary_sign
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProtocolConfig:
+    enabled: bool = True
+    finetune_epochs: int = 10  # epochs of classifier retraining on cached binary features
+    finetune_lr: float = 1e-3  # Adam
+    binary_weights_epochs: int = 0  # Section 4.4: > 0 runs it (bias and slopes finetuned this many epochs)
+    binary_weights_lr: float = 1e-3  # Adam
+
+
+def has_step_form(net: nn.Module) -> bool:
+    return any(hasattr(m, "step") for m in net.modules())
+
+
+def classifier_of(net: nn.Module) -> nn.Linear:
+    """The network's final classifier: its last nn.Linear (every architecture ends in one)."""
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(net).__name__} has no nn.Linear classifier to finetune")
+    return linears[-1]
+
+
+def first_layer_of(net: nn.Module) -> nn.Module:
+    return next(m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+@torch.no_grad()
+def accuracy(net: nn.Module, batches: Iterable, step: bool = False) -> float:
+    was_training = net.training
+    net.eval()
+    correct = total = 0
+    try:
+        if step:
+            with step_mode(net):
+                for x, y in batches:
+                    correct += (net(x).argmax(1) == y).sum().item()
+                    total += len(y)
+        else:
+            for x, y in batches:
+                correct += (net(x).argmax(1) == y).sum().item()
+                total += len(y)
+    finally:
+        net.train(was_training)
+    return correct / max(total, 1)
+
+
+@torch.no_grad()
+def classifier_inputs(net: nn.Module, batches: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classifier's inputs (the last hidden features) in step mode, and the labels, over all batches."""
+    features, labels = [], []
+    head = classifier_of(net)
+    handle = head.register_forward_pre_hook(lambda _m, args: features.append(args[0].detach().flatten(1)))
+    was_training = net.training
+    net.eval()
+    try:
+        with step_mode(net):
+            for x, y in batches:
+                net(x)
+                labels.append(y)
+    finally:
+        handle.remove()
+        net.train(was_training)
+    return torch.cat(features), torch.cat(labels)
+
+
+def train_params(
+    forward: Callable[[torch.Tensor], torch.Tensor], params: list[nn.Parameter], batches: Callable[[int], Iterable],
+    epochs: int, lr: float, after_step: Callable[[], None] | None = None,
+) -> None:
+    """A plain Adam loop for the protocol's small finetuning jobs; `batches(epoch)` yields (x, y)."""
+    opt = torch.optim.Adam(params, lr=lr)
+    for epoch in range(epochs):
+        for x, y in batches(epoch):
+            loss = F.cross_entropy(forward(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if after_step is not None:
+                after_step()
+
+
+def finetuned_accuracy(net: nn.Module, dm, cfg: ProtocolConfig, seed: int = 0) -> float:
+    """Retrain a copy of the classifier on the frozen step-mode features; test accuracy with it."""
+    train_x, train_y = classifier_inputs(net, dm.batches("train", device=_device(net)))
+    test_x, test_y = classifier_inputs(net, dm.batches("test", device=_device(net)))
+    head = copy.deepcopy(classifier_of(net))
+    batch = dm.batch_size
+    g = torch.Generator().manual_seed(seed)
+
+    def batches(epoch: int):
+        order = torch.randperm(len(train_y), generator=g).to(train_x.device)
+        for i in range(0, len(order), batch):
+            idx = order[i : i + batch]
+            yield train_x[idx], train_y[idx]
+
+    with torch.enable_grad():
+        train_params(head, list(head.parameters()), batches, cfg.finetune_epochs, cfg.finetune_lr)
+    with torch.no_grad():
+        return (head(test_x).argmax(1) == test_y).double().mean().item()
+
+
+def binary_weights_accuracy(net: nn.Module, method, dm, cfg: ProtocolConfig) -> float:
+    """Section 4.4 on a copy: weights but the first layer's set to sign(W) and frozen; the rest finetuned."""
+    net = copy.deepcopy(net)
+    first = first_layer_of(net)
+    frozen = []
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and m is not first:
+                m.weight.copy_(binary_sign(m.weight))
+                frozen.append(m.weight)
+    trainable = [p for p in net.parameters() if all(p is not w for w in frozen)]
+    for w in frozen:
+        w.requires_grad_(False)
+    loader = dm.batches("train", train=True, device=_device(net))
+
+    def batches(epoch: int):
+        loader.set_epoch(epoch)
+        return loader
+
+    net.train()
+    with torch.enable_grad():
+        train_params(net, trainable, batches, cfg.binary_weights_epochs, cfg.binary_weights_lr,
+                     after_step=lambda: method.after_optimizer_step(net))
+    return accuracy(net, dm.batches("test", device=_device(net)), step=True)
+
+
+def _device(net: nn.Module) -> torch.device:
+    return next(net.parameters()).device
+
+
+def run_protocol(net: nn.Module, method, dm, cfg: ProtocolConfig, seed: int = 0) -> dict[str, float]:
+    if not cfg.enabled or not has_step_form(net):
+        return {}
+    test = dm.batches("test", device=_device(net))
+    out = {"protocol/regular": accuracy(net, test), "protocol/binary": accuracy(net, test, step=True)}
+    if cfg.finetune_epochs > 0:
+        out["protocol/finetuned"] = finetuned_accuracy(net, dm, cfg, seed)
+    if cfg.binary_weights_epochs > 0:
+        out["protocol/binary_weights"] = binary_weights_accuracy(net, method, dm, cfg)
+    return out
+
+
+class PhaseEvaluation(pl.Callback):
+    """At the end of each schedule milestone epoch, the test accuracy regular and binary (kept in checkpoints)."""
+
+    def __init__(self, milestones: dict[str, int]):
+        self.milestones = milestones  # name -> number of epochs after which it is reached
+        self.results: dict[str, float] = {}
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        for name, epochs in self.milestones.items():
+            if trainer.current_epoch + 1 == epochs:
+                test = trainer.datamodule.batches("test")
+                found = {
+                    f"protocol/{name}_regular": accuracy(pl_module.net, test),
+                    f"protocol/{name}_binary": accuracy(pl_module.net, test, step=True),
+                }
+                self.results.update(found)
+                for logger in trainer.loggers:
+                    logger.log_metrics(found, step=trainer.global_step)
+                log.info("end of %s: %s", name, found)
+
+    def state_dict(self) -> dict:
+        return {"results": dict(self.results)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.results = dict(state.get("results", {}))

@@ -1,0 +1,222 @@
+"""ABR: the bounded rectifier, slope growth, the two-phase schedule, scopes, curves, protocol and resume."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from binexp.binarize.abr import ABR, BoundedRectifier, rectifiers
+from binexp.binarize.base import step_mode
+from binexp.builder import build
+from binexp.callbacks.binarization import TrainingCollapsed, clear_units, firing_matrix, measure
+from binexp.errors import ConfigError
+from binexp.models import build_model
+from binexp.schedules import Progress, TwoPhase
+from binexp.train import train
+from tests.conftest import SMOKE, compose_train
+
+
+def rectifier(slopes: list[float]) -> BoundedRectifier:
+    r = BoundedRectifier("act", len(slopes))
+    with torch.no_grad():
+        r.slope.copy_(torch.tensor(slopes))
+    return r
+
+
+def test_forward_is_the_clamped_line_per_channel():
+    r = rectifier([1.0, 2.0, -1.0])
+    y = torch.tensor([[0.2, 0.2, 0.2], [-1.0, 0.4, -0.7]])
+    assert torch.allclose(r(y), torch.tensor([[0.7, 0.9, 0.3], [0.0, 1.0, 1.0]]))
+
+
+def test_conv_input_shares_one_slope_per_channel():
+    r = rectifier([1.0, 4.0])
+    y = torch.full((1, 2, 3, 3), 0.1)
+    out = r(y)
+    assert torch.allclose(out[0, 0], torch.full((3, 3), 0.6)) and torch.allclose(out[0, 1], torch.full((3, 3), 0.9))
+
+
+def test_step_form_agrees_with_the_forward_wherever_the_output_is_saturated():
+    torch.manual_seed(0)
+    r = rectifier(torch.randn(16).mul(3).tolist())  # negative slopes too
+    y = torch.randn(64, 16, 5, 5) * 2
+    smooth = r(y)
+    with step_mode(r):
+        stepped = r(y)
+    saturated = (smooth == 0) | (smooth == 1)
+    assert saturated.float().mean() > 0.3
+    assert torch.equal(stepped[saturated], smooth[saturated])
+    assert set(stepped.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_gradient_of_the_slope_is_eq_2():
+    r = rectifier([1.0, 1.0])
+    y = torch.tensor([[0.3, 2.0], [-0.2, 0.1]])
+    r(y).sum().backward()
+    # dE/dk = sum of y over the units in the linear interval; 2.0 saturates (k*y + 0.5 > 1)
+    assert r.slope.grad.tolist() == pytest.approx([0.3 - 0.2, 0.1])
+
+
+def test_growth_outside_the_lr_moves_k_by_exactly_lambda_over_abs_k():
+    r = rectifier([0.5, 2.0, -4.0])
+    r.slope_lambda.fill_(0.01)
+    before = r.slope.detach().clone()
+    r.grow()
+    assert torch.equal(r.slope.detach(), before + torch.tensor([0.01 / 0.5, 0.01 / 2.0, -0.01 / 4.0]))
+
+
+def test_in_loss_growth_has_the_gradient_of_minus_lambda_log_abs_k():
+    method = ABR(growth="in_loss")
+    net = torch.nn.Sequential(method.act("fc1", 2, last=True))
+    net[0].slope_lambda.fill_(0.1)
+    with torch.no_grad():
+        net[0].slope.copy_(torch.tensor([2.0, -0.5]))
+    method.regularization(net).backward()
+    assert net[0].slope.grad.tolist() == pytest.approx([-0.1 / 2.0, -0.1 / -0.5])
+    assert ABR(growth="outside").regularization(net) is None
+
+
+def test_two_phase_schedule_values_at_given_steps():
+    schedule = TwoPhase(phase1_epochs=3, lambda1=1e-4, lambda2=1e-2)
+    at = lambda step: schedule.values(Progress(step, steps_per_epoch=10, max_epochs=5))  # noqa: E731
+    assert at(0) == {"slope_lambda": 1e-4, "phase": 1.0}
+    assert at(29) == {"slope_lambda": 1e-4, "phase": 1.0}
+    assert at(30) == {"slope_lambda": 1e-2, "phase": 2.0}
+    assert at(49) == {"slope_lambda": 1e-2, "phase": 2.0}
+    assert schedule.milestones() == {"phase1": 3}
+
+
+def test_phase_one_longer_than_training_is_refused():
+    with pytest.raises(ConfigError, match="schedule.phase1_epochs=5 with trainer.max_epochs=5"):
+        TwoPhase(phase1_epochs=5).check(5)
+
+
+def test_default_phase_one_is_half_of_training():
+    cfg = compose_train(["method=abr", "trainer.max_epochs=9"])
+    assert cfg.schedule.name == "two_phase" and build(cfg.schedule).phase1_epochs == 4
+
+
+@pytest.mark.parametrize(
+    "scope, expected",
+    [("all", ["conv1", "conv2", "conv3", "fc1"]), ("last", ["fc1"]), (["conv2", "fc1"], ["conv2", "fc1"])],
+)
+def test_scope_picks_the_binarized_activations(scope, expected):
+    net = build_model(compose_train(["architecture=cifar_quick"]).architecture, ABR(scope=scope), (3, 32, 32), 10)
+    assert [r.layer_name for r in rectifiers(net)] == expected
+    relus = [m for m in net.modules() if type(m) is torch.nn.ReLU]
+    assert len(relus) == 4 - len(expected)
+
+
+def test_unknown_scope_names_are_refused_with_the_allowed_ones():
+    arch = compose_train(["architecture=cifar_quick"]).architecture
+    with pytest.raises(ConfigError, match=r"\['conv9'\].*allowed: conv1, conv2, conv3, fc1"):
+        build_model(arch, ABR(scope=["conv9"]), (3, 32, 32), 10)
+    with pytest.raises(ConfigError, match="allowed are all, last"):
+        ABR(scope="first")
+
+
+def test_curve_statistics_on_a_hand_made_activation_tensor():
+    # 4 test images, 4 units with slope 1: the output is y + 0.5 clamped. Unit 0 is binary for all 4 images,
+    # unit 1 for 3 of 4, unit 2 never, unit 3 always 1 (stuck).
+    y = torch.tensor([
+        [-1.0, 1.0, 0.1, 2.0],
+        [1.0, -1.0, 0.2, 2.0],
+        [-1.0, 1.0, 0.0, 2.0],
+        [1.0, 0.3, -0.1, 2.0],
+    ])
+    r = rectifier([1.0, 1.0, 1.0, 1.0])
+    stats = measure(torch.nn.Sequential(r), [(y[:2], None), (y[2:], None)])["act"]
+    assert stats["binary90"] == 0.5 and stats["binary99"] == 0.5 and stats["binary999"] == 0.5
+    assert stats["saturated"] == pytest.approx(11 / 16)
+    assert stats["ones"] == pytest.approx(8 / 16)
+    assert stats["stuck"] == 0.25
+    assert stats["median_k"] == 1.0
+    assert not r.probing
+
+
+def test_firing_matrix_and_clear_units():
+    r = rectifier([1.0, 1.0, 1.0])
+    y = torch.tensor([[1.0, -1.0, 1.0], [1.0, -1.0, -1.0], [-1.0, 1.0, 1.0], [-1.0, 1.0, -1.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    matrix = firing_matrix(torch.nn.Sequential(r), [(y, labels)], num_classes=2)
+    assert matrix.tolist() == [[1.0, 0.0, 0.5], [0.0, 1.0, 0.5]]
+    assert clear_units(matrix, ["a", "b"]) == {0: {"positive": ["a"], "negative": ["b"]},
+                                               1: {"positive": ["b"], "negative": ["a"]}}
+
+
+ABR_SMOKE = SMOKE + ["method=abr", "trainer.max_epochs=4", "schedule.phase1_epochs=2", "method.scope=last"]
+
+
+def run(tmp_path: Path, overrides: list[str], name: str = "run") -> tuple[Path, dict]:
+    run_dir = tmp_path / name
+    return run_dir, train(compose_train(ABR_SMOKE + overrides, run_dir=run_dir))
+
+
+def test_abr_run_writes_curves_protocol_and_firing_matrix(tmp_path):
+    run_dir, metrics = run(tmp_path, [])
+    for key in ("protocol/regular", "protocol/binary", "protocol/finetuned", "protocol/phase1_regular",
+                "protocol/phase1_binary"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["protocol/regular"] == metrics["test/acc"] or abs(metrics["protocol/regular"] - metrics["test/acc"]) < 1e-9
+    rows = list(csv.DictReader((run_dir / "binarization.csv").open()))
+    assert [int(r["step"]) for r in rows] == [0, 4, 8, 12, 16]
+    assert {r["layer"] for r in rows} == {"fc1"}
+    assert float(rows[-1]["median_k"]) > float(rows[0]["median_k"]) == 1.0
+    assert np.load(run_dir / "firing_matrix.npy").shape == (10, 500)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    assert "binarization/fc1/binary99" in events.Tags()["scalars"]
+    assert "firing_matrix" in events.Tags()["images"]
+
+
+def test_slopes_grow_by_the_schedule(tmp_path):
+    """4 steps at lambda1 then 12 at lambda2, each adding lambda/|k| outside the lr: k ends above the phase-1 growth."""
+    _, metrics = run(tmp_path, ["optimizer.lr=0.0", "schedule.lambda1=0.01", "schedule.lambda2=0.1", "trainer.max_epochs=3",
+                                "schedule.phase1_epochs=1"])
+    k = 1.0
+    for lam in [0.01] * 4 + [0.1] * 8:
+        k += lam / k
+    net_k = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]["net.classifier.2.slope"]
+    assert torch.allclose(net_k, torch.full_like(net_k, k), rtol=1e-5)
+
+
+def test_resumed_run_has_the_same_slopes_lambda_and_phase(tmp_path):
+    common = ["trainer.deterministic=true"]
+    straight_dir, straight = run(tmp_path, common, "straight")
+    stop = ["+callbacks.signal._target_=binexp.callbacks.guards.SignalAtStep", "+callbacks.signal.step=9"]
+    cut_dir = tmp_path / "cut"
+    from binexp.errors import RunInterrupted
+
+    with pytest.raises(RunInterrupted):
+        train(compose_train(ABR_SMOKE + common + stop, run_dir=cut_dir))
+    saved = torch.load(cut_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert saved["net.classifier.2.phase"].item() == 2.0
+    assert saved["net.classifier.2.slope_lambda"].item() == pytest.approx(1e-2)
+    resumed = train(compose_train(ABR_SMOKE + common + [f"resume={cut_dir}"], run_dir=cut_dir))
+    a = torch.load(straight_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    b = torch.load(cut_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    for key in ("net.classifier.2.slope", "net.classifier.2.slope_lambda", "net.classifier.2.phase"):
+        assert torch.equal(a[key], b[key]), key
+    assert resumed["protocol/phase1_binary"] == straight["protocol/phase1_binary"]
+    assert resumed["protocol/binary"] == straight["protocol/binary"]
+
+
+def test_collapse_stops_the_run_with_a_message(tmp_path):
+    # biases far above the inputs' reach: every fc1 unit outputs 1 for every image
+    shift = ["+callbacks.shift._target_=tests.helpers.ShiftBiasesAtStep", "+callbacks.shift.step=2",
+             "+callbacks.shift.value=1000"]
+    with pytest.raises(TrainingCollapsed, match="training collapsed at step 4: 100.0% of the units of layer fc1"):
+        run(tmp_path, shift)
+
+
+def test_fp_baseline_reports_the_same_protocol(tmp_path):
+    run_dir = tmp_path / "fp"
+    metrics = train(compose_train(SMOKE + ["method.scope=last"], run_dir=run_dir))
+    assert {"protocol/regular", "protocol/binary", "protocol/finetuned"} <= set(metrics)
+    assert "protocol/phase1_regular" not in metrics and not (run_dir / "binarization.csv").exists()
