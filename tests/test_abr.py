@@ -174,6 +174,15 @@ def test_abr_run_writes_curves_protocol_and_firing_matrix(tmp_path):
     assert "binarization/fc1/binary99" in events.Tags()["scalars"]
     assert "firing_matrix" in events.Tags()["images"]
 
+    from binexp.report import report
+    from binexp.report.curves import read_curves
+
+    _, written = report([run_dir], out=tmp_path / "report")
+    assert {p.name for p in written} >= {"run-binarization.png", "run-binarization-layers.png", "report.csv"}
+    assert read_curves(run_dir / "binarization.csv")["fc1"]["step"] == [0, 4, 8, 12, 16]
+    header = (tmp_path / "report" / "report.csv").read_text().splitlines()[0]
+    assert "protocol/phase1_binary" in header and "protocol/finetuned" in header
+
 
 def test_slopes_grow_by_the_schedule(tmp_path):
     """4 steps at lambda1 then 12 at lambda2, each adding lambda/|k| outside the lr: k ends above the phase-1 growth."""

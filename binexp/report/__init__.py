@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +60,12 @@ def varying_overrides(runs: list[Run]) -> list[str]:
     return [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
 
 
-DEFAULT_METRICS = ("test/acc", "val/acc", "test/loss")
+DEFAULT_METRICS = (
+    "test/acc", "val/acc", "test/loss",
+    # the evaluation protocol (binexp.protocol): ABR's Table 1/2 columns
+    "protocol/phase1_regular", "protocol/phase1_binary", "protocol/regular", "protocol/binary", "protocol/finetuned",
+    "protocol/binary_weights",
+)
 
 Plotter = Callable[[list[Run], Path], list[Path]]
 PLOTTERS: list[Plotter] = []
@@ -88,7 +94,7 @@ def print_table(runs: list[Run], keys: list[str], metrics: list[str]) -> None:
     for r in runs:
         values = [f"{r.metrics[m]:.4f}" if m in r.metrics else "-" for m in metrics]
         table.add_row(r.name, *[r.overrides.get(k, "") for k in keys], *values)
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 220).print(table)  # logs and pipes get every column
 
 
 def report(paths: list[Path], out: Path | None = None, metrics: list[str] | None = None) -> tuple[list[Run], list[Path]]:
@@ -115,3 +121,8 @@ def main(argv: list[str]) -> None:
     _, written = report(args.paths, args.out, args.metrics)
     for path in written:
         print(f"wrote {path}")
+
+
+from binexp.report.curves import plot_binarization  # noqa: E402  (needs Run above)
+
+PLOTTERS.append(plot_binarization)

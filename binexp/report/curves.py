@@ -1,0 +1,72 @@
+"""Binarization curves from a run's binarization.csv, drawn like the ABR paper's figures.
+
+- `<run>-binarization.png` (Figure 2): the last binarized layer, the share of units binary at least 90%, 99%
+  and 99.9% of the time against the training step.
+- `<run>-binarization-layers.png` (Figure 4 left): one curve per layer, share of units binary 99% of the time.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+from binexp.callbacks.binarization import CSV_NAME
+
+THRESHOLDS = (("binary90", "90%"), ("binary99", "99%"), ("binary999", "99.9%"))
+
+
+def read_curves(path: Path) -> dict[str, dict[str, list[float]]]:
+    """{layer: {column: values by step}}, in the file's layer order; a step recorded twice (a resumed run) keeps
+    its last row."""
+    rows: dict[tuple[str, int], dict[str, str]] = {}
+    layers: list[str] = []
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            rows[(row["layer"], int(row["step"]))] = row
+            if row["layer"] not in layers:
+                layers.append(row["layer"])
+    curves: dict[str, dict[str, list[float]]] = {layer: defaultdict(list) for layer in layers}
+    for (layer, step), row in sorted(rows.items(), key=lambda item: item[0][1]):
+        curves[layer]["step"].append(step)
+        for key, value in row.items():
+            if key not in ("step", "layer"):
+                curves[layer][key].append(float(value))
+    return curves
+
+
+def plot_binarization(runs, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for run in runs:
+        path = run.path / CSV_NAME
+        if not path.exists():
+            continue
+        curves = read_curves(path)
+        if not curves:
+            continue
+        last_layer = list(curves)[-1]
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for key, label in THRESHOLDS:
+            ax.plot(curves[last_layer]["step"], [100 * v for v in curves[last_layer][key]], label=f"binary {label} of the time")
+        ax.set(xlabel="training step", ylabel="% of units", ylim=(0, 101), title=f"{run.name}: {last_layer}")
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        written.append(out / f"{run.name}-binarization.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for layer, values in curves.items():
+            ax.plot(values["step"], [100 * v for v in values["binary99"]], label=layer)
+        ax.set(xlabel="training step", ylabel="% of units binary 99% of the time", ylim=(0, 101), title=run.name)
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        written.append(out / f"{run.name}-binarization-layers.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    return written

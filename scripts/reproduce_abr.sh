@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Reproduce the ABR paper's Tables 1 and 2, Section 4.4 and Figures 2 / 4 left with binexp, then tabulate.
+# CIFAR-10 rows want a GPU (about 40 epochs of cifar10_quick each); MNIST rows run on a CPU in about 20 minutes.
+#   BINEXP_DATA=../shared/data bash scripts/reproduce_abr.sh [mnist|cifar10|all]   (default: all)
+# Each run lands in logs/abr/<name>/; `binexp report logs/abr` prints the table next to the paper's columns
+# (protocol/phase1_regular = "1st Phase", phase1_binary = "1st Binary", regular = "2nd Phase", binary = "2nd Binary",
+# finetuned = "Finetuned") and draws binarization curves for every run.
+set -euo pipefail
+which=${1:-all}
+out=${BINEXP_LOGS:-logs}/abr
+run() { local name=$1; shift; binexp train "$@" hydra.run.dir="$out/$name" callbacks.rich_progress_bar=null; }
+
+if [[ $which == mnist || $which == all ]]; then
+  run table1_mnist_baseline experiment=abr_table1_mnist_baseline
+  run table1_mnist experiment=abr_table1_mnist
+fi
+if [[ $which == cifar10 || $which == all ]]; then
+  run table1_cifar10_baseline experiment=abr_table1_cifar10_baseline
+  run table1_cifar10 experiment=abr_table1_cifar10
+  run table2_cifar10_baseline experiment=abr_table2_cifar10_baseline
+  run table2_cifar10 experiment=abr_table2_cifar10
+  run table2_cifar10_2x experiment=abr_table2_cifar10 architecture.width=2
+  for w in 1 2 4; do run "sec44_cifar10_${w}x" experiment=abr_sec44_cifar10 architecture.width=$w; done
+fi
+binexp report "$out"
