@@ -15,17 +15,21 @@ from omegaconf import MISSING, OmegaConf
 
 from binexp.binarize.abr import ABRConfig
 from binexp.binarize.fp import FloatConfig
+from binexp.binarize.hard import BCConfig, BNNConfig, BWNConfig, XNORConfig
+from binexp.binarize.sbn import SBNConfig
+from binexp.binarize.ste import STEConfig
 from binexp.data.cifar10 import CIFAR10Config
 from binexp.data.imagefolder import ImageFolderConfig
 from binexp.data.mnist import MNISTConfig
 from binexp.data.synthetic import SyntheticConfig
 from binexp.evaluate import EvalConfig
 from binexp.models.cifar_quick import CifarQuickConfig
+from binexp.models.densenet import DenseNetConfig
 from binexp.models.lenet import LeNetConfig
 from binexp.models.resnet import ResNetConfig
 from binexp.models.vgg_small import VGGSmallConfig
 from binexp.protocol import ProtocolConfig
-from binexp.schedules import ConstantConfig, TwoPhaseConfig
+from binexp.schedules import ConstantConfig, ExponentialNuConfig, TwoPhaseConfig
 
 
 @dataclass
@@ -118,9 +122,12 @@ class TrainConfig:
 
 SCHEMAS: dict[str, dict[str, type]] = {
     "dataset": {"mnist": MNISTConfig, "cifar10": CIFAR10Config, "synthetic": SyntheticConfig, "imagefolder": ImageFolderConfig},
-    "architecture": {"lenet": LeNetConfig, "cifar_quick": CifarQuickConfig, "vgg_small": VGGSmallConfig, "resnet": ResNetConfig},
-    "method": {"fp": FloatConfig, "abr": ABRConfig},
-    "schedule": {"constant": ConstantConfig, "two_phase": TwoPhaseConfig},
+    "architecture": {"lenet": LeNetConfig, "cifar_quick": CifarQuickConfig, "vgg_small": VGGSmallConfig, "resnet": ResNetConfig, "densenet": DenseNetConfig},
+    "method": {
+        "fp": FloatConfig, "abr": ABRConfig, "ste": STEConfig,
+        "bc": BCConfig, "bnn": BNNConfig, "bwn": BWNConfig, "xnor": XNORConfig, "sbn": SBNConfig,
+    },
+    "schedule": {"constant": ConstantConfig, "two_phase": TwoPhaseConfig, "exp_nu": ExponentialNuConfig},
     "optimizer": {"sgd": SGDConfig, "adam": AdamConfig},
     "lr_scheduler": {"base": LRSchedulerConfig},
     "trainer": {"base": TrainerConfig},

@@ -92,3 +92,52 @@ class TwoPhase(Schedule):
                 f"schedule.phase1_epochs={self.phase1_epochs} with trainer.max_epochs={max_epochs}: "
                 f"phase 1 must end before training does (phase 2 lasts the remaining epochs)"
             )
+
+
+@dataclass
+class ExponentialNuConfig(ScheduleConfig):
+    _target_: str = "binexp.schedules.ExponentialNu"
+    name: str = "exp_nu"
+    nu_start: float = 1.0
+    nu_end: float = 1000.0
+    per_step: bool = False  # grow nu every optimizer step instead of once per epoch
+
+
+class ExponentialNu(Schedule):
+    """SBN's tanh scale nu, from nu_start at the first epoch to nu_end at the last, growing exponentially.
+
+    The paper increases nu "from 1 to 1000 during training in an exponential manner", one value per epoch
+    (nu_e, eq. 5); it gives no closed form, so the curve is the geometric one through both ends:
+
+        nu_e = nu_start * (nu_end / nu_start) ** (e / (E - 1)),   e = 0 .. E - 1,  E = trainer.max_epochs
+
+    With `per_step`, the same curve over optimizer steps s = 0 .. S - 1 (S = E * steps per epoch).
+    """
+
+    provides = ("nu",)
+
+    def __init__(self, nu_start: float = 1.0, nu_end: float = 1000.0, per_step: bool = False):
+        if not 0 < nu_start <= nu_end:
+            raise ConfigError(
+                f"schedule.nu_start={nu_start}, schedule.nu_end={nu_end}: need 0 < nu_start <= nu_end (nu only grows)"
+            )
+        self.nu_start, self.nu_end, self.per_step = float(nu_start), float(nu_end), bool(per_step)
+
+    def nu(self, progress: Progress) -> float:
+        if self.per_step:
+            done, last = progress.step, progress.total_steps - 1
+        else:
+            done, last = progress.epoch, progress.max_epochs - 1
+        fraction = min(done / last, 1.0) if last > 0 else 1.0
+        return self.nu_start * (self.nu_end / self.nu_start) ** fraction
+
+    def values(self, progress: Progress) -> dict[str, float]:
+        return {"nu": self.nu(progress)}
+
+    def check(self, max_epochs: int) -> None:
+        if not self.per_step and max_epochs < 2 and self.nu_end > self.nu_start:
+            raise ConfigError(
+                f"schedule=exp_nu with trainer.max_epochs={max_epochs}: one value per epoch cannot go from "
+                f"schedule.nu_start={self.nu_start} to schedule.nu_end={self.nu_end}; train 2 epochs or more, "
+                f"or set schedule.per_step=true"
+            )

@@ -30,6 +30,7 @@ from binexp.models import build_model
 from binexp.module import Classifier
 from binexp.protocol import PhaseEvaluation, ProtocolConfig, run_protocol
 from binexp.schedules import Schedule
+from binexp.size import model_size
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     protocol = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ProtocolConfig), cfg.get("protocol") or {}))
     module.to(trainer.strategy.root_device)  # Lightning hands the model back on the CPU
     metrics.update(run_protocol(module.net, method, dm, protocol, seed=dm.seed))
+    metrics.update(model_size(module.net))
     metrics.update({"trainer/epochs": float(trainer.current_epoch), "trainer/global_step": float(trainer.global_step)})
     metrics["time/wall_s"] = time.time() - started
     if trainer.is_global_zero:

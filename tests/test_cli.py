@@ -34,7 +34,7 @@ def test_unknown_task_is_refused():
 def test_train_help_shows_the_config_groups(tmp_path):
     out = binexp("train", "--help", cwd=tmp_path)
     assert out.returncode == 0
-    for line in ("architecture: cifar_quick, lenet, resnet18, vgg_small", "dataset: cifar10, imagefolder, mnist, synthetic"):
+    for line in ("architecture: cifar_quick, densenet13, densenet21, densenet37, densenet69, lenet, resnet18, resnet34_thin, resnet34_wide, vgg_small", "dataset: cifar10, imagefolder, mnist, synthetic"):
         assert line in out.stdout
 
 
@@ -90,7 +90,7 @@ def test_a_built_wheel_carries_the_config_tree(tmp_path):
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)}, capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "method: abr, fp" in out.stdout and "abr_table1_mnist" in out.stdout
+    assert "method: abr, bc, bnn, bwn, fp, sbn, ste, xnor" in out.stdout and "abr_table1_mnist" in out.stdout
     check = subprocess.run(
         [sys.executable, "-c", "import binexp, binexp.conf; print(binexp.__file__, binexp.conf.__file__)"],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)}, capture_output=True, text=True,

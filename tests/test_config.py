@@ -20,15 +20,17 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-SHAPES = {"lenet": (1, 28, 28), "cifar_quick": (3, 32, 32), "vgg_small": (3, 32, 32), "resnet18": (3, 32, 32)}
+SHAPES = {"lenet": (1, 28, 28)}  # the rest are CIFAR networks
 
 
 @pytest.mark.parametrize("arch", options("architecture"))
 @pytest.mark.parametrize("method", options("method"))
 def test_every_method_builds_every_architecture_and_runs_forward(arch, method):
-    cfg = compose_train([f"architecture={arch}", f"method={method}", "dataset=synthetic"])
-    net = build_model(cfg.architecture, build(cfg.method), SHAPES[arch], num_classes=10)
-    out = net(torch.randn(2, *SHAPES[arch]))
+    # a quarter of the width keeps the all-pairs matrix fast; the wiring is the same
+    cfg = compose_train([f"architecture={arch}", f"method={method}", "dataset=synthetic", "architecture.width=0.25"])
+    shape = SHAPES.get(arch, (3, 32, 32))
+    net = build_model(cfg.architecture, build(cfg.method), shape, num_classes=10)
+    out = net(torch.randn(2, *shape))
     assert out.shape == (2, 10)
     assert torch.isfinite(out).all()
 

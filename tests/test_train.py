@@ -64,20 +64,21 @@ def test_resume_continues_from_the_saved_step(tmp_path):
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 8
 
 
-def test_interrupt_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_path):
-    common = ["trainer.max_epochs=2", "trainer.deterministic=true"]
+@pytest.mark.parametrize("signal_step", [4, 3], ids=["mid-epoch", "last-batch-of-epoch"])
+def test_interrupt_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_path, signal_step):
+    common = ["trainer.max_epochs=3", "trainer.deterministic=true"]
     straight_dir, straight = run(tmp_path, common, "straight")
 
-    stop = ["+callbacks.signal._target_=binexp.callbacks.guards.SignalAtStep", "+callbacks.signal.step=4"]
+    stop = ["+callbacks.signal._target_=binexp.callbacks.guards.SignalAtStep", f"+callbacks.signal.step={signal_step}"]
     cut_dir = tmp_path / "cut"
     with pytest.raises(RunInterrupted, match="resume=") as err:
         train(compose_train(SMOKE + common + stop, run_dir=cut_dir))
     assert str(cut_dir) in str(err.value)
     saved = torch.load(cut_dir / "checkpoints" / "last.ckpt", weights_only=False)
-    assert saved["global_step"] == 5
+    assert saved["global_step"] == signal_step + 1
 
     resumed = train(compose_train(SMOKE + common + [f"resume={cut_dir}"], run_dir=cut_dir))
-    assert resumed["trainer/global_step"] == straight["trainer/global_step"]
+    assert resumed["trainer/global_step"] == straight["trainer/global_step"] == 12
     a = torch.load(straight_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     b = torch.load(cut_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     for key in a:

@@ -49,6 +49,8 @@ class GracefulStop(pl.Callback):
 
     It stops by raising `RunInterrupted` right after saving: letting the epoch wind down instead would let
     ModelCheckpoint overwrite last.ckpt with the epoch marked finished, and a resume would skip its rest.
+    On an epoch's last batch it waits for the epoch's end instead (validation included): a checkpoint taken in
+    the last batch's end hook counts that batch as not completed, and a resume then loses the next epoch.
     A second Ctrl-C interrupts at once.
     """
 
@@ -58,6 +60,7 @@ class GracefulStop(pl.Callback):
         self.received: int | None = None
         self.checkpoint: Path | None = None
         self._previous: dict[int, object] = {}
+        self._stop_at_epoch_end = False
 
     def _handle(self, signum, frame) -> None:
         if self.received is not None and signum == signal.SIGINT:
@@ -78,15 +81,26 @@ class GracefulStop(pl.Callback):
                 return
             flag = torch.tensor(float(stop), device=pl_module.device)
             stop = trainer.strategy.reduce(flag, reduce_op="max").item() > 0
-        if stop:
-            self.received = self.received or signal.SIGTERM
-            run_dir = Path(trainer.default_root_dir)
-            self.checkpoint = run_dir / "checkpoints" / "last.ckpt"
-            trainer.save_checkpoint(self.checkpoint)
-            raise RunInterrupted(
-                f"stopped at step {trainer.global_step} (epoch {trainer.current_epoch}); saved {self.checkpoint}.\n"
-                f"Resume with: binexp train resume={run_dir}"
-            )
+        if not stop:
+            return
+        self.received = self.received or signal.SIGTERM
+        if batch_idx + 1 >= trainer.num_training_batches:
+            self._stop_at_epoch_end = True
+        else:
+            self._save_and_stop(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._stop_at_epoch_end:
+            self._save_and_stop(trainer)
+
+    def _save_and_stop(self, trainer) -> None:
+        run_dir = Path(trainer.default_root_dir)
+        self.checkpoint = run_dir / "checkpoints" / "last.ckpt"
+        trainer.save_checkpoint(self.checkpoint)
+        raise RunInterrupted(
+            f"stopped at step {trainer.global_step} (epoch {trainer.current_epoch}); saved {self.checkpoint}.\n"
+            f"Resume with: binexp train resume={run_dir}"
+        )
 
     def _restore_handlers(self) -> None:
         for sig, handler in self._previous.items():

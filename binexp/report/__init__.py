@@ -65,6 +65,7 @@ DEFAULT_METRICS = (
     # the evaluation protocol (binexp.protocol): ABR's Table 1/2 columns
     "protocol/phase1_regular", "protocol/phase1_binary", "protocol/regular", "protocol/binary", "protocol/finetuned",
     "protocol/binary_weights",
+    "size/bytes_binary", "size/bytes_float",
 )
 
 Plotter = Callable[[list[Run], Path], list[Path]]
@@ -124,5 +125,6 @@ def main(argv: list[str]) -> None:
 
 
 from binexp.report.curves import plot_binarization  # noqa: E402  (needs Run above)
+from binexp.report.sweeps import plot_sweeps  # noqa: E402
 
-PLOTTERS.append(plot_binarization)
+PLOTTERS += [plot_sweeps, plot_binarization]

@@ -1,0 +1,199 @@
+"""BinaryBN (Lahoud et al., "Self-binarizing networks", Sec. 4.3): batch normalization followed by sign, computed
+as one comparison per value.
+
+At inference a BN layer computes, per channel (eq. 8),
+
+    O = (I - mu) / sigma * gamma + beta,        sigma = sqrt(running_var + eps),
+
+and in a network with binary activations only sign(O) is kept. With binexp's sign(0) = +1, for gamma != 0
+
+    sign(O) = +1  <=>  O >= 0  <=>  s * I >= s * T,     s = sign(gamma),   T = mu - sigma * beta / gamma   (eqs. 9, 10)
+
+that is +1 where XNOR(I > T, gamma > 0), and +1 at the tie I == T. (The paper's eq. 1 takes sign(0) = -1 and so
+writes the strict form; ties are where the two conventions differ, and BN's output there is exactly 0.) For
+gamma = 0 the output is the constant sign(beta), +1 for beta = 0 (the paper's special case); it is stored as
+T = -inf (always +1) or T = +inf (always -1) with s = +1, so one comparison still serves every channel.
+
+Exactness: T is computed in float64 and rounded *towards the comparison* into float32 (the smallest float32 >= s*T),
+so for float32 inputs `s*I >= threshold` is the exact sign of the real-valued BN with these parameters, ties
+included. PyTorch's float32 BN rounds its own output; the two could only differ where |O| is within float32
+rounding of 0 — never at exact ties (tests build them from dyadic parameters).
+
+Deployed form (`FixedPointBinaryBN`): T per channel as an 8-bit fixed-point code q = round(T * 2^f), with f fraction
+bits per layer chosen from the thresholds' range, plus the sign bit of gamma: 9 bits per channel against BN's
+4 x 32 (the paper's Table 2). `disagreements` counts where it departs from the float form.
+
+`SignBatchNorm1d/2d` are BN layers whose step form (step mode, eval) is BinaryBN: methods with binary activations
+build them, and `link_to_activations` marks those that feed a sign activation of the same layer name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+def _round_up_to_float32(values: torch.Tensor) -> torch.Tensor:
+    """The smallest float32 >= each float64 value (so `v >= result` <=> `v >= value` for every float32 v)."""
+    rounded = values.to(torch.float32)
+    below = rounded.to(torch.float64) < values
+    return torch.where(below, torch.nextafter(rounded, torch.full_like(rounded, math.inf)), rounded)
+
+
+def _per_channel(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Broadcast a (C,) vector over x's channel dimension (dim 1) for (N, C) and (N, C, H, W) inputs."""
+    return values.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+def _plus_minus_one(positive: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.where(positive, torch.ones((), dtype=dtype, device=positive.device),
+                       -torch.ones((), dtype=dtype, device=positive.device))
+
+
+@dataclass(frozen=True)
+class BinaryBN:
+    """sign(BN(x)) of one BN layer in eval mode, as per-channel thresholds: +1 where s*x >= s*T."""
+
+    threshold: torch.Tensor  # T per channel, float64; -inf / +inf for gamma == 0 (constant +1 / -1)
+    negative: torch.Tensor  # bool per channel: gamma < 0, the comparison flips (s = -1)
+
+    @classmethod
+    def from_batchnorm(cls, bn: nn.modules.batchnorm._BatchNorm) -> BinaryBN:
+        if bn.running_mean is None or bn.running_var is None:
+            raise ValueError(f"{type(bn).__name__} keeps no running statistics: BinaryBN needs them (track_running_stats=True)")
+        mu = bn.running_mean.detach().to(torch.float64)
+        sigma = torch.sqrt(bn.running_var.detach().to(torch.float64) + bn.eps)
+        if bn.affine:
+            gamma, beta = bn.weight.detach().to(torch.float64), bn.bias.detach().to(torch.float64)
+        else:
+            gamma, beta = torch.ones_like(mu), torch.zeros_like(mu)
+        zero = gamma == 0
+        safe_gamma = torch.where(zero, torch.ones_like(gamma), gamma)
+        constant = torch.where(beta >= 0, torch.full_like(mu, -math.inf), torch.full_like(mu, math.inf))
+        threshold = torch.where(zero, constant, mu - sigma * beta / safe_gamma)
+        return cls(threshold=threshold, negative=gamma < 0)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        s = _plus_minus_one(~self.negative, torch.float64)
+        signed_threshold = s * self.threshold.to(x.device)
+        s = s.to(x.device)
+        if x.dtype == torch.float64:
+            values, bound = x, signed_threshold
+        else:  # float32 holds half and bfloat16 values exactly; compare there
+            values, bound = x.to(torch.float32), _round_up_to_float32(signed_threshold)
+        fires = values * _per_channel(s.to(values.dtype), x) >= _per_channel(bound, x)
+        return _plus_minus_one(fires, x.dtype)
+
+    def quantize(self, bits: int = 8, data_range: float | None = None) -> FixedPointBinaryBN:
+        """The deployed form: T as a `bits`-bit fixed-point code per channel plus the sign bit of gamma.
+
+        The layer's fraction bits f are the most that keep its largest finite |T| (at most `data_range`, the largest
+        |input| seen, when given: thresholds beyond every input saturate without changing an output) in range.
+        Constant channels (gamma = 0) take the code range's ends, so they stay constant for inputs within it.
+        """
+        finite = self.threshold[torch.isfinite(self.threshold)].abs()
+        max_abs = finite.max().item() if finite.numel() else 0.0
+        if data_range is not None:
+            max_abs = min(max_abs, data_range)
+        f = fraction_bits(max_abs, bits)
+        low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        codes = torch.round(torch.nan_to_num(self.threshold, posinf=high * 2.0 ** -f, neginf=low * 2.0 ** -f) * 2.0**f)
+        codes = codes.clamp(low, high)
+        negative = self.negative.clone()
+        # always -1: +1 would need x <= low * 2^-f, below the code range (a +inf threshold cannot be coded)
+        always_off = self.threshold == math.inf
+        codes[always_off], negative[always_off] = low, True
+        return FixedPointBinaryBN(codes=codes.to(torch.int8 if bits <= 8 else torch.int32), negative=negative,
+                                  fraction_bits=f, bits=bits)
+
+
+def fraction_bits(max_abs: float, bits: int = 8) -> int:
+    """The most fraction bits f with round(max_abs * 2^f) within a signed `bits`-bit code (f < 0 for large values)."""
+    high = 2 ** (bits - 1) - 1
+    if not max_abs > 0 or not math.isfinite(max_abs):
+        return bits - 1
+    f = math.floor(math.log2(high / max_abs))
+    while max_abs * 2.0**f > high:  # guard log2's rounding
+        f -= 1
+    while max_abs * 2.0 ** (f + 1) <= high:
+        f += 1
+    return f
+
+
+@dataclass(frozen=True)
+class FixedPointBinaryBN:
+    """BinaryBN with T stored as `codes * 2^-fraction_bits` (int8 by default): 9 bits per channel."""
+
+    codes: torch.Tensor
+    negative: torch.Tensor
+    fraction_bits: int
+    bits: int = 8
+
+    @property
+    def bits_per_channel(self) -> int:
+        return self.bits + 1  # the threshold code and the sign of gamma
+
+    @property
+    def thresholds(self) -> torch.Tensor:
+        return self.codes.to(torch.float64) * 2.0 ** -self.fraction_bits
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return BinaryBN(threshold=self.thresholds, negative=self.negative)(x)
+
+
+def disagreements(bn: nn.modules.batchnorm._BatchNorm, batches: Iterable[torch.Tensor], bits: int = 8,
+                  data_range: float | None = None) -> tuple[int, int]:
+    """(values where the fixed-point BinaryBN differs from the float one, values compared) over `batches` of BN inputs."""
+    exact = BinaryBN.from_batchnorm(bn)
+    fixed = exact.quantize(bits, data_range)
+    differ = total = 0
+    for x in batches:
+        differ += int((exact(x) != fixed(x)).sum().item())
+        total += x.numel()
+    return differ, total
+
+
+class _BinaryBNStepForm:
+    """BN whose step form, in eval mode and when it feeds a sign activation, is BinaryBN (outputs +-1)."""
+
+    block_name: str
+    step: bool
+    feeds_sign: bool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.step and self.feeds_sign and not self.training:
+            return BinaryBN.from_batchnorm(self)(x)
+        return super().forward(x)
+
+
+class SignBatchNorm2d(_BinaryBNStepForm, nn.BatchNorm2d):
+    def __init__(self, channels: int, name: str = ""):
+        super().__init__(channels)
+        self.block_name, self.step, self.feeds_sign = name, False, False
+
+
+class SignBatchNorm1d(_BinaryBNStepForm, nn.BatchNorm1d):
+    def __init__(self, channels: int, name: str = ""):
+        super().__init__(channels)
+        self.block_name, self.step, self.feeds_sign = name, False, False
+
+
+def link_to_activations(model: nn.Module, sign_activations: tuple[type, ...]) -> int:
+    """Mark each SignBatchNorm that has a sign activation of the same `block_name` as feeding it; returns how many.
+
+    `block_name` is the name the architecture built a module under. Architectures build a hidden layer's BN and
+    activation under one name, BN feeding the activation directly
+    (conv -> [pool] -> bn -> act, or pre-activation bn -> act -> conv). A BN without one (ResNet's head, followed
+    by a float ReLU) keeps its float form in step mode.
+    """
+    signs = {m.block_name for m in model.modules() if isinstance(m, sign_activations)}
+    linked = 0
+    for module in model.modules():
+        if isinstance(module, _BinaryBNStepForm):
+            module.feeds_sign = module.block_name in signs
+            linked += module.feeds_sign
+    return linked

@@ -1,0 +1,174 @@
+"""SBN: self-binarizing networks (Lahoud et al. 2019), applied to a hard-binarization base (`method.base`).
+
+Soft binarization replaces sign by tanh(nu * x) and sharpens it as training goes (eq. 3: tanh(nu x) -> sign(x)
+as nu -> inf). Each binary layer keeps a learnable, unconstrained latent P and trains with
+
+    W = tanh(nu * P)                         (eq. 5)      bc, bnn
+    W = alpha * tanh(nu * P),  alpha = mean |P| per output channel        bwn, xnor (the base's scaling; P plays
+                                                                          the part of its real-valued weights)
+and, where the base binarizes activations (bnn, xnor), A = tanh(nu * O) (eq. 7) on the BN output O; bc and bwn
+keep ReLU. nu grows from 1 to 1000 over training (`schedule=exp_nu`), written into the 0-d buffer `nu` of every
+SBN layer. In step mode (inference) the network is binary: B = sign(P) (eq. 6, sign(0) = +1) times the base's
+alpha, activations sign(O), and each BN + sign pair is BinaryBN (Sec. 4.3), one comparison per value.
+
+The layer plan is the base's (`binexp.binarize.hard`): every conv and linear layer binarized, the first included
+(its input is the image), and the last followed by BN; `method.binarize_first/last=false` keep them float. There is
+no clipping: P is unconstrained, tanh bounds W.
+
+Every SBN layer is a binarization probe for the curves callback: `<layer>.weight` reports the share of |tanh(nu P)|
+above 0.9 / 0.99 / 0.999 (binary90/99/999), `<layer>.act` the share of activation values |tanh(nu O)| above them
+and `stuck`, the share of units saturated (|tanh| > 0.99) at the same sign for every test sample: those pass no
+gradient, which is what the callback's collapse check means. A unit merely of one sign is not counted: early in
+training, while nu is small and BN's running statistics still lag, many are, and they still learn. A weight has no
+samples: its `stuck` is NaN, never a collapse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from binexp.binarize.base import BinarizationProbe, BinaryWeights, MethodConfig
+from binexp.binarize.functional import binary_sign
+from binexp.binarize.hard import Base, BinarizedLayers, channel_scale
+
+THRESHOLDS = {"binary90": 0.9, "binary99": 0.99, "binary999": 0.999}
+SATURATED = 0.99  # |tanh| above this passes (almost) no gradient
+
+
+@dataclass
+class SBNConfig(MethodConfig):
+    _target_: str = "binexp.binarize.sbn.SBN"
+    name: str = "sbn"
+    base: Base = Base.bnn  # bc | bnn | bwn | xnor: which hard method's network is softened
+    binarize_first: bool = True
+    binarize_last: bool = True
+
+
+def magnitude_counts(values: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Counts of |values| above each threshold, their number and the sum of |values| (sums, so ranks add up)."""
+    a = values.detach().abs()
+    counts = {key: (a > t).sum(dtype=torch.int64) for key, t in THRESHOLDS.items()}
+    counts["values"] = torch.tensor(a.numel(), device=a.device, dtype=torch.int64)
+    counts["abs_sum"] = a.sum(dtype=torch.float64)
+    return counts
+
+
+def magnitude_summary(counts: dict[str, torch.Tensor]) -> dict[str, float]:
+    n = counts["values"].double().clamp_min(1)
+    out = {key: (counts[key].double() / n).item() for key in THRESHOLDS}
+    out["mean_abs"] = (counts["abs_sum"].double() / n).item()
+    return out
+
+
+class _SoftWeights(BinarizationProbe):
+    """W = [alpha *] tanh(nu * P) in training, [alpha *] sign(P) in step mode; P is the layer's `weight`."""
+
+    weight: nn.Parameter
+    nu: torch.Tensor
+
+    def _soft_setup(self, name: str, scaled: bool) -> None:
+        self.block_name, self.layer_name, self.scaled = name, f"{name}.weight", scaled
+        self.register_buffer("nu", torch.tensor(1.0))  # nu_0 = 1; the schedule writes it before every step
+        self.step, self.probing = False, False
+
+    def soft_weight(self) -> torch.Tensor:
+        return torch.tanh(self.nu * self.weight)
+
+    def effective_weight(self) -> torch.Tensor:
+        w = binary_sign(self.weight) if self.step else self.soft_weight()
+        return w * channel_scale(self.weight) if self.scaled else w
+
+    def probe_reset(self) -> None:
+        pass  # the weights are measured when counts are collected
+
+    def probe_counts(self) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return magnitude_counts(self.soft_weight())
+
+    def probe_summary(self, counts: dict[str, torch.Tensor]) -> dict[str, float]:
+        return {**magnitude_summary(counts), "stuck": float("nan")}
+
+
+class SoftBinaryConv2d(_SoftWeights, nn.Conv2d, BinaryWeights):
+    def __init__(self, *args: Any, name: str = "", scaled: bool = False, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._soft_setup(name, scaled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.effective_weight(), self.bias)
+
+
+class SoftBinaryLinear(_SoftWeights, nn.Linear, BinaryWeights):
+    """`output_norm` adds the BN that follows a binary output layer (see binexp.binarize.hard)."""
+
+    def __init__(self, *args: Any, name: str = "", scaled: bool = False, output_norm: bool = False, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._soft_setup(name, scaled)
+        self.output_norm = nn.BatchNorm1d(self.out_features) if output_norm else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.effective_weight(), self.bias)
+        return y if self.output_norm is None else self.output_norm(y)
+
+
+class ScaledTanh(nn.Module, BinarizationProbe):
+    """tanh(nu * x) in training (eq. 7), sign(x) in step mode."""
+
+    def __init__(self, name: str = ""):
+        super().__init__()
+        self.block_name, self.layer_name = name, f"{name}.act"
+        self.register_buffer("nu", torch.tensor(1.0))
+        self.step, self.probing = False, False
+        self._counts: dict[str, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = binary_sign(x) if self.step else torch.tanh(self.nu * x)
+        if self.probing:
+            self._record(out.detach())
+        return out
+
+    def probe_reset(self) -> None:
+        self._counts = {}
+
+    def _record(self, out: torch.Tensor) -> None:
+        batch = magnitude_counts(out)
+        # per unit (channel x position): how often it is saturated at +1 and at -1
+        batch["saturated_pos"] = (out > SATURATED).sum(0, dtype=torch.int64)
+        batch["saturated_neg"] = (out < -SATURATED).sum(0, dtype=torch.int64)
+        batch["samples"] = torch.tensor(out.shape[0], device=out.device, dtype=torch.int64)
+        for key, value in batch.items():
+            self._counts[key] = self._counts[key] + value if key in self._counts else value
+
+    def probe_counts(self) -> dict[str, torch.Tensor]:
+        return dict(self._counts)
+
+    def probe_summary(self, counts: dict[str, torch.Tensor]) -> dict[str, float]:
+        stuck = (counts["saturated_pos"] == counts["samples"]) | (counts["saturated_neg"] == counts["samples"])
+        return {**magnitude_summary(counts), "stuck": stuck.double().mean().item()}
+
+
+class SBN(BinarizedLayers):
+    name = "sbn"
+    schedule_keys = ("nu",)
+    sign_activations = (ScaledTanh,)
+
+    def __init__(self, base: Any = "bnn", binarize_first: bool = True, binarize_last: bool = True):
+        super().__init__(binarize_first, binarize_last)
+        self.base = Base.parse(base)
+
+    def binary_conv(self, name: str, in_ch: int, out_ch: int, kernel_size: int, stride: int, padding: int,
+                    bias: bool) -> nn.Module:
+        return SoftBinaryConv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding, bias=bias, name=name,
+                                scaled=self.base.scaled_weights)
+
+    def binary_linear(self, name: str, in_features: int, out_features: int, bias: bool, output_norm: bool) -> nn.Module:
+        return SoftBinaryLinear(in_features, out_features, bias=bias, name=name, scaled=self.base.scaled_weights,
+                                output_norm=output_norm)
+
+    def binary_act(self, name: str, channels: int) -> nn.Module:
+        return ScaledTanh(name)

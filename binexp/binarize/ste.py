@@ -1,0 +1,106 @@
+"""STE: sign weights and activations trained with the straight-through estimator (BMXNet, Bethge et al.).
+
+Forward: sign(x) with sign(0) = +1 (eq. 1). Backward: the gradient passes where |x| <= t_clip and is cancelled
+elsewhere (eq. 2, Hubara et al.); `method.t_clip=null` never cancels. The clip applies to activations; latent
+weights get the plain straight-through gradient (their range is what the optimizer makes of it).
+
+`method.scaling` is the paper's Figure 4b, after Zhou et al. (DoReFa): `none` (N), `backward` (B: the forward
+uses sign(W), the gradient reaching W is scaled by mean|W|), `forward_backward` (FB: sign(W) * mean|W| in both
+passes, one scalar per layer). The first and last layers stay full precision by default (`binarize_first`,
+`binarize_last`); their inputs follow the architecture (the first reads the image).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from binexp.binarize.base import BinaryWeights, Method, MethodConfig
+from binexp.binarize.functional import sign_ste
+
+
+class Scaling(str, Enum):
+    none = "none"
+    backward = "backward"
+    forward_backward = "forward_backward"
+
+
+@dataclass
+class STEConfig(MethodConfig):
+    _target_: str = "binexp.binarize.ste.STE"
+    name: str = "ste"
+    t_clip: Optional[float] = 0.5  # the paper's choice after its sweep (Hubara et al. used 1.0)
+    scaling: Scaling = Scaling.none
+    binarize_first: bool = False
+    binarize_last: bool = False
+
+
+def binary_weight(w: torch.Tensor, scaling: str) -> torch.Tensor:
+    """sign(w) with the straight-through gradient, scaled as `scaling` says."""
+    b = sign_ste(w, None)
+    if scaling == Scaling.none.value:
+        return b
+    alpha = w.detach().abs().mean()
+    if scaling == Scaling.forward_backward.value:
+        return b * alpha
+    return alpha * b + ((1 - alpha) * b).detach()  # the value of sign(w), the gradient of alpha * sign(w)
+
+
+class BinaryConv2d(nn.Conv2d, BinaryWeights):
+    def __init__(self, *args, scaling: str = "none", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scaling = scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, binary_weight(self.weight, self.scaling), self.bias)
+
+
+class BinaryLinear(nn.Linear, BinaryWeights):
+    def __init__(self, *args, scaling: str = "none", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scaling = scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, binary_weight(self.weight, self.scaling), self.bias)
+
+
+class SignActivation(nn.Module):
+    """sign(x) forward, gradient cancelled where |x| > t_clip."""
+
+    def __init__(self, name: str, t_clip: Optional[float]):
+        super().__init__()
+        self.layer_name, self.t_clip = name, t_clip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sign_ste(x, self.t_clip)
+
+    def extra_repr(self) -> str:
+        return f"t_clip={self.t_clip}"
+
+
+class STE(Method):
+    name = "ste"
+
+    def __init__(self, t_clip: Optional[float] = 0.5, scaling: str = "none", binarize_first: bool = False,
+                 binarize_last: bool = False):
+        self.t_clip = t_clip
+        self.scaling = str(getattr(scaling, "value", scaling))
+        self.binarize_first, self.binarize_last = binarize_first, binarize_last
+
+    def conv(self, name, in_ch, out_ch, kernel_size, stride=1, padding=0, bias=True, *, first=False):
+        if first and not self.binarize_first:
+            return super().conv(name, in_ch, out_ch, kernel_size, stride, padding, bias, first=first)
+        return BinaryConv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding, bias=bias, scaling=self.scaling)
+
+    def linear(self, name, in_features, out_features, bias=True, *, last=False):
+        if last and not self.binarize_last:
+            return super().linear(name, in_features, out_features, bias, last=last)
+        return BinaryLinear(in_features, out_features, bias=bias, scaling=self.scaling)
+
+    def act(self, name, channels, *, last=False):
+        return SignActivation(name, self.t_clip)

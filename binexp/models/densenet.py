@@ -1,0 +1,68 @@
+"""DenseNet without bottlenecks, as BMXNet trains it binary (its Figure 1d and Section 3.1).
+
+A CIFAR stem (3x3 conv with 2k filters, no pooling), four dense units of `blocks` blocks each, a transition
+(BN -> act -> 1x1 conv -> 2x2 average pool) between units, and BN -> ReLU -> global pool -> classifier. A block is
+BN -> act -> 3x3 conv producing k (the growth rate) new channels, concatenated to its input. Following the paper's
+naming, blocks b per unit give "DenseNet-(8b + 5)": 13 (k=256, b=1), 21 (k=128, b=2), 37 (k=64, b=4),
+69 (k=32, b=8).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from binexp.binarize.base import Method
+from binexp.models.base import ArchitectureConfig, scaled
+
+
+@dataclass
+class DenseNetConfig(ArchitectureConfig):
+    _target_: str = "binexp.models.densenet.DenseNet"
+    name: str = "densenet21"
+    growth: int = 128
+    blocks: int = 2  # blocks per dense unit (b); depth 8b + 5
+    reduction: float = 0.5  # a transition keeps this share of its input channels
+
+
+class DenseBlock(nn.Module):
+    def __init__(self, method: Method, name: str, in_ch: int, growth: int):
+        super().__init__()
+        self.bn = method.bn(name, in_ch)
+        self.act = method.act(name, in_ch)
+        self.conv = method.conv(name, in_ch, growth, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.conv(self.act(self.bn(x)))], dim=1)
+
+
+class Transition(nn.Sequential):
+    def __init__(self, method: Method, name: str, in_ch: int, out_ch: int):
+        super().__init__(
+            method.bn(name, in_ch), method.act(name, in_ch), method.conv(name, in_ch, out_ch, 1, bias=False), nn.AvgPool2d(2)
+        )
+
+
+class DenseNet(nn.Module):
+    def __init__(self, method: Method, image_shape: tuple[int, int, int], num_classes: int, width: float = 1.0,
+                 growth: int = 128, blocks: int = 2, reduction: float = 0.5):
+        super().__init__()
+        k = scaled(growth, width)
+        channels = 2 * k
+        layers: list[nn.Module] = [method.conv("stem", image_shape[0], channels, 3, padding=1, bias=False, first=True)]
+        for unit in range(1, 5):
+            for b in range(1, blocks + 1):
+                layers.append(DenseBlock(method, f"unit{unit}.block{b}", channels, k))
+                channels += k
+            if unit < 4:
+                out = max(1, int(channels * reduction))
+                layers.append(Transition(method, f"transition{unit}", channels, out))
+                channels = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(method.bn("head", channels), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = method.linear("fc", channels, num_classes, last=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.head(self.features(x)))

@@ -1,0 +1,50 @@
+"""Accuracy against a swept numeric key (BMXNet's Figure 4a for method.t_clip): `accuracy-vs-<key>.png`.
+
+Every varying override whose values are all numbers gets a plot; runs that also differ in other overrides are
+drawn as separate lines.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def plot_sweeps(runs, out: Path, metric: str = "test/acc") -> list[Path]:
+    from binexp.report import varying_overrides
+
+    keys = varying_overrides(runs)
+    numeric = [k for k in keys if all(_number(r.overrides.get(k)) is not None for r in runs)]
+    if len(runs) < 2 or not numeric:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for key in numeric:
+        lines: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        for r in runs:
+            if metric in r.metrics:
+                label = ", ".join(f"{k}={r.overrides.get(k)}" for k in keys if k != key) or metric
+                lines[label].append((_number(r.overrides[key]), 100 * r.metrics[metric]))
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for label, points in sorted(lines.items()):
+            xs, ys = zip(*sorted(points))
+            ax.plot(xs, ys, marker="o", label=label)
+        ax.set(xlabel=key, ylabel=f"{metric} (%)", title=f"{metric} vs {key}")
+        if len(lines) > 1:
+            ax.legend(fontsize="small")
+        fig.tight_layout()
+        written.append(out / f"accuracy-vs-{key.replace('/', '_')}.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    return written

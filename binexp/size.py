@@ -1,0 +1,26 @@
+"""Model size as deployed (BMXNet's Table 2): 1 bit per binary weight, 32 bits for every other float tensor.
+
+Binary weights are the `weight` of layers marked `BinaryWeights`; everything else that a deployed model needs
+(float weights, biases, batch-norm parameters and running statistics, slopes) counts as float32. Integer buffers
+(BN's num_batches_tracked) are training bookkeeping and are not counted.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from binexp.binarize.base import BinaryWeights
+
+
+def model_size(net: nn.Module) -> dict[str, float]:
+    binary_ids = {id(m.weight) for m in net.modules() if isinstance(m, BinaryWeights)}
+    tensors = {id(t): t for t in [*net.parameters(), *net.buffers()] if t.is_floating_point()}
+    binary = sum(t.numel() for i, t in tensors.items() if i in binary_ids)
+    total = sum(t.numel() for t in tensors.values())
+    return {
+        "size/params": float(total),
+        "size/binary_params": float(binary),
+        "size/bytes_float": 4.0 * total,
+        "size/bytes_binary": (binary + 7) // 8 + 4.0 * (total - binary),
+    }
+

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Reproduce the SBN paper's Table 1, CIFAR-10 column, with binexp: full precision, the four hard baselines
+# (BC, BWN, BNN, XNOR) and SBN applied to each, on the VGG-16-like network (100 epochs each: wants a GPU), then
+# tabulate.
+#   BINEXP_DATA=../shared/data bash scripts/reproduce_sbn.sh
+# Each run lands in logs/sbn/<name>/. In `binexp report logs/sbn` the table's number is test/acc for fp, bc, bwn,
+# bnn and xnor, and protocol/binary (sign(P) weights, sign activations, BinaryBN: the deployed network) for the
+# sbn_* rows. Paper: fp 86.55; BC 87.24 -> 88.50; BWN 89.87 -> 90.56; BNN 84.06 -> 84.61; XNOR 86.16 -> 86.91.
+set -euo pipefail
+out=${BINEXP_LOGS:-logs}/sbn
+run() { local name=$1; shift; binexp train "$@" hydra.run.dir="$out/$name" callbacks.rich_progress_bar=null; }
+
+run fp experiment=sbn_table1_fp
+for base in bc bwn bnn xnor; do
+  run "$base" experiment=sbn_table1_$base
+  run "sbn_$base" experiment=sbn_table1_sbn_$base
+done
+binexp report "$out"

@@ -1,0 +1,280 @@
+"""SBN and the hard baselines: BinaryBN, the nu schedule, weight scaling, every architecture, a run and its resume."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+
+from binexp.binarize.base import BinaryWeights, step_mode
+from binexp.binarize.binary_bn import BinaryBN, SignBatchNorm1d, SignBatchNorm2d, disagreements, fraction_bits
+from binexp.binarize.functional import binary_sign
+from binexp.binarize.hard import (
+    Base,
+    BinaryConnect,
+    BinaryNet,
+    BinaryWeightNetwork,
+    SignConv2d,
+    SignLinear,
+    XNORNet,
+    channel_scale,
+)
+from binexp.binarize.sbn import SBN, ScaledTanh, SoftBinaryConv2d, SoftBinaryLinear
+from binexp.errors import ConfigError, RunInterrupted
+from binexp.models import build_model
+from binexp.schedules import ExponentialNu, Progress
+from binexp.train import train
+from tests.conftest import SMOKE, compose_train
+
+
+def random_bn(channels: int, seed: int) -> SignBatchNorm2d:
+    g = torch.Generator().manual_seed(seed)
+    bn = SignBatchNorm2d(channels)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(channels, generator=g))
+        bn.running_var.copy_(torch.rand(channels, generator=g) * 3 + 0.1)
+        bn.weight.copy_(torch.randn(channels, generator=g))
+        bn.bias.copy_(torch.randn(channels, generator=g))
+        bn.weight[:3] = 0.0  # gamma = 0: the output is sign(beta) everywhere
+        bn.bias[:3] = torch.tensor([0.0, -0.5, 0.25])
+        bn.weight[3:8] = -bn.weight[3:8].abs()  # gamma < 0 flips the comparison
+    return bn.eval()
+
+
+# ---- BinaryBN ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_binary_bn_equals_sign_of_bn_on_random_inputs(seed):
+    bn = random_bn(16, seed)
+    x = torch.randn(32, 16, 6, 6, generator=torch.Generator().manual_seed(100 + seed)) * 2
+    expected = binary_sign(bn(x))
+    assert torch.equal(BinaryBN.from_batchnorm(bn)(x), expected)
+    assert torch.equal(BinaryBN.from_batchnorm(bn)(x.double()), expected.double())
+    assert torch.equal(expected[:, 0], torch.ones_like(expected[:, 0]))  # beta = 0: sign(0) = +1
+    assert torch.equal(expected[:, 1], -torch.ones_like(expected[:, 1]))
+    bn.step, bn.feeds_sign = True, True  # the layer's own step form
+    assert torch.equal(bn(x), expected)
+
+
+def test_binary_bn_ties_give_plus_one_like_bn_output_zero():
+    # dyadic parameters and eps = 0: BN computes O = 0 exactly at I == T, and T is exact
+    bn = SignBatchNorm1d(3)
+    bn.eps = 0.0
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([2.0, 2.0, 0.0]))
+        bn.running_var.copy_(torch.tensor([4.0, 4.0, 1.0]))
+        bn.weight.copy_(torch.tensor([0.5, -0.5, 0.0]))
+        bn.bias.copy_(torch.tensor([-0.25, 0.25, -0.0]))
+    bn.eval()
+    binary = BinaryBN.from_batchnorm(bn)
+    assert binary.threshold.tolist() == [3.0, 3.0, -math.inf]  # T = mu - sigma * beta / gamma; -inf: always +1
+    x = torch.tensor([[3.0, 3.0, 5.0], [2.5, 2.5, -5.0], [3.5, 3.5, 0.0]])
+    assert bn(x)[0, :2].tolist() == [0.0, 0.0]
+    expected = binary_sign(bn(x))
+    assert expected.tolist() == [[1.0, 1.0, 1.0], [-1.0, 1.0, 1.0], [1.0, -1.0, 1.0]]
+    assert torch.equal(binary(x), expected)
+
+
+def test_fixed_point_thresholds_count_their_disagreements():
+    bn = random_bn(16, 0)
+    x = torch.randn(16, 16, 6, 6, generator=torch.Generator().manual_seed(7)) * 2
+    data_range = x.abs().max().item()
+    fixed = BinaryBN.from_batchnorm(bn).quantize(bits=8, data_range=data_range)
+    assert fixed.codes.dtype == torch.int8 and fixed.bits_per_channel == 9
+    f = fixed.fraction_bits
+    assert f == fraction_bits(data_range) and data_range * 2**f <= 127 < data_range * 2 ** (f + 1)  # the most that fit
+    assert (fixed.thresholds * 2**fixed.fraction_bits == fixed.codes.double()).all()
+    assert torch.equal(fixed(x)[:, :3], binary_sign(bn(x))[:, :3])  # the constant channels stay constant
+    differ, total = disagreements(bn, [x, x[:4]], bits=8, data_range=data_range)
+    assert total == x.numel() + x[:4].numel()
+    assert 0 < differ < 0.01 * total  # only values within half a code step of T can flip
+
+
+def test_fraction_bits_fit_the_range():
+    assert fraction_bits(1.0) == 6 and fraction_bits(127.0) == 0 and fraction_bits(200.0) == -1
+    assert fraction_bits(0.0) == 7
+
+
+# ---- the nu schedule --------------------------------------------------------------------------------------------
+def test_nu_grows_from_one_to_nu_end_exponentially_per_epoch():
+    schedule = ExponentialNu(nu_end=1000.0)
+    nu = lambda step: schedule.values(Progress(step, steps_per_epoch=10, max_epochs=5))["nu"]  # noqa: E731
+    assert nu(0) == 1.0 and nu(9) == 1.0
+    assert nu(20) == pytest.approx(1000.0**0.5)  # epoch 2 of 0..4
+    assert nu(40) == 1000.0 and nu(49) == 1000.0
+    assert nu(10) / nu(0) == pytest.approx(nu(40) / nu(30))  # a constant factor per epoch
+
+
+def test_nu_per_step_and_bad_values():
+    schedule = ExponentialNu(nu_start=2.0, nu_end=32.0, per_step=True)
+    at = [schedule.nu(Progress(s, steps_per_epoch=2, max_epochs=2)) for s in range(4)]
+    assert at == pytest.approx([2.0, 4.0 * 2 ** (1 / 3), 8.0 * 2 ** (2 / 3), 32.0])
+    with pytest.raises(ConfigError, match="schedule.nu_start=10.0, schedule.nu_end=1.0"):
+        ExponentialNu(nu_start=10.0, nu_end=1.0)
+    with pytest.raises(ConfigError, match="trainer.max_epochs=1.*schedule.per_step=true"):
+        ExponentialNu().check(1)
+
+
+@pytest.mark.parametrize("base", [b.value for b in Base])
+def test_table1_experiments_pick_the_method_base_and_nu_schedule(base):
+    hard = compose_train([f"experiment=sbn_table1_{base}"])
+    soft = compose_train([f"experiment=sbn_table1_sbn_{base}"])
+    assert (hard.method.name, hard.schedule.name) == (base, "constant")
+    assert (soft.method.name, soft.method.base.value, soft.schedule.name) == ("sbn", base, "exp_nu")
+    assert soft.schedule.nu_end == 1000.0 and soft.trainer.max_epochs == 100 and soft.dataset.batch_size == 256
+
+
+def test_sbn_needs_a_schedule_that_provides_nu(tmp_path):
+    with pytest.raises(ConfigError, match=r"method=sbn reads \['nu'\].*schedule=constant"):
+        train(compose_train(SMOKE + ["method=sbn", "schedule=constant"], run_dir=tmp_path / "run"))
+
+
+def test_scaled_tanh_approaches_sign_for_large_nu():
+    act = ScaledTanh("fc1")
+    x = torch.linspace(-1, 1, 201)
+    x = x[x.abs() > 0.01]
+    act.nu.fill_(1.0)
+    assert (act(x) - binary_sign(x)).abs().max() > 0.5
+    act.nu.fill_(1000.0)
+    assert torch.allclose(act(x), binary_sign(x), atol=1e-6)
+    act.step = True
+    assert torch.equal(act(torch.tensor([-0.5, 0.0, 0.5])), torch.tensor([-1.0, 1.0, 1.0]))
+
+
+# ---- weights and their scaling ----------------------------------------------------------------------------------
+HAND_MADE = torch.tensor([[0.5, -0.25, 0.75, -1.0], [-0.125, 0.0, 0.25, 0.125]])  # mean |w|: 0.625 and 0.125
+
+
+def hand_made_linear(layer: torch.nn.Linear) -> torch.nn.Linear:
+    with torch.no_grad():
+        layer.weight.copy_(HAND_MADE)
+    return layer
+
+
+def test_bwn_and_xnor_scale_sign_w_by_mean_abs_w_per_output_channel():
+    assert channel_scale(HAND_MADE).flatten().tolist() == [0.625, 0.125]
+    signs = torch.tensor([[1.0, -1.0, 1.0, -1.0], [-1.0, 1.0, 1.0, 1.0]])
+    for method in (BinaryWeightNetwork(), XNORNet()):
+        layer = hand_made_linear(method.linear("fc", 4, 2, bias=False))
+        assert isinstance(layer, SignLinear) and isinstance(layer, BinaryWeights)
+        assert torch.equal(layer.binary_weight(), signs * torch.tensor([[0.625], [0.125]]))
+    for method in (BinaryConnect(), BinaryNet()):
+        assert torch.equal(hand_made_linear(method.linear("fc", 4, 2, bias=False)).binary_weight(), signs)
+
+
+def test_conv_scale_is_per_output_filter():
+    w = torch.tensor([1.0, -0.5, 0.25, 0.25]).view(1, 1, 2, 2).repeat(2, 1, 1, 1)
+    w[1] *= -2
+    assert channel_scale(w).flatten().tolist() == [0.5, 1.0]
+
+
+def test_sbn_weights_soft_in_training_and_signed_in_step_mode():
+    layer = hand_made_linear(SBN(base="xnor").linear("fc", 4, 2, bias=False))
+    assert isinstance(layer, SoftBinaryLinear) and isinstance(layer, BinaryWeights)
+    layer.nu.fill_(3.0)
+    alpha = torch.tensor([[0.625], [0.125]])  # mean |P|: P plays the part of XNOR's real weights
+    assert torch.allclose(layer.effective_weight(), alpha * torch.tanh(3.0 * HAND_MADE))
+    layer.step = True
+    assert torch.equal(layer.effective_weight(), alpha * binary_sign(HAND_MADE))  # sign(0) = +1
+    bnn = hand_made_linear(SBN(base="bnn").linear("fc", 4, 2, bias=False))
+    bnn.step = True
+    assert torch.equal(bnn.effective_weight(), binary_sign(HAND_MADE))
+
+
+def test_hard_latent_weights_are_clipped_after_each_step():
+    method = BinaryNet()
+    net = torch.nn.Sequential(method.conv("conv1", 1, 2, 3, first=True), method.linear("fc", 3, 2, last=True))
+    with torch.no_grad():
+        net[0].weight.fill_(1.5)
+        net[1].weight.fill_(-3.0)
+    method.after_optimizer_step(net)
+    assert net[0].weight.max() == 1.0 and net[1].weight.min() == -1.0
+
+
+def test_unknown_base_names_the_key_and_the_allowed_values():
+    with pytest.raises(ConfigError, match="method.base='xor': allowed are bc, bnn, bwn, xnor"):
+        SBN(base="xor")
+
+
+# ---- every architecture -----------------------------------------------------------------------------------------
+METHODS = {
+    "bc": BinaryConnect, "bnn": BinaryNet, "bwn": BinaryWeightNetwork, "xnor": XNORNet,
+    **{f"sbn-{b.value}": (lambda b=b: SBN(base=b.value)) for b in Base},
+}
+SHAPES = {"lenet": (1, 28, 28), "cifar_quick": (3, 16, 16), "vgg_small": (3, 16, 16), "resnet18": (3, 16, 16)}
+
+
+@pytest.mark.parametrize("arch", list(SHAPES))
+def test_every_method_builds_every_architecture_in_both_forms(arch):
+    # small images and a thirty-second of the width: the wiring is what is tested
+    shrink = ["architecture.blocks=[1,1,1,1]"] if arch == "resnet18" else []  # one block per stage: same wiring
+    cfg = compose_train([f"architecture={arch}", "architecture.width=0.03125", *shrink])
+    x = torch.randn(2, *SHAPES[arch])
+    for name, make in METHODS.items():
+        net = build_model(cfg.architecture, make(), SHAPES[arch], num_classes=10)
+        first = next(m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+        assert isinstance(first, (SignConv2d, SoftBinaryConv2d)), name  # BinaryNet's layout: conv1 binary too
+        with torch.no_grad():
+            trained = net(x)
+            net.eval()
+            with step_mode(net):
+                stepped = net(x)
+        assert trained.shape == stepped.shape == (2, 10), name
+        assert torch.isfinite(trained).all() and torch.isfinite(stepped).all(), name
+        pairs = [m for m in net.modules() if isinstance(m, (SignBatchNorm1d, SignBatchNorm2d)) and m.feeds_sign]
+        binary_activations = name in ("bnn", "xnor", "sbn-bnn", "sbn-xnor")
+        assert bool(pairs) == (binary_activations and arch in ("vgg_small", "resnet18")), name
+
+
+def test_step_mode_of_a_trained_hard_network_is_the_same_function():
+    cfg = compose_train(["architecture=vgg_small", "architecture.width=0.0625"])
+    net = build_model(cfg.architecture, XNORNet(), (3, 16, 16), 10)
+    x = torch.randn(16, 3, 16, 16)
+    with torch.no_grad():
+        for _ in range(3):
+            net(x)  # BN running statistics away from their initial values
+        net.eval()
+        plain = net(x)
+        with step_mode(net):
+            binary = net(x)
+    assert torch.equal(plain, binary)
+
+
+# ---- runs -------------------------------------------------------------------------------------------------------
+SBN_SMOKE = SMOKE + [
+    "method=sbn", "method.base=xnor", "architecture.batch_norm=true", "architecture.conv_act=true",
+    "architecture.width=0.5", "dataset.num_test=128", "dataset.eval_batch_size=128", "trainer.max_epochs=2",
+    "schedule.per_step=true", "protocol.finetune_epochs=0", "trainer.deterministic=true",
+]
+
+
+def nu_buffers(state: dict) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if k.endswith(".nu")}
+
+
+def test_sbn_run_binarizes_and_a_resumed_run_has_the_same_nu(tmp_path):
+    straight_dir = tmp_path / "straight"
+    metrics = train(compose_train(SBN_SMOKE, run_dir=straight_dir))
+    for key in ("test/acc", "protocol/regular", "protocol/binary"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["size/binary_params"] > 0
+    rows = list(csv.DictReader((straight_dir / "binarization.csv").open()))
+    layers = [r["layer"] for r in rows if r["step"] == "0"]
+    assert layers == ["conv1.weight", "conv1.act", "conv2.weight", "conv2.act", "fc1.weight", "fc1.act", "fc2.weight"]
+    first, last = (float(r["binary99"]) for r in rows if r["layer"] == "conv1.weight" and r["step"] in ("0", "8"))
+    assert first == 0.0 and last > 0.9  # nu = 1 -> 1000 drives the weights to +-1
+
+    cut_dir = tmp_path / "cut"
+    stop = ["+callbacks.signal._target_=binexp.callbacks.guards.SignalAtStep", "+callbacks.signal.step=5"]
+    with pytest.raises(RunInterrupted):
+        train(compose_train(SBN_SMOKE + stop, run_dir=cut_dir))
+    saved = torch.load(cut_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert all(v.item() == pytest.approx(1000.0 ** (5 / 7)) for v in nu_buffers(saved).values())  # step 5 of 0..7
+    train(compose_train(SBN_SMOKE + [f"resume={cut_dir}"], run_dir=cut_dir))
+    a = torch.load(straight_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    b = torch.load(cut_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert len(nu_buffers(a)) == 7 and nu_buffers(a).keys() == nu_buffers(b).keys()
+    assert all(torch.equal(a[k], b[k]) for k in nu_buffers(a))
+    assert torch.equal(a["net.features.0.weight"], b["net.features.0.weight"])  # the latent P followed the same nu
+

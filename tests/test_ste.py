@@ -1,0 +1,103 @@
+"""STE: sign forward, clipped straight-through backward, scaling modes, xnor/popcount, sizes, sweeps."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from binexp.binarize.bitpack import pack_signs, xnor_popcount_dot
+from binexp.binarize.ste import STE, BinaryConv2d, BinaryLinear, SignActivation, binary_weight
+from binexp.models import build_model
+from binexp.size import model_size
+from tests.conftest import compose_train
+
+
+def test_sign_activation_forward_is_plus_minus_one_with_sign_of_zero_plus_one():
+    act = SignActivation("a", t_clip=0.5)
+    assert act(torch.tensor([-3.0, -0.0, 0.0, 2e-8, 0.7])).tolist() == [-1.0, 1.0, 1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("t_clip", [0.25, 0.5, 1.0])
+def test_ste_gradient_is_exactly_one_inside_t_clip_and_zero_outside(t_clip):
+    x = torch.linspace(-2, 2, 81, requires_grad=True)
+    SignActivation("a", t_clip)(x).sum().backward()
+    inside = x.detach().abs() <= t_clip
+    assert torch.equal(x.grad, inside.float())
+    assert 0 < inside.sum() < 81
+
+
+def test_weights_are_signs_and_get_the_straight_through_gradient():
+    layer = BinaryLinear(4, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.3, -2.0, 0.0, -0.1]]))
+    out = layer(torch.tensor([[1.0, 2.0, 3.0, 4.0]]))
+    assert out.item() == 1 - 2 + 3 - 4
+    out.backward()
+    assert layer.weight.grad.tolist() == [[1.0, 2.0, 3.0, 4.0]]
+
+
+def test_scaling_modes_on_a_hand_made_weight_tensor():
+    w = torch.tensor([0.5, -1.5, 2.0, -1.0], requires_grad=True)  # mean |w| = 1.25
+    assert binary_weight(w, "none").tolist() == [1.0, -1.0, 1.0, -1.0]
+    fb = binary_weight(w, "forward_backward")
+    assert fb.tolist() == [1.25, -1.25, 1.25, -1.25]
+    fb.sum().backward()
+    assert w.grad.tolist() == [1.25] * 4
+    w.grad = None
+    b = binary_weight(w, "backward")
+    assert b.tolist() == [1.0, -1.0, 1.0, -1.0]
+    b.sum().backward()
+    assert w.grad.tolist() == [1.25] * 4
+
+
+def test_first_and_last_layers_stay_float_unless_asked():
+    arch = compose_train(["architecture=lenet", "architecture.conv_act=true", "architecture.batch_norm=true"]).architecture
+    net = build_model(arch, STE(), (1, 28, 28), 10)
+    kinds = [type(m).__name__ for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert kinds == ["Conv2d", "BinaryConv2d", "BinaryLinear", "Linear"]
+    net = build_model(arch, STE(binarize_first=True, binarize_last=True), (1, 28, 28), 10)
+    assert all(isinstance(m, (BinaryConv2d, BinaryLinear)) for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+
+
+def test_xnor_popcount_equals_the_dot_product_of_random_sign_vectors():
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 8, 64, 100, 1000):
+        x = rng.choice([-1, 1], size=(5, n))
+        w = rng.choice([-1, 1], size=(5, n))
+        assert xnor_popcount_dot(pack_signs(x), pack_signs(w), n).tolist() == (x * w).sum(1).tolist()
+
+
+def test_model_size_counts_one_bit_per_binary_weight():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), BinaryLinear(16, 8, bias=True), torch.nn.BatchNorm1d(8))
+    size = model_size(net)
+    floats = 2 * 9 + 2 + 8 + 8 + 8 + 8 + 8  # conv weight and bias, linear bias, BN weight, bias, mean, var
+    assert size["size/binary_params"] == 128 and size["size/params"] == 128 + floats
+    assert size["size/bytes_binary"] == 128 / 8 + 4 * floats
+    assert size["size/bytes_float"] == 4 * (128 + floats)
+
+
+def test_a_t_clip_multirun_gives_two_runs_and_a_two_row_report(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    sweep = tmp_path / "sweep"
+    out = subprocess.run(
+        [sys.executable, "-m", "binexp.cli", "train", "-m", "method=ste", "method.t_clip=0.25,0.75", "dataset=synthetic",
+         "debug=smoke", "trainer.max_epochs=1", "architecture.conv_act=true", "architecture.batch_norm=true",
+         f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    runs = sorted(sweep.glob("*/metrics.json"))
+    assert len(runs) == 2
+    assert all(json.loads(r.read_text())["size/binary_params"] > 0 for r in runs)
+    out = subprocess.run([sys.executable, "-m", "binexp.cli", "report", str(sweep)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = (sweep / "report.csv").read_text().splitlines()
+    assert rows[0].split(",")[1] == "method.t_clip" and sorted(r.split(",")[1] for r in rows[1:]) == ["0.25", "0.75"]
+    assert (sweep / "accuracy-vs-method.t_clip.png").exists()
