@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from binexp.binarize.base import step_mode
+from binexp.binarize.base import evaluating
 from binexp.binarize.functional import binary_sign
 
 log = logging.getLogger(__name__)
@@ -53,42 +53,26 @@ def first_layer_of(net: nn.Module) -> nn.Module:
     return next(m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
 
 
-@torch.no_grad()
 def accuracy(net: nn.Module, batches: Iterable, step: bool = False) -> float:
-    was_training = net.training
-    net.eval()
     correct = total = 0
-    try:
-        if step:
-            with step_mode(net):
-                for x, y in batches:
-                    correct += (net(x).argmax(1) == y).sum().item()
-                    total += len(y)
-        else:
-            for x, y in batches:
-                correct += (net(x).argmax(1) == y).sum().item()
-                total += len(y)
-    finally:
-        net.train(was_training)
+    with evaluating(net, step):
+        for x, y in batches:
+            correct += (net(x).argmax(1) == y).sum().item()
+            total += len(y)
     return correct / max(total, 1)
 
 
-@torch.no_grad()
 def classifier_inputs(net: nn.Module, batches: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
     """The classifier's inputs (the last hidden features) in step mode, and the labels, over all batches."""
     features, labels = [], []
-    head = classifier_of(net)
-    handle = head.register_forward_pre_hook(lambda _m, args: features.append(args[0].detach().flatten(1)))
-    was_training = net.training
-    net.eval()
+    handle = classifier_of(net).register_forward_pre_hook(lambda _m, args: features.append(args[0].detach().flatten(1)))
     try:
-        with step_mode(net):
+        with evaluating(net, step=True):
             for x, y in batches:
                 net(x)
                 labels.append(y)
     finally:
         handle.remove()
-        net.train(was_training)
     return torch.cat(features), torch.cat(labels)
 
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from binexp.binarize.base import BinaryWeights, step_mode
+from binexp.binarize.base import BinaryWeights, probes, step_mode
 from binexp.binarize.binary_bn import BinaryBN, SignBatchNorm1d, SignBatchNorm2d, disagreements, fraction_bits
 from binexp.binarize.functional import binary_sign
 from binexp.binarize.hard import (
@@ -278,3 +278,19 @@ def test_sbn_run_binarizes_and_a_resumed_run_has_the_same_nu(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in nu_buffers(a))
     assert torch.equal(a["net.features.0.weight"], b["net.features.0.weight"])  # the latent P followed the same nu
 
+
+
+def test_firing_matrix_reads_the_last_activation_probe_not_weights(tmp_path):
+    """SBN's last probe is the classifier's weights; the firing matrix is of the last binary activation."""
+    from binexp.builder import build
+    from binexp.callbacks.binarization import activation_probes, firing_matrix
+
+    cfg = compose_train(["method=sbn", "method.base=bnn", "architecture=lenet", "architecture.conv_act=true",
+                         "architecture.batch_norm=true"])
+    net = build_model(cfg.architecture, build(cfg.method), (1, 28, 28), 10)
+    assert not probes(net)[-1].measures_activations
+    last_act = activation_probes(net)[-1]
+    assert last_act.layer_name == "fc1.act"
+    x, y = torch.randn(20, 1, 28, 28), torch.arange(20) % 10
+    matrix = firing_matrix(net, [(x, y)], 10)
+    assert matrix.shape == (10, 500) and ((matrix >= 0) & (matrix <= 1)).all()

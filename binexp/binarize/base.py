@@ -114,6 +114,7 @@ class BinarizationProbe:
 
     layer_name: str = ""
     probing: bool = False
+    measures_activations: bool = True  # False for probes of weights: no firing matrix for those
 
     def probe_reset(self) -> None:
         raise NotImplementedError
@@ -145,3 +146,15 @@ def step_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, state in previous.items():
             module.step = state
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module, step: bool = False) -> Iterator[nn.Module]:
+    """Eval mode (BN on running statistics), in step mode when `step`, no gradients; the previous mode after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), (step_mode(model) if step else contextlib.nullcontext()):
+            yield model
+    finally:
+        model.train(was_training)

@@ -73,6 +73,7 @@ class _SoftWeights(BinarizationProbe):
 
     def _soft_setup(self, name: str, scaled: bool) -> None:
         self.block_name, self.layer_name, self.scaled = name, f"{name}.weight", scaled
+        self.measures_activations = False
         self.register_buffer("nu", torch.tensor(1.0))  # nu_0 = 1; the schedule writes it before every step
         self.step, self.probing = False, False
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from binexp.binarize.base import probes, step_mode
+from binexp.binarize.base import evaluating, probes
 from binexp.errors import BinexpError
 
 log = logging.getLogger(__name__)
@@ -31,24 +31,21 @@ class TrainingCollapsed(BinexpError):
     exit_code = 4
 
 
-@torch.no_grad()
 def measure(net: torch.nn.Module, batches, reduce=None) -> dict[str, dict[str, float]]:
     """{layer name: statistics} over all batches; `reduce(tensor)` sums counts over ranks when given."""
     layers = probes(net)
     if not layers:
         return {}
-    was_training = net.training
-    net.eval()
     for layer in layers:
         layer.probe_reset()
         layer.probing = True
     try:
-        for x, _ in batches:
-            net(x)
+        with evaluating(net):
+            for x, _ in batches:
+                net(x)
     finally:
         for layer in layers:
             layer.probing = False
-        net.train(was_training)
     out = {}
     for layer in layers:
         counts = layer.probe_counts()
@@ -69,17 +66,18 @@ def append_csv(path: Path, step: int, epoch: int, stats: dict[str, dict[str, flo
             writer.writerow([step, epoch, layer, *[f"{values[k]:.6g}" for k in keys]])
 
 
-@torch.no_grad()
+def activation_probes(net: torch.nn.Module) -> list:
+    return [p for p in probes(net) if p.measures_activations]
+
+
 def firing_matrix(net: torch.nn.Module, batches, num_classes: int) -> np.ndarray:
-    """classes x units: how often each unit of the last probed layer outputs 1 in step mode, per class."""
-    layer = probes(net)[-1]
+    """classes x units: how often each unit of the last probed activation outputs more than 0.5 in step mode
+    (1 for ABR's step, +1 for sign), per class."""
     fired, seen = [], torch.zeros(num_classes, dtype=torch.float64)
     sums: Optional[torch.Tensor] = None
-    handle = layer.register_forward_hook(lambda _m, _i, out: fired.append(out.detach().flatten(1)))
-    was_training = net.training
-    net.eval()
+    handle = activation_probes(net)[-1].register_forward_hook(lambda _m, _i, out: fired.append(out.detach().flatten(1)))
     try:
-        with step_mode(net):
+        with evaluating(net, step=True):
             for x, y in batches:
                 net(x)
                 onehot = torch.nn.functional.one_hot(y, num_classes).to(torch.float64)
@@ -88,7 +86,6 @@ def firing_matrix(net: torch.nn.Module, batches, num_classes: int) -> np.ndarray
                 seen += onehot.sum(0).cpu()
     finally:
         handle.remove()
-        net.train(was_training)
     return (sums / seen.clamp_min(1)[:, None]).numpy()
 
 
@@ -151,7 +148,7 @@ class BinarizationCurves(pl.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._record(trainer, pl_module)
-        if self.firing_matrix and probes(pl_module.net) and trainer.is_global_zero:
+        if self.firing_matrix and activation_probes(pl_module.net) and trainer.is_global_zero:
             self._write_firing(trainer, pl_module)
 
     def _write_firing(self, trainer, pl_module) -> None:

@@ -82,6 +82,10 @@ def write_csv(runs: list[Run], out: Path, keys: list[str], metrics: list[str]) -
     return path
 
 
+def _format(value: float) -> str:
+    return f"{int(value)}" if float(value).is_integer() and abs(value) >= 1 else f"{value:.4f}"
+
+
 def print_table(runs: list[Run], keys: list[str], metrics: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -93,7 +97,7 @@ def print_table(runs: list[Run], keys: list[str], metrics: list[str]) -> None:
     for m in metrics:
         table.add_column(m, justify="right")
     for r in runs:
-        values = [f"{r.metrics[m]:.4f}" if m in r.metrics else "-" for m in metrics]
+        values = [_format(r.metrics[m]) if m in r.metrics else "-" for m in metrics]
         table.add_row(r.name, *[r.overrides.get(k, "") for k in keys], *values)
     Console(width=None if sys.stdout.isatty() else 220).print(table)  # logs and pipes get every column
 
