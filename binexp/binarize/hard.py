@@ -37,7 +37,7 @@ from torch import nn
 
 from binexp.binarize.base import BinaryWeights, Method, MethodConfig
 from binexp.binarize.binary_bn import SignBatchNorm1d, SignBatchNorm2d, link_to_activations
-from binexp.binarize.functional import sign_ste
+from binexp.binarize.functional import SignActivation, sign_ste
 from binexp.errors import ConfigError
 
 
@@ -134,17 +134,6 @@ class SignLinear(nn.Linear, BinaryWeights):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.binary_weight(), self.bias)
         return y if self.output_norm is None else self.output_norm(y)
-
-
-class SignActivation(nn.Module):
-    """sign(x) forward; backward the straight-through estimator, cancelled where |x| > 1 (BinaryNet)."""
-
-    def __init__(self, name: str = ""):
-        super().__init__()
-        self.block_name = name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sign_ste(x, 1.0)
 
 
 class BinarizedLayers(Method):

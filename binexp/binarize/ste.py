@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from binexp.binarize.base import BinaryWeights, Method, MethodConfig
-from binexp.binarize.functional import sign_ste
+from binexp.binarize.functional import SignActivation, sign_ste
 
 
 class Scaling(str, Enum):
@@ -67,20 +67,6 @@ class BinaryLinear(nn.Linear, BinaryWeights):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, binary_weight(self.weight, self.scaling), self.bias)
-
-
-class SignActivation(nn.Module):
-    """sign(x) forward, gradient cancelled where |x| > t_clip."""
-
-    def __init__(self, name: str, t_clip: Optional[float]):
-        super().__init__()
-        self.layer_name, self.t_clip = name, t_clip
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sign_ste(x, self.t_clip)
-
-    def extra_repr(self) -> str:
-        return f"t_clip={self.t_clip}"
 
 
 class STE(Method):

@@ -35,6 +35,16 @@ def read_curves(path: Path) -> dict[str, dict[str, list[float]]]:
     return curves
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write as PNG and free a matplotlib figure; every report plot ends this way."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_binarization(runs, out: Path) -> list[Path]:
     import matplotlib
 
@@ -55,18 +65,12 @@ def plot_binarization(runs, out: Path) -> list[Path]:
             ax.plot(curves[last_layer]["step"], [100 * v for v in curves[last_layer][key]], label=f"binary {label} of the time")
         ax.set(xlabel="training step", ylabel="% of units", ylim=(0, 101), title=f"{run.name}: {last_layer}")
         ax.legend(loc="lower right")
-        fig.tight_layout()
-        written.append(out / f"{run.name}-binarization.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(save_figure(fig, out / f"{run.name}-binarization.png"))
 
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for layer, values in curves.items():
             ax.plot(values["step"], [100 * v for v in values["binary99"]], label=layer)
         ax.set(xlabel="training step", ylabel="% of units binary 99% of the time", ylim=(0, 101), title=run.name)
         ax.legend(loc="lower right")
-        fig.tight_layout()
-        written.append(out / f"{run.name}-binarization-layers.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(save_figure(fig, out / f"{run.name}-binarization-layers.png"))
     return written

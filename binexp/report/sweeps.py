@@ -19,6 +19,7 @@ def _number(text: str) -> float | None:
 
 def plot_sweeps(runs, out: Path, metric: str = "test/acc") -> list[Path]:
     from binexp.report import varying_overrides
+    from binexp.report.curves import save_figure
 
     keys = varying_overrides(runs)
     numeric = [k for k in keys if all(_number(r.overrides.get(k)) is not None for r in runs)]
@@ -43,8 +44,5 @@ def plot_sweeps(runs, out: Path, metric: str = "test/acc") -> list[Path]:
         ax.set(xlabel=key, ylabel=f"{metric} (%)", title=f"{metric} vs {key}")
         if len(lines) > 1:
             ax.legend(fontsize="small")
-        fig.tight_layout()
-        written.append(out / f"accuracy-vs-{key.replace('/', '_')}.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(save_figure(fig, out / f"accuracy-vs-{key.replace('/', '_')}.png"))
     return written
