@@ -1,7 +1,8 @@
 """`binexp <task> [overrides]`: the first word picks the task, the rest goes to that task's Hydra app.
 
 Hydra has no subcommands, so this module dispatches: `train` and `eval` are Hydra apps over the config
-tree shipped as the package `binexp.conf` (the repository's top-level `conf/`).
+tree shipped as the package `binexp.conf` (the repository's top-level `conf/`); `report`, `export` and `verify`
+read existing runs and take plain arguments.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ TASKS = {
     "train": "train a model: binexp train [group=option] [key=value] (-m for sweeps, --help for groups)",
     "eval": "evaluate a run's checkpoint on the test set: binexp eval run=<run dir> [ckpt=last|best|<path>]",
     "report": "tabulate and plot runs or sweeps: binexp report <run or multirun dir ...> [--out DIR]",
+    "export": "write a run's step-function model, bit-packed: binexp export <run dir> [ckpt=last|best|<path>] [out=<file>]",
+    "verify": "check an export against the trained network on the test set: binexp verify <file> [dataset.root=...]",
 }
 
 
@@ -69,6 +72,18 @@ def _hydra_task(config_name: str, fn):
     return app
 
 
+def _run_plain(task: str, args: list[str]) -> None:
+    """Tasks that read a run or an artifact rather than compose a config: errors print without a traceback."""
+    from binexp.errors import BinexpError
+    from binexp.export.commands import main_export, main_verify
+
+    try:
+        (main_export if task == "export" else main_verify)(args)
+    except BinexpError as err:
+        print(f"binexp: error: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -82,6 +97,9 @@ def main(argv: list[str] | None = None) -> None:
         from binexp.report import main as report_main
 
         report_main(rest)
+        return
+    if task in ("export", "verify"):
+        _run_plain(task, rest)
         return
     if task == "train":
         from binexp.train import train

@@ -158,9 +158,14 @@ def test_bwn_and_xnor_scale_sign_w_by_mean_abs_w_per_output_channel():
     for method in (BinaryWeightNetwork(), XNORNet()):
         layer = hand_made_linear(method.linear("fc", 4, 2, bias=False))
         assert isinstance(layer, SignLinear) and isinstance(layer, BinaryWeights)
-        assert torch.equal(layer.binary_weight(), signs * torch.tensor([[0.625], [0.125]]))
+        assert torch.equal(layer.signs(), signs)
+        assert layer.output_scale().tolist() == [0.625, 0.125]
+        # the layer's product is (x . sign(W)) * alpha: for x the identity, the scaled signs themselves
+        assert torch.equal(layer(torch.eye(4)), (signs * torch.tensor([[0.625], [0.125]])).T)
     for method in (BinaryConnect(), BinaryNet()):
-        assert torch.equal(hand_made_linear(method.linear("fc", 4, 2, bias=False)).binary_weight(), signs)
+        layer = hand_made_linear(method.linear("fc", 4, 2, bias=False))
+        assert torch.equal(layer.signs(), signs) and layer.output_scale() is None
+        assert torch.equal(layer(torch.eye(4)), signs.T)
 
 
 def test_conv_scale_is_per_output_filter():
@@ -173,13 +178,16 @@ def test_sbn_weights_soft_in_training_and_signed_in_step_mode():
     layer = hand_made_linear(SBN(base="xnor").linear("fc", 4, 2, bias=False))
     assert isinstance(layer, SoftBinaryLinear) and isinstance(layer, BinaryWeights)
     layer.nu.fill_(3.0)
-    alpha = torch.tensor([[0.625], [0.125]])  # mean |P|: P plays the part of XNOR's real weights
-    assert torch.allclose(layer.effective_weight(), alpha * torch.tanh(3.0 * HAND_MADE))
+    alpha = torch.tensor([0.625, 0.125])  # mean |P|: P plays the part of XNOR's real weights
+    assert torch.allclose(layer.signs(), torch.tanh(3.0 * HAND_MADE))
+    assert torch.equal(layer.output_scale(), alpha)
+    assert torch.allclose(layer(torch.eye(4)), (alpha[:, None] * torch.tanh(3.0 * HAND_MADE)).T)
     layer.step = True
-    assert torch.equal(layer.effective_weight(), alpha * binary_sign(HAND_MADE))  # sign(0) = +1
+    assert torch.equal(layer.signs(), binary_sign(HAND_MADE))  # sign(0) = +1
+    assert torch.equal(layer(torch.eye(4)), (alpha[:, None] * binary_sign(HAND_MADE)).T)
     bnn = hand_made_linear(SBN(base="bnn").linear("fc", 4, 2, bias=False))
     bnn.step = True
-    assert torch.equal(bnn.effective_weight(), binary_sign(HAND_MADE))
+    assert torch.equal(bnn.signs(), binary_sign(HAND_MADE)) and bnn.output_scale() is None
 
 
 def test_hard_latent_weights_are_clipped_after_each_step():

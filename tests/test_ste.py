@@ -13,7 +13,7 @@ import torch
 
 from binexp.binarize.bitpack import pack_signs, xnor_popcount_dot
 from binexp.binarize.functional import SignActivation
-from binexp.binarize.ste import STE, BinaryConv2d, BinaryLinear, binary_weight
+from binexp.binarize.ste import STE, BinaryConv2d, BinaryLinear, binary_weight, weight_scale
 from binexp.models import build_model
 from binexp.size import model_size
 from tests.conftest import compose_train
@@ -46,7 +46,8 @@ def test_weights_are_signs_and_get_the_straight_through_gradient():
 def test_scaling_modes_on_a_hand_made_weight_tensor():
     w = torch.tensor([0.5, -1.5, 2.0, -1.0], requires_grad=True)  # mean |w| = 1.25
     assert binary_weight(w, "none").tolist() == [1.0, -1.0, 1.0, -1.0]
-    fb = binary_weight(w, "forward_backward")
+    assert weight_scale(w, "none") is None and weight_scale(w, "backward") is None
+    fb = binary_weight(w, "forward_backward") * weight_scale(w, "forward_backward")
     assert fb.tolist() == [1.25, -1.25, 1.25, -1.25]
     fb.sum().backward()
     assert w.grad.tolist() == [1.25] * 4

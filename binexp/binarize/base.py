@@ -99,7 +99,29 @@ class Method:
 
 
 class BinaryWeights:
-    """Marker for layers whose `weight` is binary at inference (1 bit per weight in size tables and export)."""
+    """Layers whose `weight` is binary at inference (1 bit per weight in size tables and export).
+
+    They all compute out = (x . B) * scale + bias: `signs()` is B (sign(W) with its training-time estimator, or a
+    soft form), `output_scale()` the method's scale of sign(W) (None, a scalar, or one per output channel), and
+    `finish` applies scale and bias after the product. Keeping the scale out of the weights makes a binary
+    input's product an exact integer in step mode, which the exported model computes by popcount.
+    """
+
+    bias: torch.Tensor | None
+
+    def signs(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def output_scale(self) -> torch.Tensor | None:
+        return None
+
+    def finish(self, y: torch.Tensor) -> torch.Tensor:
+        scale = self.output_scale()
+        if scale is not None:
+            y = y * (scale.view(1, -1, *([1] * (y.dim() - 2))) if scale.dim() == 1 else scale)
+        if self.bias is not None:
+            y = y + self.bias.view(1, -1, *([1] * (y.dim() - 2)))
+        return y
 
 
 class BinarizationProbe:

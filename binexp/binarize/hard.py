@@ -70,12 +70,6 @@ def channel_scale(w: torch.Tensor) -> torch.Tensor:
     return w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
 
 
-def hard_binary_weight(w: torch.Tensor, scaled: bool) -> torch.Tensor:
-    """sign(w) with the straight-through gradient; times alpha (which gets its own gradient) when `scaled`."""
-    b = sign_ste(w, None)
-    return b * channel_scale(w) if scaled else b
-
-
 @dataclass
 class HardConfig(MethodConfig):
     binarize_first: bool = True  # BinaryNet binarizes the first layer's weights (its input stays the image)
@@ -107,17 +101,20 @@ class XNORConfig(HardConfig):
 
 
 class SignConv2d(nn.Conv2d, BinaryWeights):
-    """Conv with hard binary weights: sign(W), or alpha * sign(W) when `scaled`."""
+    """Conv with hard binary weights: sign(W), times alpha per output channel when `scaled`."""
 
     def __init__(self, *args: Any, name: str = "", scaled: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.block_name, self.scaled = name, scaled
 
-    def binary_weight(self) -> torch.Tensor:
-        return hard_binary_weight(self.weight, self.scaled)
+    def signs(self) -> torch.Tensor:
+        return sign_ste(self.weight, None)
+
+    def output_scale(self) -> torch.Tensor | None:
+        return channel_scale(self.weight).flatten() if self.scaled else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.binary_weight(), self.bias)
+        return self.finish(self._conv_forward(x, self.signs(), None))
 
 
 class SignLinear(nn.Linear, BinaryWeights):
@@ -128,11 +125,14 @@ class SignLinear(nn.Linear, BinaryWeights):
         self.block_name, self.scaled = name, scaled
         self.output_norm = nn.BatchNorm1d(self.out_features) if output_norm else None
 
-    def binary_weight(self) -> torch.Tensor:
-        return hard_binary_weight(self.weight, self.scaled)
+    def signs(self) -> torch.Tensor:
+        return sign_ste(self.weight, None)
+
+    def output_scale(self) -> torch.Tensor | None:
+        return channel_scale(self.weight).flatten() if self.scaled else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.binary_weight(), self.bias)
+        y = self.finish(F.linear(x, self.signs()))
         return y if self.output_norm is None else self.output_norm(y)
 
 

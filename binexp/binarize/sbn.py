@@ -80,9 +80,11 @@ class _SoftWeights(BinarizationProbe):
     def soft_weight(self) -> torch.Tensor:
         return torch.tanh(self.nu * self.weight)
 
-    def effective_weight(self) -> torch.Tensor:
-        w = binary_sign(self.weight) if self.step else self.soft_weight()
-        return w * channel_scale(self.weight) if self.scaled else w
+    def signs(self) -> torch.Tensor:
+        return binary_sign(self.weight) if self.step else self.soft_weight()
+
+    def output_scale(self) -> torch.Tensor | None:
+        return channel_scale(self.weight).flatten() if self.scaled else None
 
     def probe_reset(self) -> None:
         pass  # the weights are measured when counts are collected
@@ -101,7 +103,7 @@ class SoftBinaryConv2d(_SoftWeights, nn.Conv2d, BinaryWeights):
         self._soft_setup(name, scaled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.effective_weight(), self.bias)
+        return self.finish(self._conv_forward(x, self.signs(), None))
 
 
 class SoftBinaryLinear(_SoftWeights, nn.Linear, BinaryWeights):
@@ -113,7 +115,7 @@ class SoftBinaryLinear(_SoftWeights, nn.Linear, BinaryWeights):
         self.output_norm = nn.BatchNorm1d(self.out_features) if output_norm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.effective_weight(), self.bias)
+        y = self.finish(F.linear(x, self.signs()))
         return y if self.output_norm is None else self.output_norm(y)
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from binexp.binarize.base import BinaryWeights, Method, MethodConfig
+from binexp.binarize.binary_bn import SignBatchNorm1d, SignBatchNorm2d, link_to_activations
 from binexp.binarize.functional import SignActivation, sign_ste
 
 
@@ -41,14 +42,18 @@ class STEConfig(MethodConfig):
 
 
 def binary_weight(w: torch.Tensor, scaling: str) -> torch.Tensor:
-    """sign(w) with the straight-through gradient, scaled as `scaling` says."""
+    """sign(w) with the straight-through gradient; for `backward` the gradient reaching w is scaled by mean|w|.
+    The forward value is sign(w) in every mode: `forward_backward` scales the layer's output (`weight_scale`)."""
     b = sign_ste(w, None)
-    if scaling == Scaling.none.value:
+    if scaling != Scaling.backward.value:
         return b
     alpha = w.detach().abs().mean()
-    if scaling == Scaling.forward_backward.value:
-        return b * alpha
     return alpha * b + ((1 - alpha) * b).detach()  # the value of sign(w), the gradient of alpha * sign(w)
+
+
+def weight_scale(w: torch.Tensor, scaling: str) -> torch.Tensor | None:
+    """DoReFa's scalar mean|w| for `forward_backward` (a constant of the step, as in the paper); else None."""
+    return w.detach().abs().mean() if scaling == Scaling.forward_backward.value else None
 
 
 class BinaryConv2d(nn.Conv2d, BinaryWeights):
@@ -56,8 +61,14 @@ class BinaryConv2d(nn.Conv2d, BinaryWeights):
         super().__init__(*args, **kwargs)
         self.scaling = scaling
 
+    def signs(self) -> torch.Tensor:
+        return binary_weight(self.weight, self.scaling)
+
+    def output_scale(self) -> torch.Tensor | None:
+        return weight_scale(self.weight, self.scaling)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, binary_weight(self.weight, self.scaling), self.bias)
+        return self.finish(self._conv_forward(x, self.signs(), None))
 
 
 class BinaryLinear(nn.Linear, BinaryWeights):
@@ -65,8 +76,14 @@ class BinaryLinear(nn.Linear, BinaryWeights):
         super().__init__(*args, **kwargs)
         self.scaling = scaling
 
+    def signs(self) -> torch.Tensor:
+        return binary_weight(self.weight, self.scaling)
+
+    def output_scale(self) -> torch.Tensor | None:
+        return weight_scale(self.weight, self.scaling)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, binary_weight(self.weight, self.scaling), self.bias)
+        return self.finish(F.linear(x, self.signs()))
 
 
 class STE(Method):
@@ -88,5 +105,12 @@ class STE(Method):
             return super().linear(name, in_features, out_features, bias, last=last)
         return BinaryLinear(in_features, out_features, bias=bias, scaling=self.scaling)
 
+    def bn(self, name, channels, *, dims=2):
+        # in step mode a BN that feeds a sign is BinaryBN: the exact sign of the real-valued BN, as exported
+        return SignBatchNorm2d(channels, name) if dims == 2 else SignBatchNorm1d(channels, name)
+
     def act(self, name, channels, *, last=False):
         return SignActivation(name, self.t_clip)
+
+    def finalize(self, model: nn.Module) -> None:
+        link_to_activations(model, (SignActivation,))

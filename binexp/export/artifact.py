@@ -1,0 +1,101 @@
+"""The exported file: a safetensors container holding the tensors (binary weights packed 8 per byte, thresholds,
+float layers) and, in its metadata, a JSON manifest: format and version, method, architecture, dataset, input
+normalisation, the op list with shapes, where it came from, and a sha256 per tensor and of the manifest itself.
+
+`load` refuses a file that is truncated, altered, of another format or of a newer version, naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load, save
+
+from binexp.errors import BinexpError
+from binexp.export.lower import Op
+
+FORMAT = "binexp-step"
+VERSION = 1
+MANIFEST_KEY, CHECKSUM_KEY = "binexp.manifest", "binexp.manifest_sha256"
+
+
+class ArtifactError(BinexpError):
+    """The file is not a valid binexp export."""
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def manifest_and_tensors(ops: list[Op], input_name: str, output_name: str, info: dict) -> tuple[dict, dict[str, np.ndarray]]:
+    tensors: dict[str, np.ndarray] = {}
+    entries = []
+    for op in ops:
+        refs = {}
+        for key, array in op.tensors.items():
+            name = f"{op.name}.{key}"
+            tensors[name] = np.ascontiguousarray(array)
+            refs[key] = name
+        entries.append({"kind": op.kind, "name": op.name, "inputs": op.inputs, "attrs": op.attrs, "tensors": refs})
+    manifest = {
+        "format": FORMAT, "version": VERSION, **info, "input": input_name, "output": output_name, "ops": entries,
+        "checksums": {name: _sha256(array.tobytes()) for name, array in tensors.items()},
+    }
+    return manifest, tensors
+
+
+def write(path: Path, manifest: dict, tensors: dict[str, np.ndarray]) -> int:
+    """Write the artifact atomically; returns its size in bytes."""
+    text = json.dumps(manifest, sort_keys=True)
+    data = save(tensors, metadata={MANIFEST_KEY: text, CHECKSUM_KEY: _sha256(text.encode())})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return len(data)
+
+
+def _header(data: bytes, path: Path) -> dict:
+    if len(data) < 8:
+        raise ArtifactError(f"{path}: {len(data)} bytes, too short for a binexp export (truncated?)")
+    size = int.from_bytes(data[:8], "little")
+    if 8 + size > len(data):
+        raise ArtifactError(f"{path}: the header claims {size} bytes but the file has {len(data) - 8} after it (truncated?)")
+    try:
+        return json.loads(data[8 : 8 + size])
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ArtifactError(f"{path}: the header is not valid JSON ({err}); the file is damaged") from None
+
+
+def read(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such file (an export is made by `binexp export <run dir>`)")
+    data = path.read_bytes()
+    meta = _header(data, path).get("__metadata__") or {}
+    text = meta.get(MANIFEST_KEY)
+    if text is None:
+        raise ArtifactError(f"{path}: a safetensors file without a binexp manifest; not a binexp export")
+    if _sha256(text.encode()) != meta.get(CHECKSUM_KEY):
+        raise ArtifactError(f"{path}: the manifest does not match its checksum; the file was altered or damaged")
+    manifest = json.loads(text)
+    if manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    if manifest.get("version", 0) > VERSION:
+        raise ArtifactError(f"{path}: format version {manifest['version']} is newer than this binexp reads ({VERSION}); upgrade binexp")
+    try:
+        tensors = load(data)
+    except (SafetensorError, ValueError) as err:
+        raise ArtifactError(f"{path}: the tensors cannot be read ({err}); the file is truncated or damaged") from None
+    expected = manifest["checksums"]
+    if set(tensors) != set(expected):
+        missing = sorted(set(expected) - set(tensors))[:5]
+        raise ArtifactError(f"{path}: tensors {missing} listed in the manifest are missing; the file is damaged")
+    for name, digest in expected.items():
+        if _sha256(tensors[name].tobytes()) != digest:
+            raise ArtifactError(f"{path}: tensor {name} does not match its checksum; the file was altered or damaged")
+    return manifest, tensors

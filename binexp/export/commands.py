@@ -1,0 +1,225 @@
+"""`binexp export <run dir>` and `binexp verify <artifact>`.
+
+    binexp export logs/train/runs/<time>                  # -> <run>/export/model.safetensors + export-size.json
+    binexp export <run> ckpt=best out=model.safetensors
+    binexp verify <run>/export/model.safetensors dataset.root=/data   # exported vs trained, whole test set
+
+`verify` rebuilds the trained network from the run the artifact names (its config and the very checkpoint, checked
+by sha256), runs it in step mode and the packed model on the same test batches, and reports differing predictions
+(it fails unless 0), differing binary activations per layer, and the accuracy of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from binexp.binarize.base import evaluating
+from binexp.errors import BinexpError, ConfigError
+from binexp.export import artifact
+from binexp.export.lower import lower
+from binexp.export.popcount import backend
+from binexp.export.runtime import StepModel
+
+VERIFY_KEYS = ("run", "ckpt", "limit", "batch_size")
+
+
+class VerificationFailed(BinexpError):
+    exit_code = 1
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
+    """(run config, data module, trained Classifier, checkpoint path) of a run, as `binexp eval` rebuilds it."""
+    from binexp.evaluate import find_checkpoint, load_run_config
+    from binexp.train import build_data, build_method, build_module
+
+    cfg = load_run_config(run_dir)
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    path = find_checkpoint(run_dir, ckpt)
+    dm = build_data(cfg)
+    module = build_module(cfg, dm, build_method(cfg))
+    module.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
+    return cfg, dm, module.eval(), path
+
+
+def size_table(net: torch.nn.Module, manifest: dict, tensors: dict[str, np.ndarray], file_bytes: int) -> dict[str, float | None]:
+    """File bytes against float32 bytes, for the whole model and for the binary layers alone."""
+    from binexp.size import model_size
+
+    sizes = model_size(net)
+    binary_ops = [op for op in manifest["ops"] if "weight_bits" in op["tensors"]]
+    packed = sum(tensors[op["tensors"]["weight_bits"]].nbytes for op in binary_ops)
+    binary_float = 4 * sum(int(np.prod(op["attrs"]["weight_shape"])) for op in binary_ops)
+    return {
+        "file_bytes": float(file_bytes),
+        "float32_bytes": sizes["size/bytes_float"],
+        "ideal_bytes": sizes["size/bytes_binary"],
+        "file_vs_ideal": file_bytes / sizes["size/bytes_binary"],
+        "file_vs_float32": file_bytes / sizes["size/bytes_float"],
+        "binary_layers_packed_bytes": float(packed),
+        "binary_layers_float32_bytes": float(binary_float),
+        "binary_layers_ratio": packed / binary_float if binary_float else None,
+    }
+
+
+def export_run(run_dir: Path, ckpt: str = "last", out: Path | None = None) -> tuple[Path, dict[str, float]]:
+    cfg, dm, module, path = load_trained(run_dir, ckpt)
+    net = module.net
+    ops, input_name, output_name = lower(net, dm.image_shape)
+    info = {
+        "method": str(cfg.method.name),
+        "architecture": str(cfg.architecture.name),
+        "dataset": str(OmegaConf.select(cfg, "dataset.name", default="")),
+        "image_shape": list(dm.image_shape),
+        "num_classes": int(dm.num_classes),
+        "input_norm": dict(dm.norm.__dict__),
+        "source": {"run_dir": str(run_dir.resolve()), "checkpoint": str(path.resolve()), "checkpoint_sha256": _sha256_file(path)},
+    }
+    manifest, tensors = artifact.manifest_and_tensors(ops, input_name, output_name, info)
+    out = out or run_dir / "export" / "model.safetensors"
+    file_bytes = artifact.write(out, manifest, tensors)
+    sizes = size_table(net, manifest, tensors, file_bytes)
+    (out.parent / "export-size.json").write_text(json.dumps(sizes, indent=2) + "\n")
+    return out, sizes
+
+
+def _bits(activation: torch.Tensor, sem: str) -> torch.Tensor:
+    return (activation > (0 if sem == "pm1" else 0.5)).to(torch.uint8)
+
+
+def verify_artifact(path: Path, run: str | None = None, ckpt: str | None = None, limit: int | None = None,
+                    batch_size: int = 500, overrides: list[str] | None = None) -> dict:
+    manifest, tensors = artifact.read(path)
+    source = manifest["source"]
+    run_dir = Path(run or source["run_dir"])
+    cfg, dm, module, ckpt_path = load_trained(run_dir, ckpt or source["checkpoint"], overrides)
+    if _sha256_file(ckpt_path) != source["checkpoint_sha256"]:
+        raise ConfigError(
+            f"{ckpt_path} is not the checkpoint {path} was exported from (sha256 differs): re-export, or pass "
+            f"ckpt=<the original checkpoint>"
+        )
+    net, runtime = module.net.cpu(), StepModel(manifest, tensors)
+    layers = {op["attrs"]["layer"]: op["attrs"]["output"] for op in manifest["ops"] if op["kind"] == "threshold"}
+    modules = dict(net.named_modules())
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [modules[name].register_forward_hook(lambda m, a, out, name=name: captured.__setitem__(name, out))
+             for name in layers]
+    differ = {name: 0 for name in layers}
+    values = {name: 0 for name in layers}
+    correct_net = correct_runtime = differ_pred = seen = 0
+    split = dm.splits["test"]
+    n = len(split.labels) if limit is None else min(limit, len(split.labels))
+    scale, shift = dm.norm.affine()
+    try:
+        with evaluating(net, step=True):
+            for start in range(0, n, batch_size):
+                images = split.images[start : min(n, start + batch_size)]
+                labels = split.labels[start : min(n, start + batch_size)]
+                x = images.float() * scale + shift
+                recorded: dict[str, torch.Tensor] = {}
+                pred_net = net(x).argmax(1)
+                pred_runtime = runtime(x, record=recorded).argmax(1)
+                correct_net += int((pred_net == labels).sum())
+                correct_runtime += int((pred_runtime == labels).sum())
+                differ_pred += int((pred_net != pred_runtime).sum())
+                seen += len(labels)
+                for name, sem in layers.items():
+                    differ[name] += int((_bits(captured[name], sem) != recorded[name]).sum())
+                    values[name] += recorded[name].numel()
+    finally:
+        for h in hooks:
+            h.remove()
+    result = {
+        "artifact": str(path), "checkpoint": str(ckpt_path), "samples": seen, "popcount": backend(),
+        "differing_predictions": differ_pred,
+        "accuracy_trained_step": correct_net / seen, "accuracy_exported": correct_runtime / seen,
+        "differing_activations": differ, "activations_compared": values,
+    }
+    (path.parent / "verify.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+# ---- command line -----------------------------------------------------------------------------------------------
+def _key_values(items: list[str], allowed: tuple[str, ...], dotted_prefix: str | None = None) -> tuple[dict, list[str]]:
+    plain, dotted = {}, []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"{item!r}: expected key=value (keys: {', '.join(allowed)}{', dataset.<key>' if dotted_prefix else ''})")
+        if dotted_prefix and key.startswith(dotted_prefix):
+            dotted.append(item)
+        elif key in allowed:
+            plain[key] = value
+        else:
+            raise ConfigError(f"{key}: unknown option (allowed: {', '.join(allowed)}{', dataset.<key>' if dotted_prefix else ''})")
+    return plain, dotted
+
+
+def _print_rows(title: str, rows: list[tuple[str, str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("")
+    table.add_column("value", justify="right")
+    for key, value in rows:
+        table.add_row(key, value)
+    Console(width=120).print(table)
+
+
+def main_export(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="binexp export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, help="a run directory made by `binexp train`")
+    parser.add_argument("options", nargs="*", help="ckpt=last|best|<path>, out=<file>")
+    args = parser.parse_args(argv)
+    opts, _ = _key_values(args.options, ("ckpt", "out"))
+    out, sizes = export_run(args.run, opts.get("ckpt", "last"), Path(opts["out"]) if "out" in opts else None)
+    kb = lambda v: f"{v / 1024:,.1f} KB"  # noqa: E731
+    _print_rows(f"export: {out}", [
+        ("file", kb(sizes["file_bytes"])),
+        ("float32 model", kb(sizes["float32_bytes"])),
+        ("ideal (1 bit per binary weight, float32 rest)", kb(sizes["ideal_bytes"])),
+        ("file / ideal", f"{sizes['file_vs_ideal']:.3f}"),
+        ("file / float32", f"{sizes['file_vs_float32']:.4f}"),
+        ("binary layers: packed / float32", f"{kb(sizes['binary_layers_packed_bytes'])} / {kb(sizes['binary_layers_float32_bytes'])}"
+         f" = 1/{1 / sizes['binary_layers_ratio']:.1f}" if sizes["binary_layers_float32_bytes"] else "no binary layers"),
+    ])
+
+
+def main_verify(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="binexp verify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("artifact", type=Path, help="a file written by `binexp export`")
+    parser.add_argument("options", nargs="*", help="run=<dir> ckpt=<path> limit=N batch_size=N dataset.<key>=<value>")
+    args = parser.parse_args(argv)
+    opts, dataset = _key_values(args.options, VERIFY_KEYS, dotted_prefix="dataset.")
+    result = verify_artifact(
+        args.artifact, opts.get("run"), opts.get("ckpt"), int(opts["limit"]) if "limit" in opts else None,
+        int(opts.get("batch_size", 500)), dataset,
+    )
+    rows = [
+        ("test samples", str(result["samples"])),
+        ("differing predictions", str(result["differing_predictions"])),
+        ("accuracy, trained network in step mode", f"{100 * result['accuracy_trained_step']:.2f}%"),
+        ("accuracy, exported model", f"{100 * result['accuracy_exported']:.2f}%"),
+        ("popcount kernel", result["popcount"]),
+    ]
+    for name, count in result["differing_activations"].items():
+        rows.append((f"differing activations {name}", f"{count} / {result['activations_compared'][name]}"))
+    _print_rows(f"verify: {args.artifact}", rows)
+    if result["differing_predictions"]:
+        raise VerificationFailed(f"{result['differing_predictions']} predictions differ between {args.artifact} and the trained network")

@@ -1,0 +1,55 @@
+"""The popcount GEMM of binary layers: the compiled kernel (`_popcount.c`, built by the install) or numpy.
+
+`popcount_gemm(x, w, use_and)` takes rows of packed 64-bit words, x (R, K) and w (O, K) as uint64, and returns the
+int32 matrix of popcount(xnor(x_r, w_o)) (or popcount(x_r & w_o)) summed over the K words.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+# rows per numpy chunk: the broadcast (rows, O, K) temporary stays near 64 MB
+_NUMPY_CHUNK_BYTES = 64 << 20
+
+
+@lru_cache(maxsize=1)
+def _kernel() -> ctypes.CDLL | None:
+    here = Path(__file__).parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = here / f"_popcount{suffix}"
+        if path.exists():
+            lib = ctypes.CDLL(str(path))
+            lib.popcount_gemm.restype = None
+            lib.popcount_gemm.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                          ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+            lib.popcount_threads.restype = ctypes.c_int
+            return lib
+    return None
+
+
+def backend() -> str:
+    """'compiled (N threads)' when the install built the kernel, else 'numpy'."""
+    lib = _kernel()
+    return f"compiled ({lib.popcount_threads()} threads)" if lib is not None else "numpy"
+
+
+def popcount_gemm(x: np.ndarray, w: np.ndarray, use_and: bool = False, force_numpy: bool = False) -> np.ndarray:
+    if x.dtype != np.uint64 or w.dtype != np.uint64 or x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
+        raise ValueError(f"popcount_gemm takes uint64 (R, K) and (O, K) words, got {x.dtype}{x.shape} and {w.dtype}{w.shape}")
+    x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
+    out = np.empty((x.shape[0], w.shape[0]), dtype=np.int32)
+    lib = None if force_numpy else _kernel()
+    if lib is not None:
+        lib.popcount_gemm(x.ctypes.data, w.ctypes.data, out.ctypes.data, x.shape[0], w.shape[0], x.shape[1], int(use_and))
+        return out
+    rows = max(1, _NUMPY_CHUNK_BYTES // max(1, 8 * w.shape[0] * w.shape[1]))
+    for start in range(0, x.shape[0], rows):
+        xs = x[start : start + rows, None, :]
+        both = (xs & w[None]) if use_and else ~(xs ^ w[None])
+        out[start : start + rows] = np.bitwise_count(both).sum(axis=-1, dtype=np.int32)
+    return out

@@ -1,0 +1,278 @@
+"""Export: packing, threshold folding, the file's integrity checks, the popcount runtime, export + verify of a run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from binexp.binarize.base import evaluating
+from binexp.builder import build
+from binexp.cli import main
+from binexp.export import artifact
+from binexp.export.artifact import ArtifactError
+from binexp.export.commands import export_run, verify_artifact
+from binexp.export.lower import ExportError, integer_bounds, lower, pack_rows
+from binexp.export.popcount import _kernel, popcount_gemm
+from binexp.export.runtime import BinaryLayer, StepModel, unpack_weights
+from binexp.models import build_model
+from tests.conftest import compose_train
+from tests.test_train import run
+
+
+# ---- packing ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(3, 5), (4, 3, 3, 3), (2, 64), (5, 7, 1, 1)])
+def test_pack_unpack_round_trip(shape):
+    w = torch.randn(shape)
+    w.view(-1)[0] = 0.0  # sign(0) = +1
+    bits = pack_rows(w)
+    k = int(np.prod(shape[1:]))
+    assert bits.shape == (shape[0], (k + 7) // 8) and bits.dtype == np.uint8
+    expected = torch.where(w >= 0, 1.0, -1.0).numpy()
+    assert np.array_equal(unpack_weights(bits, list(shape)), expected)
+
+
+@pytest.mark.parametrize("use_and", [False, True])
+def test_compiled_and_numpy_popcount_agree(use_and):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 2**63, (37, 5), dtype=np.uint64)
+    w = rng.integers(0, 2**63, (11, 5), dtype=np.uint64)
+    numpy_counts = popcount_gemm(x, w, use_and, force_numpy=True)
+    expected = [[sum(bin(int(a & b) if use_and else int(~(a ^ b)) & (2**64 - 1)).count("1") for a, b in zip(xr, wr))
+                 for wr in w] for xr in x]
+    assert numpy_counts.tolist() == expected
+    if _kernel() is not None:  # the install built the kernel
+        assert np.array_equal(popcount_gemm(x, w, use_and), numpy_counts)
+
+
+@pytest.mark.parametrize("sem", ["pm1", "01"])
+@pytest.mark.parametrize("stride,padding,channels", [(1, 1, 3), (2, 1, 70), (1, 0, 64), (2, 2, 5)])
+def test_binary_conv_sums_equal_a_float_conv_of_the_same_values(sem, stride, padding, channels):
+    torch.manual_seed(0)
+    bits = (torch.rand(2, channels, 7, 6) < 0.5).to(torch.uint8)
+    w = torch.randn(4, channels, 3, 3)
+    layer = BinaryLayer({"kernel": [3, 3], "stride": [stride] * 2, "padding": [padding] * 2, "input": sem,
+                         "weight_shape": list(w.shape)}, pack_rows(w))
+    x = bits.float() * 2 - 1 if sem == "pm1" else bits.float()
+    expected = F.conv2d(x, torch.where(w >= 0, 1.0, -1.0), stride=stride, padding=padding)
+    got = layer(bits)
+    assert got.dtype == torch.int32 and torch.equal(got.float(), expected)
+
+
+@pytest.mark.parametrize("sem", ["pm1", "01"])
+def test_binary_linear_sums_equal_a_float_product(sem):
+    torch.manual_seed(1)
+    bits = (torch.rand(5, 130) < 0.5).to(torch.uint8)
+    w = torch.randn(9, 130)
+    layer = BinaryLayer({"input": sem, "weight_shape": [9, 130]}, pack_rows(w))
+    x = bits.float() * 2 - 1 if sem == "pm1" else bits.float()
+    assert torch.equal(layer(bits).float(), x @ torch.where(w >= 0, 1.0, -1.0).T)
+
+
+# ---- threshold folding -----------------------------------------------------------------------------------------
+def test_integer_bounds_reproduce_every_side_and_constant_channels():
+    values = torch.arange(-4, 5, dtype=torch.float32)
+    x = values[:, None]
+    fires = torch.cat([x >= 2, x <= -1, x > 100, x > -100, x >= -4], dim=1)
+    direction, bound = integer_bounds(fires, values, "test")
+    assert direction.tolist() == [1, -1, 1, 1, 1]
+    assert bound[:2].tolist() == [2, 1]  # x >= 2;  -x >= 1 <=> x <= -1
+    signed = torch.from_numpy(direction.astype(np.int64))[None] * values.to(torch.int64)[:, None]
+    assert torch.equal(signed >= torch.from_numpy(bound.astype(np.int64))[None], fires)
+
+
+def test_a_channel_that_is_not_a_threshold_is_refused():
+    values = torch.arange(-3, 4, dtype=torch.float32)
+    fires = (values.abs() <= 1)[:, None]
+    with pytest.raises(ExportError, match=r"layer conv9: channels \[0\] do not fire on one side"):
+        integer_bounds(fires, values, "layer conv9")
+
+
+def randomize(net: nn.Module, seed: int = 0) -> None:
+    """Trained-looking parameters: BN statistics, gammas of both signs and some exactly 0, slopes of both signs
+    and some 0, nonzero biases."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.normal_(0, 2, generator=g)
+                m.running_var.uniform_(0.5, 4, generator=g)
+                m.weight.normal_(0, 1, generator=g)
+                m.weight[::5] = 0.0
+                m.bias.normal_(0, 1, generator=g)
+            if hasattr(m, "slope"):
+                m.slope.normal_(0, 3, generator=g)
+                m.slope[::7] = 0.0
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+                m.bias.normal_(0, 0.5, generator=g)
+
+
+def step_outputs(net: nn.Module, x: torch.Tensor, layers: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    modules = dict(net.named_modules())
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [modules[n].register_forward_hook(lambda m, a, out, n=n: seen.__setitem__(n, out)) for n in layers]
+    with evaluating(net, step=True):
+        logits = net(x)
+    for h in hooks:
+        h.remove()
+    return logits, seen
+
+
+CASES = [
+    ("lenet", "abr", ["architecture.batch_norm=true", "architecture.conv_act=true"]),
+    ("lenet", "fp", ["architecture.batch_norm=true", "architecture.conv_act=true"]),
+    ("lenet", "ste", ["architecture.batch_norm=true", "architecture.conv_act=true", "method.scaling=forward_backward"]),
+    ("cifar_quick", "abr", []),
+    ("vgg_small", "xnor", []),
+    ("vgg_small", "sbn", ["method.base=bnn"]),
+    ("resnet18", "ste", []),
+    ("densenet13", "bnn", []),
+    ("resnet18", "bwn", []),
+]
+
+
+@pytest.mark.parametrize("arch,method,extra", CASES)
+def test_exported_model_computes_what_the_step_mode_network_computes(arch, method, extra):
+    cfg = compose_train([f"architecture={arch}", f"method={method}", "dataset=synthetic", "architecture.width=0.25", *extra])
+    shape = (1, 28, 28) if arch == "lenet" else (3, 32, 32)
+    net = build_model(cfg.architecture, build(cfg.method), shape, num_classes=10)
+    randomize(net)
+    ops, inp, out = lower(net, shape)
+    manifest, tensors = artifact.manifest_and_tensors(ops, inp, out, {})
+    thresholds = [op for op in manifest["ops"] if op["kind"] == "threshold"]
+    x = torch.randn(24, *shape) * 2
+    logits, activations = step_outputs(net, x, [op["attrs"]["layer"] for op in thresholds])
+    recorded: dict[str, torch.Tensor] = {}
+    got = StepModel(manifest, tensors)(x, record=recorded)
+    assert torch.equal(got, logits)  # bit for bit, not approximately
+    for op in thresholds:
+        layer, sem = op["attrs"]["layer"], op["attrs"]["output"]
+        expected = (activations[layer] > (0 if sem == "pm1" else 0.5)).to(torch.uint8)
+        assert torch.equal(recorded[layer], expected), layer
+    if method in ("xnor", "sbn", "ste", "bnn"):  # binary activations feed binary layers: popcount does the work
+        assert any(op["kind"].startswith("binary_") for op in manifest["ops"])
+
+
+def test_gamma_zero_and_negative_gamma_channels_threshold_like_the_network():
+    cfg = compose_train(["architecture=vgg_small", "method=bnn", "dataset=synthetic", "architecture.width=0.125"])
+    net = build_model(cfg.architecture, build(cfg.method), (3, 32, 32), num_classes=10)
+    randomize(net, seed=3)
+    bn = [m for m in net.features if isinstance(m, nn.BatchNorm2d)][1]  # conv2 -> pool -> BN: on integer sums
+    with torch.no_grad():
+        bn.weight[:4] = torch.tensor([0.0, 0.0, -1.5, 2.0])
+        bn.bias[:4] = torch.tensor([0.5, -0.5, 0.3, -0.2])
+    ops, inp, out = lower(net, (3, 32, 32))
+    manifest, tensors = artifact.manifest_and_tensors(ops, inp, out, {})
+    op = next(o for o in manifest["ops"] if o["kind"] == "threshold" and o["attrs"]["input"] == "int")
+    direction = tensors[op["tensors"]["direction"]]
+    bound = tensors[op["tensors"]["bound"]]
+    assert direction[2] == -1 and direction[3] == 1  # gamma < 0 flips the comparison
+    assert bound[0] == -(2**30) and bound[1] == 2**30  # gamma = 0: sign(beta), always / never
+    x = torch.randn(16, 3, 32, 32)
+    logits, _ = step_outputs(net, x, [])
+    assert torch.equal(StepModel(manifest, tensors)(x), logits)
+
+
+# ---- the file --------------------------------------------------------------------------------------------------
+@pytest.fixture
+def saved(tmp_path):
+    cfg = compose_train(["architecture=lenet", "method=ste", "dataset=synthetic", "architecture.width=0.25"])
+    net = build_model(cfg.architecture, build(cfg.method), (1, 28, 28), num_classes=10)
+    ops, inp, out = lower(net, (1, 28, 28))
+    manifest, tensors = artifact.manifest_and_tensors(ops, inp, out, {"method": "ste"})
+    path = tmp_path / "model.safetensors"
+    artifact.write(path, manifest, tensors)
+    return path
+
+
+def test_a_written_file_reads_back_identically(saved):
+    manifest, tensors = artifact.read(saved)
+    assert manifest["format"] == "binexp-step" and manifest["version"] == 1 and manifest["method"] == "ste"
+    assert set(tensors) == set(manifest["checksums"])
+    assert any(name.endswith("weight_bits") for name in tensors)
+
+
+def test_a_truncated_file_is_refused(saved):
+    data = saved.read_bytes()
+    saved.write_bytes(data[: len(data) - 100])
+    with pytest.raises(ArtifactError, match="truncated or damaged"):
+        artifact.read(saved)
+    saved.write_bytes(data[:50])
+    with pytest.raises(ArtifactError, match="truncated"):
+        artifact.read(saved)
+
+
+def test_an_altered_tensor_is_refused(saved):
+    data = bytearray(saved.read_bytes())
+    data[-3] ^= 0xFF  # a bit flip in the last tensor's bytes
+    saved.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="does not match its checksum; the file was altered or damaged"):
+        artifact.read(saved)
+
+
+def test_an_altered_manifest_is_refused(saved):
+    data = saved.read_bytes()
+    altered = data.replace(b'\\"method\\": \\"ste\\"', b'\\"method\\": \\"abr\\"')
+    assert altered != data
+    saved.write_bytes(altered)
+    with pytest.raises(ArtifactError, match="manifest does not match its checksum"):
+        artifact.read(saved)
+
+
+def test_other_files_are_refused(tmp_path):
+    with pytest.raises(ArtifactError, match="no such file"):
+        artifact.read(tmp_path / "missing.safetensors")
+    from safetensors.numpy import save_file
+
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": np.zeros(3, np.float32)}, str(plain))
+    with pytest.raises(ArtifactError, match="without a binexp manifest"):
+        artifact.read(plain)
+
+
+# ---- a trained run ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["ste", "abr"])
+def test_export_and_verify_a_trained_run(tmp_path, method, capsys):
+    extra = ["architecture.batch_norm=true", "architecture.conv_act=true"] if method == "ste" else []
+    run_dir, _ = run(tmp_path, [f"method={method}", *extra])
+    path, sizes = export_run(run_dir)
+    assert path == run_dir / "export" / "model.safetensors" and path.stat().st_size == sizes["file_bytes"]
+    assert json.loads((run_dir / "export" / "export-size.json").read_text()) == sizes
+    if method == "abr":  # float weights, binary activations: nothing to pack
+        assert sizes["binary_layers_ratio"] is None and sizes["file_vs_ideal"] <= 1.1
+    else:
+        assert sizes["binary_layers_ratio"] == pytest.approx(1 / 32, rel=0.02)
+        assert 0.9 <= sizes["file_vs_ideal"] <= 1.1
+    result = verify_artifact(path)
+    assert result["differing_predictions"] == 0
+    assert result["accuracy_exported"] == result["accuracy_trained_step"]
+    assert result["samples"] > 0 and sum(result["differing_activations"].values()) == 0
+    assert json.loads((run_dir / "export" / "verify.json").read_text())["differing_predictions"] == 0
+
+
+def test_export_and_verify_from_the_command_line(tmp_path, capsys):
+    run_dir, _ = run(tmp_path, ["method=ste"])
+    main(["export", str(run_dir), "out=" + str(tmp_path / "m.safetensors")])
+    assert "file / ideal" in capsys.readouterr().out
+    main(["verify", str(tmp_path / "m.safetensors"), "limit=64"])
+    out = capsys.readouterr().out
+    assert "differing predictions" in out and "64" in out
+    with pytest.raises(SystemExit) as err:
+        main(["verify", str(tmp_path / "m.safetensors"), "limt=64"])
+    assert err.value.code == 2
+    assert "limt: unknown option (allowed: run, ckpt, limit, batch_size, dataset.<key>)" in capsys.readouterr().err
+
+
+def test_verify_refuses_a_checkpoint_that_is_not_the_exported_one(tmp_path):
+    run_dir, _ = run(tmp_path, ["method=ste"])
+    path, _ = export_run(run_dir)
+    best = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))[0]
+    state = torch.load(best, weights_only=False)
+    state["state_dict"] = {k: v + 1 if v.is_floating_point() else v for k, v in state["state_dict"].items()}
+    torch.save(state, run_dir / "checkpoints" / "last.ckpt")
+    with pytest.raises(Exception, match="is not the checkpoint .* was exported from"):
+        verify_artifact(path)
