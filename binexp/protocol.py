@@ -8,6 +8,9 @@
 
 `PhaseEvaluation` records `regular` and `binary` at the end of each schedule milestone (ABR's phase 1), so
 Table 1's "1st Phase / 1st Binary" come from the same run as "2nd Phase / 2nd Binary".
+
+Under DDP every rank evaluates its shard of the test set and the counts are summed (features gathered in
+dataset order for the finetuning), so the numbers equal one process's.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch import nn
 
 from binexp.binarize.base import evaluating
 from binexp.binarize.functional import binary_sign
+from binexp.distributed import gather_in_order, sum_over_shards
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +58,19 @@ def first_layer_of(net: nn.Module) -> nn.Module:
 
 
 def accuracy(net: nn.Module, batches: Iterable, step: bool = False) -> float:
-    correct = total = 0
+    """Share of correct predictions; over all ranks when `batches` is one rank's shard."""
+    counts = torch.zeros(2, dtype=torch.long, device=_device(net))  # correct, seen
     with evaluating(net, step):
         for x, y in batches:
-            correct += (net(x).argmax(1) == y).sum().item()
-            total += len(y)
+            counts[0] += (net(x).argmax(1) == y).sum()
+            counts[1] += len(y)
+    correct, total = sum_over_shards(counts, batches).tolist()
     return correct / max(total, 1)
 
 
 def classifier_inputs(net: nn.Module, batches: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
-    """The classifier's inputs (the last hidden features) in step mode, and the labels, over all batches."""
+    """The classifier's inputs (the last hidden features) in step mode, and the labels, over all batches
+    (of every rank, in dataset order, when `batches` is a shard)."""
     features, labels = [], []
     handle = classifier_of(net).register_forward_pre_hook(lambda _m, args: features.append(args[0].detach().flatten(1)))
     try:
@@ -73,7 +80,7 @@ def classifier_inputs(net: nn.Module, batches: Iterable) -> tuple[torch.Tensor, 
                 labels.append(y)
     finally:
         handle.remove()
-    return torch.cat(features), torch.cat(labels)
+    return gather_in_order(torch.cat(features), batches), gather_in_order(torch.cat(labels), batches)
 
 
 def train_params(
@@ -125,7 +132,8 @@ def binary_weights_accuracy(net: nn.Module, method, dm, cfg: ProtocolConfig) -> 
     trainable = [p for p in net.parameters() if all(p is not w for w in frozen)]
     for w in frozen:
         w.requires_grad_(False)
-    loader = dm.batches("train", train=True, device=_device(net))
+    # every rank repeats this small job on the whole data: the same result as one process, no gradient sync
+    loader = dm.batches("train", train=True, device=_device(net), shard=False)
 
     def batches(epoch: int):
         loader.set_epoch(epoch)
@@ -135,7 +143,7 @@ def binary_weights_accuracy(net: nn.Module, method, dm, cfg: ProtocolConfig) -> 
     with torch.enable_grad():
         train_params(net, trainable, batches, cfg.binary_weights_epochs, cfg.binary_weights_lr,
                      after_step=lambda: method.after_optimizer_step(net))
-    return accuracy(net, dm.batches("test", device=_device(net)), step=True)
+    return accuracy(net, dm.batches("test", device=_device(net), shard=False), step=True)
 
 
 def _device(net: nn.Module) -> torch.device:

@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 
 from binexp.binarize.base import evaluating, probes
+from binexp.distributed import sum_over_shards
 from binexp.errors import BinexpError
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,9 @@ def activation_probes(net: torch.nn.Module) -> list:
 def firing_matrix(net: torch.nn.Module, batches, num_classes: int) -> np.ndarray:
     """classes x units: how often each unit of the last probed activation outputs more than 0.5 in step mode
     (1 for ABR's step, +1 for sign), per class."""
-    fired, seen = [], torch.zeros(num_classes, dtype=torch.float64)
+    fired = []
     sums: Optional[torch.Tensor] = None
+    seen: Optional[torch.Tensor] = None
     handle = activation_probes(net)[-1].register_forward_hook(lambda _m, _i, out: fired.append(out.detach().flatten(1)))
     try:
         with evaluating(net, step=True):
@@ -82,11 +84,13 @@ def firing_matrix(net: torch.nn.Module, batches, num_classes: int) -> np.ndarray
                 net(x)
                 onehot = torch.nn.functional.one_hot(y, num_classes).to(torch.float64)
                 batch = onehot.T @ (fired.pop() > 0.5).to(torch.float64)
-                sums = batch.cpu() if sums is None else sums + batch.cpu()
-                seen += onehot.sum(0).cpu()
+                sums = batch if sums is None else sums + batch
+                seen = onehot.sum(0) if seen is None else seen + onehot.sum(0)
     finally:
         handle.remove()
-    return (sums / seen.clamp_min(1)[:, None]).numpy()
+    # integer-valued counts: summed over the ranks' shards they are exactly the whole test set's
+    sums, seen = sum_over_shards(sums, batches), sum_over_shards(seen, batches)
+    return (sums / seen.clamp_min(1)[:, None]).cpu().numpy()
 
 
 def clear_units(matrix: np.ndarray, classes: list[str], margin: float = 0.01) -> dict[int, dict[str, list[str]]]:
@@ -112,8 +116,8 @@ class BinarizationCurves(pl.Callback):
         if self._last_step == trainer.global_step:
             return
         self._last_step = trainer.global_step
-        stats = measure(pl_module.net, trainer.datamodule.batches("test"),
-                        reduce=lambda t: trainer.strategy.reduce(t, reduce_op="sum"))
+        test = trainer.datamodule.batches("test")  # this rank's shard; the counts are summed over ranks
+        stats = measure(pl_module.net, test, reduce=lambda t: sum_over_shards(t, test))
         if not stats:
             return
         flat = {f"binarization/{layer}/{k}": v for layer, values in stats.items() for k, v in values.items()}
@@ -148,12 +152,15 @@ class BinarizationCurves(pl.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._record(trainer, pl_module)
-        if self.firing_matrix and activation_probes(pl_module.net) and trainer.is_global_zero:
+        if self.firing_matrix and activation_probes(pl_module.net):
             self._write_firing(trainer, pl_module)
 
     def _write_firing(self, trainer, pl_module) -> None:
         dm = trainer.datamodule
+        # every rank measures its shard (the sum is a collective); rank zero writes
         matrix = firing_matrix(pl_module.net, dm.batches("test", device=pl_module.device), dm.num_classes)
+        if not trainer.is_global_zero:
+            return
         run_dir = Path(trainer.default_root_dir)
         np.save(run_dir / "firing_matrix.npy", matrix)
         units = clear_units(matrix, dm.classes)

@@ -102,12 +102,16 @@ class ImageData(pl.LightningDataModule):
             train = balanced_subset(train, self.subset, len(self.classes))
         self.splits.update(train=train, test=test)
 
-    def batches(self, stage: str, train: bool = False, device: torch.device | str | None = None) -> DeviceBatches:
+    def batches(
+        self, stage: str, train: bool = False, device: torch.device | str | None = None, shard: bool = True,
+    ) -> DeviceBatches:
+        """Under DDP each rank gets its shard (`shard=False`: every rank the whole split, e.g. for a job that
+        every rank repeats identically instead of sharing the work)."""
         self.setup()
         trainer = self.trainer
         if device is None:
             device = trainer.strategy.root_device if trainer is not None else "cpu"
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None and shard else (0, 1)
         return DeviceBatches(
             self.splits[stage], self.batch_size if train else self.eval_batch_size, self.norm,
             shuffle=train, drop_last=train, crop_padding=self.crop_padding if train else 0,

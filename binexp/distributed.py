@@ -1,0 +1,194 @@
+"""Lightning DDP for Hydra runs, and the helpers that make sharded evaluation add up to one process's numbers.
+
+    binexp train trainer=ddp trainer.devices=4                        # one node, 4 GPUs
+    binexp train trainer=ddp trainer.accelerator=cpu trainer.devices=2  # 2 CPU processes over gloo
+
+Lightning starts ranks 1..N-1 by re-running the command line; under Hydra that means re-composing the config
+(timestamps and all) and, when `binexp` runs a task word before Hydra, a command Lightning cannot rebuild.
+`DDPStrategy` keeps Lightning's DDP but starts the other ranks as `python -m binexp.distributed` with the
+launching rank's *resolved* config in the environment: they train the same job into the same run directory
+and never run Hydra. Where the cluster starts the processes itself (SLURM tasks, torchrun), nothing changes.
+
+Evaluation data is sharded without padding (`DeviceBatches` gives rank r the samples r, r+W, ...), so sums
+of counts over ranks (`sum_over_shards`) and features gathered back in dataset order (`gather_in_order`) give
+exactly what one process computes over the whole set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+log = logging.getLogger(__name__)
+
+RANK_CONFIG_ENV = "BINEXP_RANK_CONFIG"
+# what Lightning's launcher writes into the launching process's environment
+_LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+class ChildRankLauncher(_SubprocessScriptLauncher):
+    """Lightning's subprocess launcher, but each child runs `python -m binexp.distributed` on `rank_config`."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.rank_config: str | None = None  # the resolved config as YAML, set by binexp.train
+        self._saved_env: dict[str, str | None] | None = None
+
+    def _call_children_scripts(self) -> None:
+        self._check_can_spawn_children()
+        self.procs = []
+        if self.rank_config is None:
+            raise RuntimeError("binexp DDPStrategy: no config for the child ranks; start runs through binexp.train.train")
+        self._saved_env = {k: os.environ.get(k) for k in _LAUNCH_ENV}
+        env = self.cluster_environment
+        os.environ["MASTER_ADDR"] = env.main_address
+        os.environ["MASTER_PORT"] = str(env.main_port)
+        os.environ["NODE_RANK"] = str(env.node_rank())
+        os.environ["LOCAL_RANK"] = str(env.local_rank())
+        os.environ["WORLD_SIZE"] = f"{self.num_processes * self.num_nodes}"
+        for local_rank in range(1, self.num_processes):
+            child_env = {**os.environ, "LOCAL_RANK": str(local_rank), RANK_CONFIG_ENV: self.rank_config}
+            if os.environ.get("PL_GLOBAL_SEED") is None:
+                child_env.pop("PL_GLOBAL_SEED", None)
+            self.procs.append(subprocess.Popen([sys.executable, "-m", "binexp.distributed"], env=child_env))
+
+    def finish(self, timeout_s: float = 120.0) -> None:
+        """After a run in the launching process: reap the children and undo the environment, so the next job
+        of an in-process sweep launches its own ranks instead of believing it is one of these."""
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("rank process %d did not exit; killing it", proc.pid)
+                proc.kill()
+        if self._saved_env is not None:
+            for key, value in self._saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            self._saved_env = None
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
+
+
+class DDPStrategy(pl.strategies.DDPStrategy):
+    """Lightning's DDP (`trainer=ddp`); child ranks get the run's config instead of the command line."""
+
+    def _configure_launcher(self) -> None:
+        assert self.cluster_environment is not None
+        self._launcher = ChildRankLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
+
+
+def _several(devices: Any) -> bool:
+    if isinstance(devices, (list, tuple)):
+        return len(devices) > 1
+    if isinstance(devices, str):
+        devices = devices.strip()
+        if devices in ("auto", "-1"):
+            return True
+        if "," in devices:
+            return len([d for d in devices.split(",") if d.strip()]) > 1
+        return devices.isdigit() and int(devices) > 1
+    return devices == -1 or (isinstance(devices, int) and devices > 1)
+
+
+def strategy_for(strategy: Any, devices: Any, num_nodes: int) -> Any:
+    """`trainer.strategy=ddp`, or `auto` on several devices or nodes (where Lightning would pick its own DDP
+    and re-run the command line), becomes binexp's DDPStrategy; anything else is passed to Lightning as is."""
+    if isinstance(strategy, str) and (strategy == "ddp" or (strategy == "auto" and (_several(devices) or num_nodes > 1))):
+        return DDPStrategy()
+    return strategy
+
+
+def launcher_of(trainer: pl.Trainer) -> ChildRankLauncher | None:
+    launcher = getattr(trainer.strategy, "launcher", None)
+    return launcher if isinstance(launcher, ChildRankLauncher) else None
+
+
+# ---- sharded evaluation ----------------------------------------------------------------------------------
+def world_of(batches: Any) -> int:
+    return int(getattr(batches, "world_size", 1))
+
+
+def _require_group(what: str) -> None:
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(f"{what}: the batches are one shard of {what}, but torch.distributed is not initialized")
+
+
+def sum_over_shards(t: torch.Tensor, batches: Any) -> torch.Tensor:
+    """`t` summed over the ranks when `batches` is one rank's shard (world_size > 1); else `t` itself."""
+    if world_of(batches) == 1:
+        return t
+    _require_group("sum_over_shards")
+    t = t.clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def gather_in_order(t: torch.Tensor, batches: Any) -> torch.Tensor:
+    """Rows of every rank's shard put back in dataset order: rank r holds rows r, r+W, r+2W, ... of the whole.
+
+    Shards differ in length by at most one row; they are padded for all_gather and cut back after."""
+    world = world_of(batches)
+    if world == 1:
+        return t
+    _require_group("gather_in_order")
+    lengths = [torch.zeros(1, dtype=torch.long, device=t.device) for _ in range(world)]
+    dist.all_gather(lengths, torch.tensor([len(t)], dtype=torch.long, device=t.device))
+    lengths = [int(n.item()) for n in lengths]
+    longest = max(lengths)
+    padded = torch.zeros(longest, *t.shape[1:], dtype=t.dtype, device=t.device)
+    padded[: len(t)] = t
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    out = torch.empty(sum(lengths), *t.shape[1:], dtype=t.dtype, device=t.device)
+    for rank, (part, n) in enumerate(zip(parts, lengths)):
+        out[rank::world] = part[:n]
+    return out
+
+
+def quiet_other_ranks(rank: int) -> None:
+    """Only rank zero logs progress: the others keep warnings and errors (Hydra gives every SLURM task the
+    same train.log, and children of the launcher print to the same terminal)."""
+    if rank != 0:
+        for name in ("binexp", "pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main() -> None:
+    """Entry of ranks 1..N-1 started by `ChildRankLauncher`: train the launching rank's config, no Hydra."""
+    from omegaconf import OmegaConf
+
+    from binexp.config import register_configs
+    from binexp.errors import BinexpError, RunInterrupted
+    from binexp.train import train
+
+    text = os.environ.get(RANK_CONFIG_ENV)
+    if not text:
+        raise SystemExit(f"python -m binexp.distributed is started by binexp's DDPStrategy ({RANK_CONFIG_ENV} is unset)")
+    rank = int(os.environ.get("LOCAL_RANK", "1"))  # a child: never rank zero
+    logging.basicConfig(level=logging.WARNING, format=f"[local rank {rank}] %(levelname)s %(name)s: %(message)s")
+    quiet_other_ranks(rank)
+    register_configs()
+    try:
+        train(OmegaConf.create(text))
+    except RunInterrupted:
+        # rank zero reports the stop and the resume command; a non-zero exit here would make Lightning's
+        # process observer kill rank zero before it does
+        raise SystemExit(0) from None
+    except BinexpError as err:
+        print(f"binexp (rank {rank}): error: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
+
+
+if __name__ == "__main__":
+    main()
