@@ -116,6 +116,9 @@ class TrainConfig:
     task_name: str = "train"
     seed: Optional[int] = 0
     resume: Optional[str] = None  # a run directory to continue from its checkpoints/last.ckpt
+    # a job re-run into a directory that already holds results (re-run sweep, requeued cluster job):
+    # continue = skip it when it holds metrics.json, else continue from its last.ckpt; restart = from scratch
+    existing_run: str = "continue"
     run_dir: str = "${hydra:runtime.output_dir}"
     channels_last: bool = False
 

@@ -4,6 +4,8 @@
     binexp train dataset=cifar10 architecture=cifar_quick # the ABR paper's CIFAR-10 baseline
     binexp train -m optimizer.lr=1e-3,3e-3                # a sweep: one run directory per job
     binexp train resume=logs/train/runs/<time>            # continue an interrupted run
+    binexp train trainer=ddp trainer.devices=4            # Lightning DDP (binexp.distributed)
+    binexp train -m ... hydra.sweep.dir=<old sweep>       # re-run a sweep: finished jobs skipped, others continued
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 
 from binexp.binarize.base import Method
 from binexp.builder import build
+from binexp.callbacks.binarization import CSV_NAME
 from binexp.callbacks.schedule import ScheduleCallback
 from binexp.data.datamodule import ImageData
+from binexp.distributed import launcher_of, quiet_other_ranks, strategy_for
 from binexp.errors import ConfigError
 from binexp.models import build_model
 from binexp.module import Classifier
@@ -71,6 +75,8 @@ def build_module(cfg: DictConfig, dm: ImageData, method: Method) -> Classifier:
 
 def build_callbacks(cfg: DictConfig, schedule: Schedule, method: Method, dm: ImageData) -> list[pl.Callback]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if not cfg.trainer.get("enable_progress_bar", True):  # trainer=cluster: Lightning refuses a bar it may not draw
+        callbacks = [cb for cb in callbacks if not isinstance(cb, ProgressBar)]
     if not dm.has_validation:  # dataset.val_size=0: nothing to rank checkpoints by, keep last.ckpt only
         callbacks = [cb for cb in callbacks if not (isinstance(cb, ModelCheckpoint) and cb.monitor)]
     callbacks.append(ScheduleCallback(schedule, log_every_n_steps=cfg.trainer.log_every_n_steps))
@@ -81,7 +87,12 @@ def build_callbacks(cfg: DictConfig, schedule: Schedule, method: Method, dm: Ima
 
 def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path) -> pl.Trainer:
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir))
+    extra = {}
+    strategy = cfg.trainer.get("strategy", "auto")
+    chosen = strategy_for(strategy, cfg.trainer.get("devices", 1), int(cfg.trainer.get("num_nodes", 1)))
+    if chosen is not strategy:
+        extra["strategy"] = chosen
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir), **extra)
 
 
 def last_checkpoint(run_dir: Path) -> Path:
@@ -89,6 +100,86 @@ def last_checkpoint(run_dir: Path) -> Path:
     if not ckpt.exists():
         raise ConfigError(f"resume={run_dir}: no checkpoint at {ckpt}; nothing to resume from")
     return ckpt
+
+
+EXISTING_RUN = ("continue", "restart")
+# what makes two jobs the same job: a re-run into a directory that holds another job's results is refused
+JOB_KEYS = ("dataset", "architecture", "method", "schedule", "optimizer", "lr_scheduler", "protocol", "seed",
+            "trainer.max_epochs", "trainer.max_steps")
+MACHINE_KEYS = ("dataset.root", "dataset.download")  # may differ between the first run and a requeue
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def job_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The resolved values of JOB_KEYS, flattened (`config` as saved in a checkpoint's hyper-parameters)."""
+    out = {}
+    for key in JOB_KEYS:
+        node: Any = config
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        out.update(_flat(node, f"{key}."))
+    return {k: v for k, v in out.items() if k not in MACHINE_KEYS}
+
+
+def _job_label(run_dir: Path) -> str:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        if hc.mode is not None and hc.mode.name == "MULTIRUN":
+            return f"job {hc.job.num} ({' '.join(hc.overrides.task) or 'no overrides'})"
+    except ValueError:  # Hydra not running: a test or a child rank
+        pass
+    return f"run {run_dir}"
+
+
+def existing_run(cfg: DictConfig, run_dir: Path) -> tuple[str, Any]:
+    """What a run finds in its directory: ("new", None), ("finished", metrics) or ("unfinished", last.ckpt).
+
+    A run directory holds results before the run starts only when a job is re-run into it: a sweep re-run with
+    the old `hydra.sweep.dir`, a requeued cluster job, `hydra.run.dir=<old run>`. `existing_run=continue`
+    (default) skips a finished job and continues an unfinished one from its last.ckpt; `restart` trains from
+    scratch. A directory that holds a different job (JOB_KEYS) is refused, naming the keys that differ.
+    """
+    mode = str(cfg.get("existing_run") or "continue")
+    if mode not in EXISTING_RUN:
+        raise ConfigError(f"existing_run={mode!r}: allowed are {', '.join(EXISTING_RUN)}")
+    metrics_path, ckpt = run_dir / "metrics.json", run_dir / "checkpoints" / "last.ckpt"
+    if cfg.get("resume") or not (metrics_path.exists() or ckpt.exists()):
+        return "new", None
+    if mode == "restart":
+        log.warning("existing_run=restart: %s held an earlier run; training from scratch over it", run_dir)
+        for old in (metrics_path, run_dir / CSV_NAME, *run_dir.glob("checkpoints/*.ckpt")):
+            old.unlink(missing_ok=True)
+        return "new", None
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt.exists() else None
+    if saved is not None:
+        before = job_identity(saved.get("hyper_parameters", {}).get("config", {}))
+        now = job_identity(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+        differ = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        if before and differ:
+            shown = ", ".join(f"{k}: {before.get(k)!r} there, {now.get(k)!r} now" for k in differ[:5])
+            raise ConfigError(
+                f"{run_dir} holds a different job ({shown}). Re-run a sweep with the same overrides as before, pass "
+                f"a new hydra.sweep.dir / hydra.run.dir, or existing_run=restart to overwrite it; "
+                f"to extend a finished run use resume=<run dir>."
+            )
+    if metrics_path.exists():
+        metrics = json.loads(metrics_path.read_text())
+        log.info("SKIPPED %s: %s already holds final metrics (test/acc=%s); delete it or pass "
+                 "existing_run=restart to train it again", _job_label(run_dir), metrics_path, metrics.get("test/acc"))
+        return "finished", metrics
+    log.info("CONTINUING %s from %s (step %s): the run in this directory did not finish",
+             _job_label(run_dir), ckpt, saved["global_step"])
+    return "unfinished", ckpt
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -128,6 +219,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     started = time.time()
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    state, found = existing_run(cfg, run_dir)
+    if state == "finished":
+        return found
     if cfg.get("seed") is not None:  # seed 0 is a seed
         pl.seed_everything(cfg.seed, workers=True)
 
@@ -137,8 +231,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = build_module(cfg, dm, method)
     callbacks = build_callbacks(cfg, schedule, method, dm)
     trainer = build_trainer(cfg, callbacks, run_dir)
-    ckpt = last_checkpoint(Path(cfg.resume)) if cfg.get("resume") else None
+    quiet_other_ranks(trainer.global_rank)
+    ckpt = last_checkpoint(Path(cfg.resume)) if cfg.get("resume") else found
+    launcher = launcher_of(trainer)
+    if launcher is not None:  # the other DDP ranks train this very config (resolved: same run_dir)
+        launcher.rank_config = OmegaConf.to_yaml(cfg, resolve=True)
+    try:
+        return _fit_test_evaluate(cfg, run_dir, dm, method, module, callbacks, trainer, ckpt, started)
+    finally:
+        if launcher is not None:
+            launcher.finish()
 
+
+def _fit_test_evaluate(cfg, run_dir, dm, method, module, callbacks, trainer, ckpt, started) -> dict[str, float]:
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)  # a signal raises RunInterrupted
 
     metrics = {

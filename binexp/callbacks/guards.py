@@ -32,7 +32,12 @@ class FiniteLossGuard(pl.Callback):
             return
         bad = ~torch.isfinite(loss.detach())
         self._bad = bad if self._bad is None else (self._bad | bad)
-        if (trainer.global_step % self.check_every_n_steps == 0) and bool(self._bad):
+        if trainer.global_step % self.check_every_n_steps:
+            return
+        found = self._bad
+        if trainer.world_size > 1:  # one rank's inf must stop them all at the same step, or the others hang
+            found = trainer.strategy.reduce(found.float(), reduce_op="max") > 0
+        if bool(found):
             ckpt = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
             kept = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint had been saved yet"
             raise NonFiniteLossError(
@@ -41,17 +46,26 @@ class FiniteLossGuard(pl.Callback):
             )
 
 
-STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
+# signals a cluster sends before the time limit to ask for a requeue: SIGUSR1 for Lightning's SLURM
+# auto-requeue (SLURMEnvironment.requeue_signal), SIGUSR2 for submitit
+REQUEUE_SIGNALS = ("SIGUSR1", "SIGUSR2")
 
 
 class GracefulStop(pl.Callback):
-    """On the first SIGINT/SIGTERM/SIGUSR1, finish the current batch, save `checkpoints/last.ckpt` and stop.
+    """On the first SIGINT/SIGTERM/SIGUSR1/SIGUSR2, finish the current batch, save `checkpoints/last.ckpt`, stop.
 
     It stops by raising `RunInterrupted` right after saving: letting the epoch wind down instead would let
     ModelCheckpoint overwrite last.ckpt with the epoch marked finished, and a resume would skip its rest.
     On an epoch's last batch it waits for the epoch's end instead (validation included): a checkpoint taken in
     the last batch's end hook counts that batch as not completed, and a resume then loses the next epoch.
     A second Ctrl-C interrupts at once.
+
+    Cluster requeue: while training, this callback owns the signals; the handler that was installed before it
+    for SIGUSR1/SIGUSR2 (Lightning's SLURM auto-requeue: hpc checkpoint + `scontrol requeue`; submitit:
+    resubmit the job) is called after last.ckpt is saved, at a batch boundary rather than mid-step. The
+    requeued job finds last.ckpt in its run directory and continues from it (`existing_run=continue`).
+    Under DDP the ranks agree every `sync_every_n_steps` steps on whether, and on which signal, to stop.
     """
 
     def __init__(self, signals: tuple[str, ...] = STOP_SIGNALS, sync_every_n_steps: int = 10):
@@ -75,15 +89,15 @@ class GracefulStop(pl.Callback):
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        stop = self.received is not None
-        if trainer.world_size > 1:  # every rank must stop at the same step; agree every few steps
+        signum = int(self.received or 0)
+        if trainer.world_size > 1:  # every rank must stop at the same step, for the same signal
             if trainer.global_step % self.sync_every_n_steps:
                 return
-            flag = torch.tensor(float(stop), device=pl_module.device)
-            stop = trainer.strategy.reduce(flag, reduce_op="max").item() > 0
-        if not stop:
+            flag = torch.tensor(float(signum), device=pl_module.device)
+            signum = int(trainer.strategy.reduce(flag, reduce_op="max").item())
+        if not signum:
             return
-        self.received = self.received or signal.SIGTERM
+        self.received = signum
         if batch_idx + 1 >= trainer.num_training_batches:
             self._stop_at_epoch_end = True
         else:
@@ -97,10 +111,19 @@ class GracefulStop(pl.Callback):
         run_dir = Path(trainer.default_root_dir)
         self.checkpoint = run_dir / "checkpoints" / "last.ckpt"
         trainer.save_checkpoint(self.checkpoint)
+        self._hand_on_requeue(trainer)
         raise RunInterrupted(
             f"stopped at step {trainer.global_step} (epoch {trainer.current_epoch}); saved {self.checkpoint}.\n"
             f"Resume with: binexp train resume={run_dir}"
         )
+
+    def _hand_on_requeue(self, trainer) -> None:
+        """Give a requeue signal to the handler that was there before (a no-op where there was none)."""
+        names = {getattr(signal, n) for n in REQUEUE_SIGNALS if hasattr(signal, n)}
+        previous = self._previous.get(self.received) if self.received in names else None
+        if callable(previous):
+            log.warning("handing %s on to the cluster's requeue handler", signal.Signals(self.received).name)
+            previous(self.received, None)  # submitit's exits the process on rank zero: last.ckpt is saved
 
     def _restore_handlers(self) -> None:
         for sig, handler in self._previous.items():
