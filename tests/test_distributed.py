@@ -1,0 +1,233 @@
+"""DDP: presets, strategy choice, and sharded evaluation that adds up to one process's numbers.
+
+The rank helpers run in two real gloo processes (torch.multiprocessing); the end-to-end DDP run (`binexp train
+trainer=ddp` on 2 CPU processes) is marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from binexp.binarize.abr import ABR
+from binexp.callbacks.binarization import firing_matrix, measure
+from binexp.data.loader import DeviceBatches
+from binexp.data.synthetic import SyntheticData
+from binexp.distributed import (
+    ChildRankLauncher,
+    DDPStrategy,
+    gather_in_order,
+    launcher_of,
+    strategy_for,
+    sum_over_shards,
+)
+from binexp.models.lenet import LeNet
+from binexp.protocol import ProtocolConfig, accuracy, classifier_inputs, run_protocol
+from binexp.train import build_callbacks, build_data, build_method, build_schedule, build_trainer
+from tests.conftest import SMOKE, compose_train
+
+
+# ---- presets and strategy --------------------------------------------------------------------------------
+def test_ddp_preset_builds_binexps_ddp_strategy_on_two_cpu_processes(tmp_path):
+    cfg = compose_train(SMOKE + ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"], run_dir=tmp_path)
+    assert cfg.trainer.strategy._target_ == "binexp.distributed.DDPStrategy"
+    trainer = build_trainer(cfg, [], tmp_path)
+    assert isinstance(trainer.strategy, DDPStrategy)
+    assert trainer.world_size == 2 and trainer.num_devices == 2
+    assert isinstance(launcher_of(trainer), ChildRankLauncher)
+    assert trainer.strategy.root_device == torch.device("cpu")  # gloo, as Lightning picks for CPUs
+
+
+def test_cluster_preset_logs_plain_lines_instead_of_a_progress_bar(tmp_path):
+    from pytorch_lightning.callbacks import ProgressBar
+
+    from binexp.callbacks.progress import LogProgress
+
+    cfg = compose_train(["dataset=synthetic", "trainer=cluster", "trainer.accelerator=cpu"], run_dir=tmp_path)
+    assert cfg.trainer.enable_progress_bar is False and cfg.trainer.devices == 1
+    assert cfg.trainer.log_every_n_steps == 50
+    assert "rich_progress_bar" in cfg.callbacks  # composed by callbacks=default, dropped when built:
+    dm = build_data(cfg)
+    method = build_method(cfg)
+    callbacks = build_callbacks(cfg, build_schedule(cfg, method), method, dm)
+    assert not [cb for cb in callbacks if isinstance(cb, ProgressBar)]
+    assert [cb for cb in callbacks if isinstance(cb, LogProgress)][0].every_n_steps == 100
+    trainer = build_trainer(cfg, callbacks, tmp_path)  # Lightning refuses a progress bar it may not draw
+    assert trainer.progress_bar_callback is None
+
+
+@pytest.mark.parametrize(
+    ("strategy", "devices", "nodes", "ours"),
+    [("ddp", 1, 1, True), ("auto", 2, 1, True), ("auto", "0,1", 1, True), ("auto", 1, 2, True),
+     ("auto", 1, 1, False), ("auto", "1", 1, False), ("ddp_spawn", 2, 1, False), ("deepspeed", 2, 1, False)],
+)
+def test_strategy_for_routes_lightnings_own_ddp_to_binexps(strategy, devices, nodes, ours):
+    chosen = strategy_for(strategy, devices, nodes)
+    assert isinstance(chosen, DDPStrategy) is ours
+    if not ours:
+        assert chosen == strategy
+
+
+def test_submitit_slurm_launcher_preset_composes_from_the_trainer_settings():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    from binexp.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module("binexp.conf", version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "hydra/launcher=slurm", "trainer=cluster", "trainer.devices=4", "trainer.num_nodes=2",
+            "method=ste", "hydra.launcher.partition=gpu",
+        ], return_hydra_config=True)
+        launcher = instantiate(cfg.hydra.launcher)
+    assert type(launcher).__name__ == "SlurmLauncher"
+    assert launcher.params["tasks_per_node"] == 4 and launcher.params["gpus_per_node"] == 4
+    assert launcher.params["nodes"] == 2 and launcher.params["partition"] == "gpu"
+    assert launcher.params["max_num_timeout"] > 0 and launcher.params["signal_delay_s"] == 120
+
+
+# ---- sharded evaluation helpers ------------------------------------------------------------------------
+def _data(rank: int = 0, world: int = 1) -> SyntheticData:
+    """301 test images: two shards of 151 and 150, batches of 64 (3 per rank, the last ones partial)."""
+    dm = SyntheticData(num_train=192, num_test=301, val_size=0, batch_size=32, eval_batch_size=64, seed=0)
+    dm.setup()
+    if world > 1:
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=world, strategy=SimpleNamespace(root_device="cpu"))
+    return dm
+
+
+def _net() -> tuple[torch.nn.Module, ABR]:
+    torch.manual_seed(0)
+    method = ABR()
+    net = LeNet(method, (1, 28, 28), 10, channels=(6, 8), hidden=32, conv_act=True)
+    with torch.no_grad():  # steep slopes: a mix of saturated and linear outputs, so the counts say something
+        for name, p in net.named_parameters():
+            if name.endswith("slope"):
+                p.mul_(torch.linspace(0.5, 40, p.numel()).view_as(p))
+    return net, method
+
+
+def _evaluate_everything(dm: SyntheticData) -> dict:
+    net, method = _net()
+    test = dm.batches("test")
+    protocol = ProtocolConfig(finetune_epochs=2, binary_weights_epochs=1)
+    features, labels = classifier_inputs(net, test)
+    return {
+        "measure": measure(net, test, reduce=lambda t: sum_over_shards(t, test)),
+        "regular": accuracy(net, test),
+        "binary": accuracy(net, test, step=True),
+        "features": features, "labels": labels,
+        "firing": firing_matrix(net, test, dm.num_classes),
+        "protocol": run_protocol(net, method, dm, protocol, seed=0),
+        "shard": torch.cat([y for _, y in test]).tolist(),
+        "rows": gather_in_order(torch.arange(test.rank, 301, test.world_size)[:, None].float(), test)[:, 0].tolist(),
+    }
+
+
+def _rank_worker(rank: int, world: int, folder: str) -> None:
+    torch.set_num_threads(1)  # forked from a process whose thread pool has run: stay single-threaded
+    dist.init_process_group("gloo", init_method=f"file://{folder}/pg", rank=rank, world_size=world)
+    try:
+        torch.save(_evaluate_everything(_data(rank, world)), f"{folder}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_give_one_processs_curves_protocol_and_firing_matrix(tmp_path):
+    single = _evaluate_everything(_data())
+    # fork: the ranks start in a moment instead of importing torch and Lightning again
+    mp.start_processes(_rank_worker, args=(2, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+    # the shards partition the test set: no sample twice, none left out
+    dm = _data()
+    labels = dm.splits["test"].labels
+    assert ranks[0]["shard"] == labels[0::2].tolist() and ranks[1]["shard"] == labels[1::2].tolist()
+    assert len(ranks[0]["shard"]) + len(ranks[1]["shard"]) == 301
+    assert ranks[0]["rows"] == ranks[1]["rows"] == list(range(301))  # gathered back in dataset order
+
+    assert 0 < single["measure"]["fc1"]["saturated"] < 1  # the statistics are not trivially 0 or 1
+    for out in ranks:
+        assert out["measure"] == single["measure"]
+        assert out["regular"] == single["regular"] and out["binary"] == single["binary"]
+        assert torch.equal(out["features"], single["features"]) and torch.equal(out["labels"], single["labels"])
+        np.testing.assert_array_equal(out["firing"], single["firing"])
+        assert out["protocol"] == single["protocol"]
+    assert set(single["protocol"]) == {"protocol/regular", "protocol/binary", "protocol/finetuned", "protocol/binary_weights"}
+
+
+def test_a_shard_without_a_process_group_is_an_error_not_half_the_answer():
+    batches = DeviceBatches(_data().splits["test"], 64, _data().norm, rank=0, world_size=2)
+    with pytest.raises(RuntimeError, match="torch.distributed is not initialized"):
+        sum_over_shards(torch.ones(2), batches)
+    whole = DeviceBatches(_data().splits["test"], 64, _data().norm)
+    t = torch.tensor([3.0, 4.0])
+    assert sum_over_shards(t, whole) is t and gather_in_order(t, whole) is t
+
+
+# ---- end to end ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ddp_run_on_two_cpu_processes_makes_one_run_directory_with_one_processs_numbers(tmp_path):
+    """`binexp train trainer=ddp` on 2 gloo processes: one run directory (children run no Hydra), and every
+    statistic it reports equals what one process computes on the same weights over the whole test set."""
+    from binexp.train import build_module
+
+    logs = tmp_path / "logs"
+    common = ["dataset=synthetic", "debug=smoke", "method=abr", "trainer.max_epochs=2", "dataset.subset=512",
+              "trainer.limit_train_batches=1.0", "trainer.deterministic=true", "~callbacks.best_checkpoint"]
+    env = {**os.environ, "BINEXP_LOGS": str(logs), "PYTHONUNBUFFERED": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "binexp.cli", "train", *common, "trainer=ddp", "trainer.accelerator=cpu",
+         "trainer.devices=2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = list((logs / "train" / "runs").iterdir())
+    assert len(runs) == 1, runs  # the child rank did not compose a run of its own
+    run_dir = runs[0]
+    assert [p.name for p in run_dir.rglob("config.yaml")] == ["config.yaml"]
+    assert out.stdout.count("final metrics") == 1 and out.stdout.count("run directory") == 1
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rows = (run_dir / "binarization.csv").read_text().splitlines()
+    steps = [r.split(",")[0] for r in rows[1:]]
+    assert len(steps) == len(set(steps))  # one writer
+    assert metrics["trainer/global_step"] == 2 * 512 // (2 * 64)  # 2 epochs of 512 images, 64 per rank per step
+
+    # the same weights, one process, the whole test set
+    cfg = compose_train(SMOKE + common, run_dir=tmp_path / "single")
+    dm, method = build_data(cfg), build_method(cfg)
+    module = build_module(cfg, dm, method)
+    module.load_state_dict(torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"])
+    net = module.net
+    stats = measure(net, dm.batches("test"))
+    keys = rows[0].split(",")[3:]
+    assert rows[-1].split(",")[3:] == [f"{stats['fc1'][k]:.6g}" for k in keys]
+    assert metrics["test/acc"] == accuracy(net, dm.batches("test"))
+    protocol = run_protocol(net, method, dm, ProtocolConfig(), seed=dm.seed)
+    for key, value in protocol.items():
+        assert metrics[key] == value, key
+    np.testing.assert_array_equal(np.load(run_dir / "firing_matrix.npy"), firing_matrix(net, dm.batches("test"), 10))
+
+    # and DDP trained as one process with the global batch would have (up to float summation order)
+    from binexp.train import train
+
+    single = train(compose_train(SMOKE + common + ["dataset.batch_size=128"], run_dir=tmp_path / "big-batch"))
+    assert single["trainer/global_step"] == metrics["trainer/global_step"]
+    for key in ("protocol/regular", "protocol/binary", "test/acc"):
+        assert single[key] == pytest.approx(metrics[key], abs=2 / 512), key
+    big = torch.load(tmp_path / "big-batch" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    ddp = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    for key in big:
+        torch.testing.assert_close(ddp[key], big[key], rtol=1e-4, atol=1e-5)

@@ -1,0 +1,154 @@
+"""Preemption and re-runs: a killed run continues exactly, a re-run skips finished jobs, requeue handlers chain."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from binexp.errors import ConfigError, RunInterrupted
+from binexp.train import train
+from tests.conftest import SMOKE, compose_train
+
+ABR = ["method=abr", "trainer.max_epochs=4", "trainer.deterministic=true"]  # two_phase: 2 + 2 epochs
+
+
+def _record(path: Path) -> list[str]:
+    return ["+callbacks.record._target_=tests.helpers.RecordBatches", f"+callbacks.record.path={path}"]
+
+
+def _signal_at(step: int, name: str = "SIGTERM") -> list[str]:
+    return ["+callbacks.signal._target_=binexp.callbacks.guards.SignalAtStep", f"+callbacks.signal.step={step}",
+            f"+callbacks.signal.signal_name={name}"]
+
+
+def _state(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+
+
+def test_killed_abr_run_rerun_into_its_directory_equals_an_uninterrupted_one(tmp_path, caplog):
+    """SIGTERM in phase 1 (step 5 of 16), then the same command again: the run continues from last.ckpt with the
+    same data order and schedule values, and ends with the uninterrupted run's metrics and buffers, bit for bit."""
+    straight_dir = tmp_path / "straight"
+    straight = train(compose_train(SMOKE + ABR + _record(tmp_path / "straight.txt"), run_dir=straight_dir))
+
+    cut_dir = tmp_path / "cut"
+    with pytest.raises(RunInterrupted, match="resume="):
+        train(compose_train(SMOKE + ABR + _record(tmp_path / "cut.txt") + _signal_at(5), run_dir=cut_dir))
+    cut = _state(cut_dir)
+    assert cut["global_step"] == 6 and not (cut_dir / "metrics.json").exists()
+    slopes = {k: v for k, v in cut["state_dict"].items() if k.endswith(("slope_lambda", "phase"))}
+    assert slopes and all(v.item() == 1.0 for k, v in slopes.items() if k.endswith("phase"))  # still phase 1
+
+    with caplog.at_level(logging.INFO, logger="binexp"):  # re-run: no resume= needed, it finds last.ckpt
+        resumed = train(compose_train(SMOKE + ABR + _record(tmp_path / "cut.txt"), run_dir=cut_dir))
+    assert f"CONTINUING run {cut_dir} from {cut_dir / 'checkpoints' / 'last.ckpt'} (step 6)" in caplog.text
+
+    assert resumed["trainer/global_step"] == straight["trainer/global_step"] == 16
+    saved = json.loads((cut_dir / "metrics.json").read_text())
+    assert set(saved) == set(straight)
+    for key in straight:
+        if key != "time/wall_s":
+            assert saved[key] == straight[key], key
+    for key in ("protocol/phase1_regular", "protocol/finetuned", "schedule/slope_lambda", "schedule/phase"):
+        assert key in saved, key
+    assert saved["schedule/phase"] == 2.0
+    a, b = _state(straight_dir)["state_dict"], _state(cut_dir)["state_dict"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    lambdas = [k for k in a if k.endswith("slope_lambda")]
+    assert lambdas and all(a[k].item() == pytest.approx(1e-2) for k in lambdas)  # lambda2 in phase 2
+
+    # the same batches in the same order: the interrupted step 5 was trained once, before the stop
+    seen = (tmp_path / "cut.txt").read_text().splitlines()
+    assert seen == (tmp_path / "straight.txt").read_text().splitlines()
+    # the binarization curve: the same points, plus one measured where the run picked up again
+    rows = set((straight_dir / "binarization.csv").read_text().splitlines())
+    cut_rows = set((cut_dir / "binarization.csv").read_text().splitlines())
+    assert rows <= cut_rows and {r.split(",")[0] for r in cut_rows - rows} == {"6"}
+
+
+def test_requeue_signal_is_handed_to_the_cluster_handler_after_the_checkpoint(tmp_path):
+    """SIGUSR1 with a handler installed before training (as Lightning's SLURM auto-requeue or submitit install
+    theirs): binexp saves last.ckpt at the step boundary first, then calls that handler once."""
+    run_dir = tmp_path / "run"
+    calls = []
+
+    def cluster_handler(signum, frame):
+        calls.append((signum, _state(run_dir)["global_step"]))
+
+    before = signal.signal(signal.SIGUSR1, cluster_handler)
+    try:
+        with pytest.raises(RunInterrupted):
+            train(compose_train(SMOKE + _signal_at(2, "SIGUSR1"), run_dir=run_dir))
+        assert calls == [(signal.SIGUSR1, 3)]
+        assert signal.getsignal(signal.SIGUSR1) is cluster_handler  # given back after training
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+
+
+def test_sigterm_is_not_handed_on(tmp_path):
+    """SIGTERM's earlier handler (Lightning's would kill the ranks) is not called: the run just stops."""
+    calls = []
+    before = signal.signal(signal.SIGTERM, lambda s, f: calls.append(s))
+    try:
+        with pytest.raises(RunInterrupted):
+            train(compose_train(SMOKE + _signal_at(1), run_dir=tmp_path / "run"))
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert calls == []
+
+
+def test_a_finished_run_is_skipped_when_rerun_into_its_directory(tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    first = train(compose_train(SMOKE + ["trainer.max_epochs=1"], run_dir=run_dir))
+    files = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and ".hydra" not in p.parts}
+    with caplog.at_level(logging.INFO, logger="binexp"):
+        again = train(compose_train(SMOKE + ["trainer.max_epochs=1"], run_dir=run_dir))
+    assert again == json.loads((run_dir / "metrics.json").read_text())
+    assert again["test/acc"] == first["test/acc"]
+    assert f"SKIPPED run {run_dir}: {run_dir / 'metrics.json'} already holds final metrics" in caplog.text
+    assert {p: p.stat().st_mtime_ns for p in files} == files  # nothing trained, nothing written
+
+    with pytest.raises(ConfigError, match=r"holds a different job \(optimizer.lr: 0.01 there, 0.05 now"):
+        train(compose_train(SMOKE + ["trainer.max_epochs=1", "optimizer.lr=0.05"], run_dir=run_dir))
+    with pytest.raises(ConfigError, match=r"holds a different job \(trainer.max_epochs: 1 there, 2 now.*resume="):
+        train(compose_train(SMOKE + ["trainer.max_epochs=2"], run_dir=run_dir))
+    with pytest.raises(ConfigError, match="existing_run='again': allowed are continue, restart"):
+        train(compose_train(SMOKE + ["trainer.max_epochs=1", "existing_run=again"], run_dir=run_dir))
+
+    restarted = train(compose_train(SMOKE + ["trainer.max_epochs=2", "existing_run=restart"], run_dir=run_dir))
+    assert restarted["trainer/global_step"] == 8  # from scratch: 2 epochs, not 1 + 1
+    assert _state(run_dir)["global_step"] == 8
+
+
+def test_an_interrupted_sweep_rerun_with_its_sweep_dir_skips_finished_jobs(tmp_path):
+    """`binexp train -m ...` twice with the same hydra.sweep.dir: job 0 finished and is skipped (said so in the
+    log), job 1 had been killed and continues from its checkpoint."""
+    sweep = tmp_path / "sweep"
+    args = [sys.executable, "-m", "binexp.cli", "train", "-m", "dataset=synthetic", "debug=smoke",
+            "trainer.max_epochs=2", "optimizer.lr=0.01,0.05", f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    out = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    done = json.loads((sweep / "0" / "metrics.json").read_text())
+    stamp = (sweep / "0" / "metrics.json").stat().st_mtime_ns
+    (sweep / "1" / "metrics.json").unlink()  # as if job 1 had been killed after its last checkpoint
+
+    out = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    log = (out.stdout + out.stderr)
+    assert re.search(r"SKIPPED job 0 \(dataset=synthetic .*optimizer.lr=0.01\): .*0/metrics.json already holds", log)
+    assert re.search(r"CONTINUING job 1 \(.*optimizer.lr=0.05\) from .*1/checkpoints/last.ckpt \(step 8\)", log)
+    assert (sweep / "0" / "metrics.json").stat().st_mtime_ns == stamp
+    assert json.loads((sweep / "0" / "metrics.json").read_text()) == done
+    assert json.loads((sweep / "1" / "metrics.json").read_text())["trainer/global_step"] == 8
