@@ -32,9 +32,10 @@ class RuntimeValue:
     def as_float(self) -> torch.Tensor:
         if self.kind == "float":
             return self.tensor
+        # float layers get the memory layout the trained network's have: oneDNN's summation order follows it
         if self.kind == "bits" and self.sem == "pm1":
-            return self.tensor.to(torch.float32) * 2 - 1
-        return self.tensor.to(torch.float32)  # {0,1} bits, integer sums (exact below 2^24)
+            return (self.tensor.to(torch.float32) * 2 - 1).contiguous()
+        return self.tensor.to(torch.float32).contiguous()  # {0,1} bits, integer sums (exact below 2^24)
 
 
 def _per_channel(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -48,6 +49,14 @@ def _words(bits: np.ndarray) -> np.ndarray:
     if pad:
         packed = np.concatenate([packed, np.zeros((*packed.shape[:-1], pad), np.uint8)], axis=-1)
     return np.ascontiguousarray(packed).view(np.uint64)
+
+
+def pack_channels(bits: torch.Tensor) -> np.ndarray:
+    """0/1 uint8 (N, C, ...) -> uint64 words (N, ..., ceil(C/64)) in np.packbits order (the weights' order).
+    Binary layers hand out channels-last tensors, so moving channels last is free on the usual path."""
+    if bits.dim() > 2:
+        bits = bits.permute(0, *range(2, bits.dim()), 1)
+    return _words(bits.contiguous().numpy())
 
 
 def unpack_weights(bits: np.ndarray, shape: list[int]) -> np.ndarray:
@@ -83,32 +92,33 @@ class BinaryLayer:
         if (h, w) not in self._corrections:
             ph, pw = self.padding
             ring = F.pad(torch.zeros(1, self.shape[1], h, w), (pw, pw, ph, ph), value=1.0)
-            self._corrections[(h, w)] = F.conv2d(ring, self.signs, stride=self.stride).round().to(torch.int32)
+            correction = F.conv2d(ring, self.signs, stride=self.stride).round().to(torch.int32)
+            self._corrections[(h, w)] = correction.contiguous(memory_format=torch.channels_last)
         return self._corrections[(h, w)]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        bits = x.numpy()
         if self.conv:
-            n, _, h, w = bits.shape
+            n, _, h, w = x.shape
             (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
-            pixels = _words(bits.transpose(0, 2, 3, 1))  # (N, H, W, words)
-            pixels = np.pad(pixels, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+            pixels = np.pad(pack_channels(x), ((0, 0), (ph, ph), (pw, pw), (0, 0)))  # (N, H, W, words)
             windows = np.lib.stride_tricks.sliding_window_view(pixels, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]
             ho, wo = windows.shape[1], windows.shape[2]
             rows = windows.transpose(0, 1, 2, 4, 5, 3).reshape(n * ho * wo, -1)
         else:
-            rows = _words(bits)
-        counts = popcount_gemm(rows, self.weights, self.use_and).astype(np.int32)
+            rows = pack_channels(x)
+        counts = popcount_gemm(rows, self.weights, self.use_and)
         if self.use_and:
-            dots = 2 * counts - np.bitwise_count(rows).sum(axis=1, dtype=np.int32)[:, None]
+            counts *= 2
+            counts -= np.bitwise_count(rows).sum(axis=1, dtype=np.int32)[:, None]
         else:
-            dots = 2 * (counts - self.pad_bits) - self.n
-        out = torch.from_numpy(dots)
+            counts *= 2
+            counts -= 2 * self.pad_bits + self.n
+        out = torch.from_numpy(counts)
         if not self.conv:
             return out
-        out = out.view(n, ho, wo, -1).permute(0, 3, 1, 2).contiguous()
+        out = out.view(n, ho, wo, -1).permute(0, 3, 1, 2)  # NCHW indexing over channels-last memory
         if not self.use_and and (ph or pw):
-            out = out + self._correction(h, w)
+            out += self._correction(h, w)
         return out
 
 

@@ -1,0 +1,145 @@
+"""CPU inference time of the packed runtime (binexp.export) against float32 PyTorch on the same network.
+
+    python scripts/bench_infer.py                                  # vgg_small + bnn, batch 1 and 256
+    python scripts/bench_infer.py --arch lenet --method ste --shape 1 28 28 --batches 1 256
+    python scripts/bench_infer.py --out docs/figures/bench_infer.md
+
+The network has random weights and batch-norm statistics (timing does not depend on them). "float32" is the same
+network run by PyTorch in eval mode: +-1 activations and weights as float32 tensors through oneDNN convolutions,
+BN then sign.
+Per binary layer it compares the packed layer (packing the input bits, windows of 64-bit words, xnor/and +
+popcount, integer sums) with F.conv2d / F.linear on the same +-1 values; end to end, the whole exported model
+with the whole network. Each time is the median of --repeats runs after one warm-up. Threads: torch's intra-op
+threads and the kernel's OpenMP threads are both the machine's cores unless OMP_NUM_THREADS says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from binexp.binarize.base import evaluating  # noqa: E402
+from binexp.builder import build  # noqa: E402
+from binexp.export import artifact  # noqa: E402
+from binexp.export.lower import lower  # noqa: E402
+from binexp.export.popcount import backend  # noqa: E402
+from binexp.export.runtime import StepModel  # noqa: E402
+from binexp.models import build_model  # noqa: E402
+
+
+def compose(arch: str, method: str, width: float):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    from binexp.config import register_configs
+
+    register_configs()
+    with initialize_config_module("binexp.conf", version_base="1.3"):
+        return hydra_compose("train", [f"architecture={arch}", f"method={method}", "dataset=synthetic",
+                                       f"architecture.width={width}", "run_dir=/tmp/unused"])
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def randomize(net: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.normal_(0, 3)
+                m.running_var.uniform_(1, 9)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="vgg_small")
+    parser.add_argument("--method", default="bnn")
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--shape", type=int, nargs=3, default=[3, 32, 32])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 256])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
+    args = parser.parse_args()
+
+    cfg = compose(args.arch, args.method, args.width)
+    shape = tuple(args.shape)
+    net = build_model(cfg.architecture, build(cfg.method), shape, num_classes=10)
+    randomize(net)
+    ops, inp, out = lower(net, shape)
+    manifest, tensors = artifact.manifest_and_tensors(ops, inp, out, {})
+    model = StepModel(manifest, tensors)
+
+    rows = []
+    for batch in args.batches:
+        x = torch.randn(batch, *shape)
+        # per binary layer: its input bits as the exported model sees them
+        recorded_inputs: dict[str, torch.Tensor] = {}
+        values = {}
+        orig = model._run
+
+        def capture(op, ins, orig=orig, seen=recorded_inputs):
+            if op["kind"].startswith("binary_"):
+                seen[op["name"]] = ins[0].tensor
+            return orig(op, ins)
+
+        model._run = capture
+        model(x)
+        model._run = orig
+        for op in manifest["ops"]:
+            if not op["kind"].startswith("binary_"):
+                continue
+            layer = model.binary[op["name"]]
+            bits = recorded_inputs[op["name"]]
+            pm1 = bits.to(torch.float32) * 2 - 1 if op["attrs"]["input"] == "pm1" else bits.to(torch.float32)
+            if layer.conv:
+                float_fn = lambda pm1=pm1, layer=layer: F.conv2d(pm1, layer.signs, None, layer.stride, layer.padding)  # noqa: E731
+            else:
+                float_fn = lambda pm1=pm1, layer=layer: F.linear(pm1, layer.signs)  # noqa: E731
+            t_packed = median_time(lambda layer=layer, bits=bits: layer(bits), args.repeats)
+            t_float = median_time(float_fn, args.repeats)
+            values[op["attrs"]["layer"]] = (t_float, t_packed)
+            rows.append((batch, op["attrs"]["layer"], f"{op['kind']} {op['attrs']['weight_shape']}", t_float, t_packed))
+        with evaluating(net):  # BN + sign as PyTorch computes them (step mode would rebuild BinaryBN each call)
+            t_float = median_time(lambda x=x: net(x), args.repeats)
+        t_packed = median_time(lambda x=x: model(x), args.repeats)
+        rows.append((batch, "end to end", f"{args.arch} {args.method} width {args.width}", t_float, t_packed))
+        binary_float = sum(v[0] for v in values.values())
+        binary_packed = sum(v[1] for v in values.values())
+        rows.append((batch, "binary layers together", f"{len(values)} layers", binary_float, binary_packed))
+
+    lines = [
+        f"`python scripts/bench_infer.py --arch {args.arch} --method {args.method} --width {args.width}` — "
+        f"{date.today()}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"popcount {backend()}",
+        "",
+        "| batch | layer | what | float32 PyTorch (ms) | packed runtime (ms) | speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
+    for batch, name, what, t_float, t_packed in rows:
+        lines.append(f"| {batch} | {name} | {what} | {1000 * t_float:.2f} | {1000 * t_packed:.2f} | {t_float / t_packed:.2f}x |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

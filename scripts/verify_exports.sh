@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Export every method and check the exported model against the trained network on the full MNIST and CIFAR-10
+# test sets: 0 differing predictions is the bar. Training is short (a subset, few epochs): what is checked is that
+# the packed model computes what the trained network computes, not how good the network is.
+#   BINEXP_DATA=../shared/data bash scripts/verify_exports.sh [mnist|cifar10|all]   (default: all; CPU, ~15 min)
+# Each run lands in logs/export-check/<dataset>-<arch>-<method>/ with export/verify.json; the summary table is
+# printed at the end and written to logs/export-check/summary.md.
+set -euo pipefail
+which=${1:-all}
+out=${BINEXP_LOGS:-logs}/export-check
+mkdir -p "$out"
+check() {  # name, then train overrides
+  local name=$1; shift
+  binexp train "$@" hydra.run.dir="$out/$name" callbacks.rich_progress_bar=null trainer.enable_model_summary=false \
+    protocol.enabled=false > "$out/$name.train.log" 2>&1 || { echo "training $name failed: $out/$name.train.log"; return; }
+  binexp export "$out/$name" > "$out/$name.export.log" 2>&1 || { echo "export $name failed: $out/$name.export.log"; return; }
+  binexp verify "$out/$name/export/model.safetensors" > "$out/$name.verify.log" 2>&1 || true
+  echo "checked $name"
+}
+methods=(fp abr ste bc bnn bwn xnor sbn "sbn method.base=xnor")
+if [[ $which == mnist || $which == all ]]; then
+  for m in "${methods[@]}"; do
+    name="mnist-lenet-${m// method.base=/-}"
+    # shellcheck disable=SC2086
+    check "$name" dataset=mnist architecture=lenet architecture.batch_norm=true architecture.conv_act=true \
+      method=$m dataset.subset=10000 trainer.max_epochs=2 optimizer=adam optimizer.lr=1e-3 '~lr_scheduler'
+  done
+fi
+if [[ $which == cifar10 || $which == all ]]; then
+  for m in "${methods[@]}"; do
+    name="cifar10-cifar_quick-${m// method.base=/-}"
+    # shellcheck disable=SC2086
+    check "$name" dataset=cifar10 architecture=cifar_quick method=$m dataset.subset=10000 trainer.max_epochs=2 \
+      optimizer=adam optimizer.lr=1e-3 '~lr_scheduler'
+  done
+  check cifar10-vgg_small-xnor dataset=cifar10 architecture=vgg_small architecture.width=0.25 method=xnor \
+    dataset.subset=5000 trainer.max_epochs=1
+  check cifar10-resnet18-ste dataset=cifar10 architecture=resnet18 architecture.width=0.25 method=ste \
+    dataset.subset=5000 trainer.max_epochs=1
+  check cifar10-densenet13-ste dataset=cifar10 architecture=densenet13 architecture.width=0.125 method=ste \
+    dataset.subset=5000 trainer.max_epochs=1
+fi
+python - "$out" <<'PY'
+import json, sys
+from pathlib import Path
+root = Path(sys.argv[1])
+lines = ["| run | test images | differing predictions | differing activations | acc. trained (step) | acc. exported | file / ideal |",
+         "|---|---|---|---|---|---|---|"]
+for verify in sorted(root.glob("*/export/verify.json")):
+    r, size = json.loads(verify.read_text()), json.loads((verify.parent / "export-size.json").read_text())
+    acts = f"{sum(r['differing_activations'].values())} / {sum(r['activations_compared'].values())}"
+    lines.append(f"| {verify.parents[1].name} | {r['samples']} | {r['differing_predictions']} | {acts} | "
+                 f"{100 * r['accuracy_trained_step']:.2f} | {100 * r['accuracy_exported']:.2f} | {size['file_vs_ideal']:.3f} |")
+text = "\n".join(lines)
+(root / "summary.md").write_text(text + "\n")
+print(text)
+PY
