@@ -2,7 +2,7 @@
 # Export every method and check the exported model against the trained network on the full MNIST and CIFAR-10
 # test sets: 0 differing predictions is the bar. Training is short (a subset, few epochs): what is checked is that
 # the packed model computes what the trained network computes, not how good the network is.
-#   BINEXP_DATA=../shared/data bash scripts/verify_exports.sh [mnist|cifar10|all]   (default: all; CPU, ~15 min)
+#   BINEXP_DATA=../shared/data bash scripts/verify_exports.sh [mnist|cifar10|all]   (default: all; CPU, ~30 min)
 # Each run lands in logs/export-check/<dataset>-<arch>-<method>/ with export/verify.json; the summary table is
 # printed at the end and written to logs/export-check/summary.md.
 set -euo pipefail
@@ -23,22 +23,22 @@ if [[ $which == mnist || $which == all ]]; then
     name="mnist-lenet-${m// method.base=/-}"
     # shellcheck disable=SC2086
     check "$name" dataset=mnist architecture=lenet architecture.batch_norm=true architecture.conv_act=true \
-      method=$m dataset.subset=10000 trainer.max_epochs=2 optimizer=adam optimizer.lr=1e-3 '~lr_scheduler'
+      method=$m dataset.subset=4000 trainer.max_epochs=1 optimizer=adam optimizer.lr=1e-3 '~lr_scheduler'
   done
 fi
 if [[ $which == cifar10 || $which == all ]]; then
   for m in "${methods[@]}"; do
     name="cifar10-cifar_quick-${m// method.base=/-}"
     # shellcheck disable=SC2086
-    check "$name" dataset=cifar10 architecture=cifar_quick method=$m dataset.subset=10000 trainer.max_epochs=2 \
+    check "$name" dataset=cifar10 architecture=cifar_quick method=$m dataset.subset=4000 trainer.max_epochs=1 \
       optimizer=adam optimizer.lr=1e-3 '~lr_scheduler'
   done
   check cifar10-vgg_small-xnor dataset=cifar10 architecture=vgg_small architecture.width=0.25 method=xnor \
-    dataset.subset=5000 trainer.max_epochs=1
+    dataset.subset=2000 trainer.max_epochs=1
   check cifar10-resnet18-ste dataset=cifar10 architecture=resnet18 architecture.width=0.25 method=ste \
-    dataset.subset=5000 trainer.max_epochs=1
+    dataset.subset=2000 trainer.max_epochs=1
   check cifar10-densenet13-ste dataset=cifar10 architecture=densenet13 architecture.width=0.125 method=ste \
-    dataset.subset=5000 trainer.max_epochs=1
+    dataset.subset=2000 trainer.max_epochs=1
 fi
 python - "$out" <<'PY'
 import json, sys
