@@ -17,21 +17,24 @@ check() {  # name, then train overrides
   binexp verify "$out/$name/export/model.safetensors" > "$out/$name.verify.log" 2>&1 || true
   echo "checked $name"
 }
-methods=(fp abr ste bc bnn bwn xnor sbn "sbn method.base=xnor")
+# abr's two phases need two epochs at least
+methods=(fp "abr trainer.max_epochs=2" ste bc bnn bwn xnor sbn "sbn method.base=xnor")
+label() { local m=${1%% trainer.*}; echo "${m// method.base=/-}"; }
+epochs() { [[ $1 == *trainer.* ]] && echo "trainer.${1#* trainer.}" || echo "trainer.max_epochs=1"; }
 if [[ $which == mnist || $which == all ]]; then
   for m in "${methods[@]}"; do
-    name="mnist-lenet-${m// method.base=/-}"
+    name="mnist-lenet-$(label "$m")"
     # shellcheck disable=SC2086
     check "$name" dataset=mnist architecture=lenet architecture.batch_norm=true architecture.conv_act=true \
-      method=$m dataset.subset=4000 trainer.max_epochs=1 optimizer=adam optimizer.lr=1e-3 '~lr_scheduler'
+      dataset.subset=4000 optimizer=adam optimizer.lr=1e-3 '~lr_scheduler' $(epochs "$m") method=${m%% trainer.*}
   done
 fi
 if [[ $which == cifar10 || $which == all ]]; then
   for m in "${methods[@]}"; do
-    name="cifar10-cifar_quick-${m// method.base=/-}"
+    name="cifar10-cifar_quick-$(label "$m")"
     # shellcheck disable=SC2086
-    check "$name" dataset=cifar10 architecture=cifar_quick method=$m dataset.subset=4000 trainer.max_epochs=1 \
-      optimizer=adam optimizer.lr=1e-3 '~lr_scheduler'
+    check "$name" dataset=cifar10 architecture=cifar_quick dataset.subset=4000 optimizer=adam optimizer.lr=1e-3 \
+      '~lr_scheduler' $(epochs "$m") method=${m%% trainer.*}
   done
   check cifar10-vgg_small-xnor dataset=cifar10 architecture=vgg_small architecture.width=0.25 method=xnor \
     dataset.subset=2000 trainer.max_epochs=1
