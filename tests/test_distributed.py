@@ -178,7 +178,7 @@ def test_a_shard_without_a_process_group_is_an_error_not_half_the_answer():
     assert sum_over_shards(t, whole) is t and gather_in_order(t, whole) is t
 
 
-# ---- end to end ------------------------------------------------------------------------------------------
+# ---- end to end: about 25 s on 2 idle CPU cores (3 processes), so `make test-full` ------------------------
 @pytest.mark.slow
 def test_ddp_run_on_two_cpu_processes_makes_one_run_directory_with_one_processs_numbers(tmp_path):
     """`binexp train trainer=ddp` on 2 gloo processes: one run directory (children run no Hydra), and every
