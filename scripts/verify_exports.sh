@@ -2,11 +2,13 @@
 # Export every method and check the exported model against the trained network on the full MNIST and CIFAR-10
 # test sets: 0 differing predictions is the bar. Training is short (a subset, few epochs): what is checked is that
 # the packed model computes what the trained network computes, not how good the network is.
-#   BINEXP_DATA=../shared/data bash scripts/verify_exports.sh [mnist|cifar10|all]   (default: all; CPU, ~30 min)
+#   BINEXP_DATA=../shared/data bash scripts/verify_exports.sh [mnist|cifar10|all] [method regex]   (CPU, ~30 min)
+# e.g. `bash scripts/verify_exports.sh cifar10 'abr|sbn.*'` re-checks only those methods.
 # Each run lands in logs/export-check/<dataset>-<arch>-<method>/ with export/verify.json; the summary table is
 # printed at the end and written to logs/export-check/summary.md.
 set -euo pipefail
 which=${1:-all}
+only=${2:-.*}
 out=${BINEXP_LOGS:-logs}/export-check
 mkdir -p "$out"
 check() {  # name, then train overrides
@@ -17,12 +19,13 @@ check() {  # name, then train overrides
   binexp verify "$out/$name/export/model.safetensors" > "$out/$name.verify.log" 2>&1 || true
   echo "checked $name"
 }
-# abr's two phases need two epochs at least
-methods=(fp "abr trainer.max_epochs=2" ste bc bnn bwn xnor sbn "sbn method.base=xnor")
+# abr's two phases and sbn's nu going 1 -> 1000 need two epochs at least
+methods=(fp "abr trainer.max_epochs=2" ste bc bnn bwn xnor "sbn trainer.max_epochs=2" "sbn method.base=xnor trainer.max_epochs=2")
 label() { local m=${1%% trainer.*}; echo "${m// method.base=/-}"; }
 epochs() { [[ $1 == *trainer.* ]] && echo "trainer.${1#* trainer.}" || echo "trainer.max_epochs=1"; }
 if [[ $which == mnist || $which == all ]]; then
   for m in "${methods[@]}"; do
+    [[ $(label "$m") =~ ^($only)$ ]] || continue
     name="mnist-lenet-$(label "$m")"
     # shellcheck disable=SC2086
     check "$name" dataset=mnist architecture=lenet architecture.batch_norm=true architecture.conv_act=true \
@@ -31,17 +34,24 @@ if [[ $which == mnist || $which == all ]]; then
 fi
 if [[ $which == cifar10 || $which == all ]]; then
   for m in "${methods[@]}"; do
+    [[ $(label "$m") =~ ^($only)$ ]] || continue
     name="cifar10-cifar_quick-$(label "$m")"
     # shellcheck disable=SC2086
     check "$name" dataset=cifar10 architecture=cifar_quick dataset.subset=4000 optimizer=adam optimizer.lr=1e-3 \
       '~lr_scheduler' $(epochs "$m") method=${m%% trainer.*}
   done
-  check cifar10-vgg_small-xnor dataset=cifar10 architecture=vgg_small architecture.width=0.25 method=xnor \
-    dataset.subset=2000 trainer.max_epochs=1
-  check cifar10-resnet18-ste dataset=cifar10 architecture=resnet18 architecture.width=0.25 method=ste \
-    dataset.subset=2000 trainer.max_epochs=1
-  check cifar10-densenet13-ste dataset=cifar10 architecture=densenet13 architecture.width=0.125 method=ste \
-    dataset.subset=2000 trainer.max_epochs=1
+  if [[ xnor =~ ^($only)$ ]]; then
+    check cifar10-vgg_small-xnor dataset=cifar10 architecture=vgg_small architecture.width=0.25 method=xnor \
+      dataset.subset=2000 trainer.max_epochs=1
+  fi
+  if [[ ste =~ ^($only)$ ]]; then
+    check cifar10-resnet18-ste dataset=cifar10 architecture=resnet18 architecture.width=0.25 method=ste \
+      dataset.subset=2000 trainer.max_epochs=1
+  fi
+  if [[ ste =~ ^($only)$ ]]; then
+    check cifar10-densenet13-ste dataset=cifar10 architecture=densenet13 architecture.width=0.125 method=ste \
+      dataset.subset=2000 trainer.max_epochs=1
+  fi
 fi
 python - "$out" <<'PY'
 import json, sys
