@@ -35,7 +35,7 @@ def test_unknown_task_is_refused():
 def test_train_help_shows_the_config_groups(tmp_path):
     out = binexp("train", "--help", cwd=tmp_path)
     assert out.returncode == 0
-    for line in ("architecture: cifar_quick, densenet13, densenet21, densenet37, densenet69, lenet, resnet18, resnet34_thin, resnet34_wide, vgg_small", "dataset: cifar10, imagefolder, mnist, synthetic"):
+    for line in ("architecture: cifar_quick, densenet13, densenet21, densenet37, densenet45, densenet69, lenet, resnet18, resnet26_bottleneck, resnet34_thin, resnet34_wide, resnet68_wide, vgg_small", "dataset: cifar10, imagefolder, mnist, synthetic"):
         assert line in out.stdout
 
 

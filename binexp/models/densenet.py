@@ -5,17 +5,38 @@ A CIFAR stem (3x3 conv with 2k filters, no pooling), four dense units of `blocks
 BN -> act -> 3x3 conv producing k (the growth rate) new channels, concatenated to its input. Following the paper's
 naming, blocks b per unit give "DenseNet-(8b + 5)": 13 (k=256, b=1), 21 (k=128, b=2), 37 (k=64, b=4),
 69 (k=32, b=8).
+
+`blocks` may instead list one count per unit. DenseNet-45 (BMXNet's Table 4) is 20 blocks, 4b with b = 5, which
+BMXNet's released densenet symbol lays out as (2, 4, 8, 6) rather than 5 per unit; the paper names neither
+layout nor k. We take (2, 4, 8, 6) at DenseNet-21's k = 128: Table 4 lists DenseNet-45 with 5.44x
+DenseNet-21's parameters, and at a shared k that ratio is 5.26-5.42 for (2, 4, 8, 6) but 5.00-5.17 for
+(5, 5, 5, 5) (ImageNet builds, k = 128-224). `architecture.blocks=5` gives the uniform reading.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from binexp.binarize.base import Method
+from binexp.errors import ConfigError
 from binexp.models.base import ArchitectureConfig, scaled
+
+UNITS = 4
+
+
+def unit_blocks(blocks: Any) -> list[int]:
+    """`architecture.blocks` as one block count per dense unit."""
+    counts = [blocks] * UNITS if isinstance(blocks, int) else list(blocks) if isinstance(blocks, (list, tuple)) else None
+    if counts is None or len(counts) != UNITS or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in counts):
+        raise ConfigError(
+            f"architecture.blocks={blocks!r}: allowed are a positive int (blocks per unit) "
+            f"or a list of {UNITS} positive ints (one per dense unit)"
+        )
+    return counts
 
 
 @dataclass
@@ -23,7 +44,7 @@ class DenseNetConfig(ArchitectureConfig):
     _target_: str = "binexp.models.densenet.DenseNet"
     name: str = "densenet21"
     growth: int = 128
-    blocks: int = 2  # blocks per dense unit (b); depth 8b + 5
+    blocks: Any = 2  # blocks per dense unit (b; depth 8b + 5), or a list of four counts, one per unit
     reduction: float = 0.5  # a transition keeps this share of its input channels
 
 
@@ -47,16 +68,17 @@ class Transition(nn.Sequential):
 
 class DenseNet(nn.Module):
     def __init__(self, method: Method, image_shape: tuple[int, int, int], num_classes: int, width: float = 1.0,
-                 growth: int = 128, blocks: int = 2, reduction: float = 0.5):
+                 growth: int = 128, blocks: int | list[int] = 2, reduction: float = 0.5):
         super().__init__()
         k = scaled(growth, width)
         channels = 2 * k
         layers: list[nn.Module] = [method.conv("stem", image_shape[0], channels, 3, padding=1, bias=False, first=True)]
-        for unit in range(1, 5):
-            for b in range(1, blocks + 1):
+        counts = unit_blocks(blocks)
+        for unit, n in enumerate(counts, start=1):
+            for b in range(1, n + 1):
                 layers.append(DenseBlock(method, f"unit{unit}.block{b}", channels, k))
                 channels += k
-            if unit < 4:
+            if unit < UNITS:
                 out = max(1, int(channels * reduction))
                 layers.append(Transition(method, f"transition{unit}", channels, out))
                 channels = out

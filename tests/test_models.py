@@ -1,0 +1,84 @@
+"""The BMXNet architectures have the paper's depths and layouts; bad layouts fail naming the key."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from binexp.binarize.base import BinaryWeights
+from binexp.builder import build
+from binexp.errors import ConfigError
+from binexp.models import build_model
+from binexp.models.densenet import DenseBlock, DenseNet, unit_blocks
+from binexp.models.resnet import BasicBlock, Bottleneck
+from tests.conftest import compose_train
+
+
+def _ste(arch: str, *extra: str) -> nn.Module:
+    cfg = compose_train([f"architecture={arch}", "method=ste", "dataset=synthetic", "architecture.width=0.125", *extra])
+    return build_model(cfg.architecture, build(cfg.method), (3, 32, 32), num_classes=10)
+
+
+def _weight_layers(net: nn.Module) -> list[nn.Module]:
+    # a network's depth counts the method's convs and linears; the float 1x1 shortcut projections are not layers
+    shortcuts = {id(m) for n, m in net.named_modules() if ".shortcut" in n}
+    return [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in shortcuts]
+
+
+@pytest.mark.parametrize("arch,depth,block,count", [
+    ("resnet68_wide", 68, BasicBlock, 33), ("resnet26_bottleneck", 26, Bottleneck, 8), ("resnet34_wide", 34, BasicBlock, 16),
+])
+def test_resnet_depth_is_its_name(arch, depth, block, count):
+    net = _ste(arch)
+    assert len(_weight_layers(net)) == depth
+    assert sum(isinstance(m, block) for m in net.modules()) == count
+    binary = [m for m in _weight_layers(net) if isinstance(m, BinaryWeights)]
+    assert len(binary) == depth - 2  # stem and classifier stay float (the paper's setup)
+
+
+def test_bottleneck_squeezes_to_a_quarter_and_expands_back():
+    net = _ste("resnet26_bottleneck", "architecture.width=1.0")
+    first = net.stages[0]
+    assert (first.conv1.in_channels, first.conv1.out_channels, first.conv1.kernel_size) == (64, 64, (1, 1))
+    assert (first.conv2.out_channels, first.conv2.kernel_size) == (64, (3, 3))
+    assert (first.conv3.out_channels, first.conv3.kernel_size) == (256, (1, 1))
+    last = net.stages[-1]
+    assert (last.conv2.out_channels, last.conv3.out_channels, net.fc.in_features) == (512, 2048, 2048)
+    # the 3x3 conv strides: 32x32 -> 4x4 after three downsampling stages
+    assert net.stages(net.stem(torch.randn(1, 3, 32, 32))).shape == (1, 2048, 4, 4)
+
+
+def test_resnet68_wide_has_the_wide_filters():
+    net = _ste("resnet68_wide", "architecture.width=1.0")
+    widths = sorted({b.conv2.out_channels for b in net.stages})
+    assert (net.stem.out_channels, widths) == (64, [128, 256, 512, 1024])
+
+
+def test_densenet45_lays_out_twenty_blocks_two_four_eight_six():
+    net = _ste("densenet45", "architecture.width=1.0")
+    units, current = [], 0
+    for layer in net.features:
+        if isinstance(layer, DenseBlock):
+            current += 1
+        elif current:
+            units.append(current)
+            current = 0
+    units.append(current)
+    assert units == [2, 4, 8, 6]
+    assert net.features[0].out_channels == 256  # the stem has 2k filters, k = 128
+    assert {b.conv.out_channels for b in net.features if isinstance(b, DenseBlock)} == {128}
+    # transitions halve: 256 + 2k = 512 -> 256, + 4k -> 384, + 8k -> 704, + 6k = 1472 into the classifier
+    assert net.fc.in_features == 1472
+
+
+def test_uniform_blocks_still_mean_blocks_per_unit():
+    assert unit_blocks(5) == [5, 5, 5, 5]
+    net = _ste("densenet45", "architecture.blocks=5")
+    assert sum(isinstance(m, DenseBlock) for m in net.modules()) == 20
+
+
+@pytest.mark.parametrize("bad", [0, [2, 4, 8], [2, 4, 8, 0], "5", True])
+def test_bad_densenet_blocks_name_the_key_and_the_allowed_forms(bad):
+    with pytest.raises(ConfigError, match=r"architecture\.blocks=.*allowed are a positive int .* or a list of 4 positive ints"):
+        DenseNet(build(compose_train(["method=ste"]).method), (3, 32, 32), 10, blocks=bad)
