@@ -30,6 +30,7 @@ from binexp.callbacks.schedule import ScheduleCallback
 from binexp.data.datamodule import ImageData
 from binexp.distributed import launcher_of, quiet_other_ranks, strategy_for
 from binexp.errors import ConfigError
+from binexp.hparams import log_hparams
 from binexp.models import build_model
 from binexp.module import Classifier
 from binexp.protocol import PhaseEvaluation, ProtocolConfig, run_protocol
@@ -267,5 +268,6 @@ def _fit_test_evaluate(cfg, run_dir, dm, method, module, callbacks, trainer, ckp
     metrics["time/wall_s"] = time.time() - started
     if trainer.is_global_zero:
         write_metrics(run_dir, metrics)
+        log_hparams(trainer, cfg, metrics)
         print_summary(run_dir, metrics)
     return metrics

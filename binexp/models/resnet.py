@@ -6,8 +6,9 @@ binarized input; the stem conv is the network's first layer and the classifier i
 BMXNet's Table 3 variants (depth = convs in the blocks + stem + classifier):
 - ResNet-18, -34 thin/wide, -68 wide: basic blocks (two 3x3 convs), `blocks` (2,2,2,2), (3,4,6,3), (3,4,23,3).
   ResNet-68 is ResNet-101's stage layout with basic instead of bottleneck blocks (2 * 33 + 2 = 68); the
-  paper does not list its blocks, but this layout at its widths (64 stem; 128, 256, 512, 1024) gives exactly
-  the 166 283 182 parameters of its Table 4 when built for ImageNet (7x7 stem, 1000 classes).
+  paper does not list its blocks, but this layout at its widths (64 stem; 128, 256, 512, 1024), counted as
+  BMXNet's ImageNet ResNet symbol builds it (7x7 stem, 1x1 shortcuts without BN, 1000 classes), has exactly the
+  166 283 182 parameters of its Table 4.
 - ResNet-26 bottleneck: `bottleneck=true`, (2,2,2,2) blocks of 1x1 -> 3x3 -> 1x1 (3 * 8 + 2 = 26) with
   ResNet-50's widths: `channels` are the stage outputs (256, 512, 1024, 2048), the inner convs a quarter of
   that (64 ... 512). The paper gives neither; this is the standard (He et al. / MXNet) reading.

@@ -1,0 +1,105 @@
+"""A run's hyper-parameters and final metrics in TensorBoard's HParams tab.
+
+TensorBoard compares runs by a few named values, so a run logs what defines its job, not its whole config: the
+config-group choices (`architecture: resnet18`, `method: ste`) and every key the job overrides, resolved
+(`method.t_clip: 0.5`, `optimizer.lr: 0.05`), next to its final metrics. A sweep
+(`binexp train -m method.t_clip=0.25,0.5`) then shows up as one row per job, and `tensorboard --logdir
+<multirun dir>` plots accuracy against t_clip. Lightning's own start-of-fit call logs no HParams summary
+(the loggers have `default_hp_metric: false`); train() calls `log_hparams` once the final metrics are known.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import TensorBoardLogger
+
+log = logging.getLogger(__name__)
+
+GROUPS = ("dataset", "architecture", "method", "schedule", "optimizer", "lr_scheduler", "experiment")
+METRIC_PREFIXES = ("test/", "protocol/")
+METRIC_KEYS = ("val/acc_best",)
+# run-management keys that say where or how a run happens, not what it is
+NOT_HPARAMS = ("resume", "existing_run", "run_dir", "task_name", "paths", "logger", "callbacks", "debug", "hydra")
+
+
+def job_overrides(run_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """The job's command-line overrides and config-group choices, from the running Hydra or the run's `.hydra/`."""
+    overrides: list[str] = []
+    choices: dict[str, str] = {}
+    saved = run_dir / ".hydra"
+    if (saved / "overrides.yaml").exists():  # the job as first launched; a resume keeps this file
+        overrides += [str(o) for o in OmegaConf.load(saved / "overrides.yaml") or []]
+    if (saved / "hydra.yaml").exists():
+        choices.update(OmegaConf.select(OmegaConf.load(saved / "hydra.yaml"), "hydra.runtime.choices", default={}))
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        overrides += [o for o in hc.overrides.task if o not in overrides]  # a resume's extra overrides
+        choices.update(hc.runtime.choices)
+    except ValueError:  # Hydra not running: a test, a child rank
+        pass
+    # a resume composes the saved config, which has no defaults list: its empty choices do not count
+    return overrides, {k: str(v) for k, v in choices.items() if v is not None}
+
+
+def _hparam_value(value: Any) -> int | float | str:
+    # the HParams plugin takes numbers and strings; torch's summary would turn a bool into 1.0, so it is spelled
+    # as on the command line, like null; a list or a dict is shown as its text
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, (int, float, str)):
+        return value
+    if value is None:
+        return "null"
+    return str(OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value)
+
+
+def job_hparams(cfg: DictConfig, overrides: list[str], choices: dict[str, Any]) -> dict[str, int | float | str]:
+    """Group choices and overridden keys -> their resolved values in `cfg`, flattened to dotted names."""
+    params: dict[str, int | float | str] = {
+        group: str(choices[group]) for group in GROUPS if choices.get(group) is not None
+    }
+    for item in overrides:
+        key, sep, text = str(item).partition("=")
+        key = key.lstrip("+~")
+        if not sep or key.split(".")[0].split("/")[0] in NOT_HPARAMS or "@" in key:
+            continue
+        if key in choices or key in GROUPS or "/" in key:  # a group choice: its option name, not the composed node
+            params[key] = text
+            continue
+        value = OmegaConf.select(cfg, key, default=text, throw_on_missing=False)
+        params[key] = _hparam_value(value)
+    return dict(sorted(params.items()))
+
+
+def hparam_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in sorted(metrics.items()) if k.startswith(METRIC_PREFIXES) or k in METRIC_KEYS}
+
+
+def log_hparams(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> dict[str, Any]:
+    """Write the HParams summary (job hyper-parameters + final metrics) to each TensorBoard logger; rank zero."""
+    loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+    if not loggers:
+        return {}
+    params = job_hparams(cfg, *job_overrides(Path(cfg.run_dir)))
+    values = hparam_metrics(metrics)
+    for logger in loggers:
+        # the logger's own log_hyperparams would also merge these flat keys into its hparams.yaml (the full
+        # config): write the summary with the same Lightning code path, then put its hparams back
+        kept = copy.copy(logger.hparams)
+        logger.log_hyperparams(params, metrics=values, step=trainer.global_step)
+        logger.hparams = kept
+        logger.experiment.flush()
+        logger.experiment.close()  # trainer.test already closed it; logging reopened a new event file
+    log.info("HParams: %s -> %s", params, values)
+    return params

@@ -1,0 +1,67 @@
+"""A sweep shows up in TensorBoard's HParams tab: each job's overrides with its final metrics."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
+from binexp.cli import main
+from binexp.hparams import job_hparams
+from tests.conftest import compose_train
+
+
+def hparams_of(run_dir: Path) -> tuple[dict, list[str], dict[str, float]]:
+    """What the HParams plugin reads: the session's hparams, the experiment's metric tags, their last values."""
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+    start = plugin_data_pb2.HParamsPluginData.FromString(content[metadata.SESSION_START_INFO_TAG]).session_start_info
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content[metadata.EXPERIMENT_TAG]).experiment
+    hparams = {k: (v.number_value if v.HasField("number_value") else v.string_value) for k, v in start.hparams.items()}
+    tags = [m.name.tag for m in experiment.metric_infos]
+    values = {t: acc.Scalars(t)[-1].value for t in tags}
+    return hparams, tags, values
+
+
+def test_a_two_job_sweep_logs_its_overrides_and_final_metrics_as_hparams(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    GlobalHydra.instance().clear()
+    main([
+        "train", "-m", "dataset=synthetic", "debug=smoke", "logger=tensorboard", "trainer.max_epochs=1",
+        "method=ste", "method.t_clip=0.25,0.75", "architecture.batch_norm=true", "protocol.finetune_epochs=0",
+        f"hydra.sweep.dir={tmp_path}",
+    ])
+    for job, t_clip in (("0", 0.25), ("1", 0.75)):
+        hparams, tags, values = hparams_of(tmp_path / job)
+        # the job's overrides resolved (a number stays a number) and its group choices; run-management keys
+        # (debug, logger, hydra.*) and the rest of the config are left out
+        assert hparams == {
+            "architecture": "lenet", "dataset": "synthetic", "lr_scheduler": "caffe_inv", "method": "ste",
+            "optimizer": "sgd", "schedule": "constant", "architecture.batch_norm": "true",
+            "method.t_clip": t_clip, "protocol.finetune_epochs": 0.0, "trainer.max_epochs": 1.0,
+        }
+        final = json.loads((tmp_path / job / "metrics.json").read_text())
+        assert tags == sorted(k for k in final if k.startswith(("test/", "protocol/")) or k == "val/acc_best")
+        assert {"test/acc", "protocol/regular", "protocol/binary"} <= set(tags)
+        assert values == pytest.approx({t: final[t] for t in tags})
+        # the full config stays in hparams.yaml, without the flattened HParams keys merged into it
+        saved = OmegaConf.load(tmp_path / job / "tb" / "hparams.yaml")
+        assert saved.config.method.t_clip == t_clip and "method.t_clip" not in saved
+
+
+def test_a_group_override_is_its_option_name_and_other_values_are_spelled_as_typed():
+    # run-management overrides (hydra.*, resume, callbacks) say where a run happens, not what it is
+    overrides = ["architecture=resnet18", "architecture.blocks=[1,1,1,1]", "architecture.init=kaiming", "method=ste",
+                 "method.t_clip=null", "hydra.sweep.dir=/x", "resume=/y", "+callbacks.extra._target_=x"]
+    cfg = compose_train(overrides[:5])
+    assert job_hparams(cfg, overrides, {"architecture": "resnet18", "method": "ste", "hydra/launcher": "basic"}) == {
+        "architecture": "resnet18", "architecture.blocks": "[1, 1, 1, 1]", "architecture.init": "kaiming",
+        "method": "ste", "method.t_clip": "null",
+    }
