@@ -33,6 +33,9 @@ def load_run_config(run_dir: Path) -> DictConfig:
     saved = run_dir / ".hydra" / "config.yaml"
     if not saved.exists():
         raise ConfigError(f"run={run_dir}: {saved} not found; `run` takes a directory made by `binexp train`")
+    from binexp.config import register_configs
+
+    register_configs()  # the saved config keeps interpolations (${floordiv:...}) that need binexp's resolvers
     cfg = OmegaConf.load(saved)
     cfg.run_dir = str(run_dir)
     return cfg

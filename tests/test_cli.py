@@ -72,6 +72,19 @@ def test_train_resume_and_eval_from_the_command_line(tmp_path):
     assert json.loads((run / "eval-last.json").read_text())["test/acc"] == json.loads((run / "metrics.json").read_text())["test/acc"]
 
 
+def test_export_and_verify_an_abr_run_from_the_command_line(tmp_path):
+    run = tmp_path / "run"
+    out = binexp("train", "dataset=synthetic", "debug=smoke", "method=abr", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    out = binexp("export", str(run), cwd=tmp_path)  # a fresh process: the saved config's resolvers must be there
+    assert out.returncode == 0, out.stderr[-2000:]
+    out = binexp("verify", str(run / "export" / "model.safetensors"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads((run / "export" / "verify.json").read_text())["differing_predictions"] == 0
+    out = binexp("export", str(tmp_path / "nope"), cwd=tmp_path)
+    assert out.returncode == 2 and "binexp: error:" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_a_built_wheel_carries_the_config_tree(tmp_path):
     """A non-editable install finds conf/ as the package binexp.conf."""
     built = subprocess.run(
