@@ -42,7 +42,7 @@ if [[ $which == cifar10 || $which == all ]]; then
       '~lr_scheduler' $(epochs "$m") method=${m%% trainer.*}
   done
   if [[ abr =~ ^($only)$ ]]; then
-    check cifar10-cifar_quick-abr experiment=abr_table1_cifar10 method.scope=all dataset.subset=4000 \
+    check cifar10-cifar_quick-abr experiment=abr_table2_cifar10 dataset.subset=4000 \
       trainer.max_epochs=2 schedule.phase1_epochs=1
   fi
   if [[ xnor =~ ^($only)$ ]]; then
