@@ -37,10 +37,12 @@ def test_pack_unpack_round_trip(shape):
 
 
 @pytest.mark.parametrize("use_and", [False, True])
-def test_compiled_and_numpy_popcount_agree(use_and):
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 2**63, (37, 5), dtype=np.uint64)
-    w = rng.integers(0, 2**63, (11, 5), dtype=np.uint64)
+@pytest.mark.parametrize("words", [5, 40, 200])  # the kernel's scalar path, its AVX2 path, and AVX2 with flushes
+def test_compiled_and_numpy_popcount_agree(use_and, words):
+    rng = np.random.default_rng(words)
+    x = rng.integers(0, 2**64, (37, words), dtype=np.uint64, endpoint=False)
+    w = rng.integers(0, 2**64, (11, words), dtype=np.uint64, endpoint=False)
+    x[0], w[0] = ~np.uint64(0), ~np.uint64(0)  # all ones: the largest counts
     numpy_counts = popcount_gemm(x, w, use_and, force_numpy=True)
     expected = [[sum(bin(int(a & b) if use_and else int(~(a ^ b)) & (2**64 - 1)).count("1") for a, b in zip(xr, wr))
                  for wr in w] for xr in x]

@@ -12,13 +12,74 @@
 
 #define POPCNT(v) __builtin_popcountll(v)
 
+#ifdef __AVX2__
+#include <immintrin.h>
+
+/* below this many words per row the scalar popcnt loop was as fast (measured on the 2-core dev machine) */
+#define AVX2_MIN_WORDS 32
+
+/* Mula's AVX2 popcount: a 16-entry nibble table looked up with pshufb, bytes summed by sad against zero. Four
+   output columns share each 256-bit load of x; byte counters are flushed to 64-bit lanes every 31 chunks (8 bits
+   per byte per chunk at most, so they cannot overflow). Returns the number of words handled (a multiple of 4). */
+static inline __m256i popcount_bytes(__m256i v) {
+    const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                           0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(v, low));
+    __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+    return _mm256_add_epi8(lo, hi);
+}
+
+static inline int64_t lanes_sum(__m256i v) {
+    return _mm256_extract_epi64(v, 0) + _mm256_extract_epi64(v, 1) + _mm256_extract_epi64(v, 2) +
+           _mm256_extract_epi64(v, 3);
+}
+
+static int64_t block4_avx2(const uint64_t *xr, const uint64_t *w0, const uint64_t *w1, const uint64_t *w2,
+                           const uint64_t *w3, int64_t words, int use_and, int32_t acc[4]) {
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i total[4] = {zero, zero, zero, zero};
+    __m256i bytes[4] = {zero, zero, zero, zero};
+    const uint64_t *ws[4] = {w0, w1, w2, w3};
+    int64_t k = 0, pending = 0;
+    for (; k + 4 <= words; k += 4) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(xr + k));
+        for (int j = 0; j < 4; ++j) {
+            const __m256i wv = _mm256_loadu_si256((const __m256i *)(ws[j] + k));
+            const __m256i m = use_and ? _mm256_and_si256(v, wv) : _mm256_xor_si256(v, wv);
+            bytes[j] = _mm256_add_epi8(bytes[j], popcount_bytes(m));
+        }
+        if (++pending == 31) {
+            for (int j = 0; j < 4; ++j) {
+                total[j] = _mm256_add_epi64(total[j], _mm256_sad_epu8(bytes[j], zero));
+                bytes[j] = zero;
+            }
+            pending = 0;
+        }
+    }
+    for (int j = 0; j < 4; ++j) {
+        total[j] = _mm256_add_epi64(total[j], _mm256_sad_epu8(bytes[j], zero));
+        acc[j] = (int32_t)lanes_sum(total[j]);
+    }
+    return k;
+}
+#endif
+
 static void row_xor(const uint64_t *xr, const uint64_t *w, int32_t *orow, int64_t cols, int64_t words) {
     const int32_t total = (int32_t)(64 * words);
     int64_t o = 0;
     for (; o + 4 <= cols; o += 4) {
         const uint64_t *w0 = w + o * words, *w1 = w0 + words, *w2 = w1 + words, *w3 = w2 + words;
         int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-        for (int64_t k = 0; k < words; ++k) {
+        int64_t k = 0;
+#ifdef __AVX2__
+        int32_t acc[4];
+        if (words >= AVX2_MIN_WORDS) {
+            k = block4_avx2(xr, w0, w1, w2, w3, words, 0, acc);
+            a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+        }
+#endif
+        for (; k < words; ++k) {
             const uint64_t v = xr[k];
             a0 += POPCNT(v ^ w0[k]);
             a1 += POPCNT(v ^ w1[k]);
@@ -43,7 +104,15 @@ static void row_and(const uint64_t *xr, const uint64_t *w, int32_t *orow, int64_
     for (; o + 4 <= cols; o += 4) {
         const uint64_t *w0 = w + o * words, *w1 = w0 + words, *w2 = w1 + words, *w3 = w2 + words;
         int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-        for (int64_t k = 0; k < words; ++k) {
+        int64_t k = 0;
+#ifdef __AVX2__
+        int32_t acc[4];
+        if (words >= AVX2_MIN_WORDS) {
+            k = block4_avx2(xr, w0, w1, w2, w3, words, 1, acc);
+            a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+        }
+#endif
+        for (; k < words; ++k) {
             const uint64_t v = xr[k];
             a0 += POPCNT(v & w0[k]);
             a1 += POPCNT(v & w1[k]);

@@ -65,6 +65,20 @@ def unpack_weights(bits: np.ndarray, shape: list[int]) -> np.ndarray:
     return (np.unpackbits(bits, axis=-1, count=k).astype(np.float32) * 2 - 1).reshape(shape)
 
 
+def _max_pool_exact(x: torch.Tensor, attrs: dict) -> torch.Tensor:
+    """Max pooling of integer sums or bits. Non-overlapping windows (kernel = stride, no padding, the usual 2x2)
+    are a reshape and a max over channels-last memory; other windows go through float32, exact for these values."""
+    (kh, kw), (sh, sw), (ph, pw) = attrs["kernel"], attrs["stride"], attrs["padding"]
+    n, c, h, w = x.shape
+    if (kh, kw) == (sh, sw) and not (ph or pw) and (not attrs["ceil_mode"] or (h % kh == 0 and w % kw == 0)):
+        ho, wo = h // kh, w // kw
+        nhwc = x.permute(0, 2, 3, 1)[:, : ho * kh, : wo * kw].contiguous().numpy()
+        pooled = nhwc.reshape(n, ho, kh, wo, kw, c).max(axis=(2, 4))
+        return torch.from_numpy(pooled).permute(0, 3, 1, 2)
+    pooled = F.max_pool2d(x.to(torch.float32), (kh, kw), (sh, sw), (ph, pw), ceil_mode=attrs["ceil_mode"])
+    return pooled.to(x.dtype)
+
+
 class BinaryLayer:
     """A packed binary conv or linear layer: integer sums from xnor/and + popcount."""
 
@@ -196,11 +210,10 @@ class StepModel:
                                self._t(op, "bias"), False, 0.0, attrs["eps"])
             return RuntimeValue(out, "float")
         if kind == "max_pool":
-            pooled = F.max_pool2d(x.as_float() if x.kind != "bits" else x.tensor.to(torch.float32), attrs["kernel"],
-                                  attrs["stride"], attrs["padding"], ceil_mode=attrs["ceil_mode"])
             if x.kind == "float":
-                return RuntimeValue(pooled, "float")
-            return RuntimeValue(pooled.to(x.tensor.dtype), x.kind, x.sem)
+                return RuntimeValue(F.max_pool2d(x.tensor, attrs["kernel"], attrs["stride"], attrs["padding"],
+                                                 ceil_mode=attrs["ceil_mode"]), "float")
+            return RuntimeValue(_max_pool_exact(x.tensor, attrs), x.kind, x.sem)
         if kind == "avg_pool":
             return RuntimeValue(F.avg_pool2d(x.as_float(), attrs["kernel"], attrs["stride"], attrs["padding"],
                                              ceil_mode=attrs["ceil_mode"], count_include_pad=attrs["count_include_pad"]), "float")
