@@ -4,9 +4,9 @@
     python scripts/bench_infer.py --arch lenet --method ste --shape 1 28 28 --batches 1 256
     python scripts/bench_infer.py --out docs/figures/bench_infer.md
 
-The network has random weights and batch-norm statistics (timing does not depend on them). "float32" is the same
-network run by PyTorch in eval mode: +-1 activations and weights as float32 tensors through oneDNN convolutions,
-BN then sign.
+The network has random weights and batch-norm statistics (timing does not depend on them). Per binary layer,
+"float32" is F.conv2d / F.linear of the same +-1 values; end to end it is the same architecture as a float32
+network (method=fp: float weights, ReLU) in eval mode, what the binary network replaces.
 Per binary layer it compares the packed layer (packing the input bits, windows of 64-bit words, xnor/and +
 popcount, integer sums) with F.conv2d / F.linear on the same +-1 values; end to end, the whole exported model
 with the whole network. Each time is the median of --repeats runs after one warm-up. Threads: torch's intra-op
@@ -82,6 +82,9 @@ def main() -> None:
     shape = tuple(args.shape)
     net = build_model(cfg.architecture, build(cfg.method), shape, num_classes=10)
     randomize(net)
+    # end to end, the float32 reference is the same architecture with float weights and ReLU (method=fp)
+    float_net = build_model(compose(args.arch, "fp", args.width).architecture, build(compose(args.arch, "fp", args.width).method),
+                            shape, num_classes=10)
     ops, inp, out = lower(net, shape)
     manifest, tensors = artifact.manifest_and_tensors(ops, inp, out, {})
     model = StepModel(manifest, tensors)
@@ -116,10 +119,10 @@ def main() -> None:
             t_float = median_time(float_fn, args.repeats)
             values[op["attrs"]["layer"]] = (t_float, t_packed)
             rows.append((batch, op["attrs"]["layer"], f"{op['kind']} {op['attrs']['weight_shape']}", t_float, t_packed))
-        with evaluating(net):  # BN + sign as PyTorch computes them (step mode would rebuild BinaryBN each call)
-            t_float = median_time(lambda x=x: net(x), args.repeats)
+        with evaluating(float_net):
+            t_float = median_time(lambda x=x: float_net(x), args.repeats)
         t_packed = median_time(lambda x=x: model(x), args.repeats)
-        rows.append((batch, "end to end", f"{args.arch} {args.method} width {args.width}", t_float, t_packed))
+        rows.append((batch, "end to end", f"{args.arch} width {args.width}: fp in PyTorch vs {args.method} packed", t_float, t_packed))
         binary_float = sum(v[0] for v in values.values())
         binary_packed = sum(v[1] for v in values.values())
         rows.append((batch, "binary layers together", f"{len(values)} layers", binary_float, binary_packed))
