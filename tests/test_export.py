@@ -266,7 +266,11 @@ def test_export_and_verify_from_the_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(["verify", str(tmp_path / "m.safetensors"), "limt=64"])
     assert err.value.code == 2
-    assert "limt: unknown option (allowed: run, ckpt, limit, batch_size, dataset.<key>)" in capsys.readouterr().err
+    assert "limt: unknown option (allowed: run, ckpt, limit, batch_size, dataset, dataset.<key>)" in capsys.readouterr().err
+    main(["verify", str(tmp_path / "m.safetensors"), "dataset=synthetic", "limit=8"])  # its own dataset: fine
+    with pytest.raises(SystemExit) as err:
+        main(["verify", str(tmp_path / "m.safetensors"), "dataset=mnist"])
+    assert err.value.code == 2 and "dataset=mnist: " in capsys.readouterr().err
 
 
 def test_verify_refuses_a_checkpoint_that_is_not_the_exported_one(tmp_path):

@@ -27,7 +27,7 @@ from binexp.export.lower import lower
 from binexp.export.popcount import backend
 from binexp.export.runtime import StepModel
 
-VERIFY_KEYS = ("run", "ckpt", "limit", "batch_size")
+VERIFY_KEYS = ("run", "ckpt", "limit", "batch_size", "dataset")
 
 
 class VerificationFailed(BinexpError):
@@ -103,11 +103,15 @@ def _bits(activation: torch.Tensor, sem: str) -> torch.Tensor:
 
 
 def verify_artifact(path: Path, run: str | None = None, ckpt: str | None = None, limit: int | None = None,
-                    batch_size: int = 500, overrides: list[str] | None = None) -> dict:
+                    batch_size: int = 500, overrides: list[str] | None = None, dataset: str | None = None) -> dict:
     manifest, tensors = artifact.read(path)
     source = manifest["source"]
     run_dir = Path(run or source["run_dir"])
     cfg, dm, module, ckpt_path = load_trained(run_dir, ckpt or source["checkpoint"], overrides)
+    trained_on = str(OmegaConf.select(cfg, "dataset.name", default=""))
+    if dataset is not None and dataset != trained_on:
+        raise ConfigError(f"dataset={dataset}: {path} was trained on {trained_on}; verify runs on that dataset's "
+                          f"test set (dataset.root=<folder> points at a copy)")
     if _sha256_file(ckpt_path) != source["checkpoint_sha256"]:
         raise ConfigError(
             f"{ckpt_path} is not the checkpoint {path} was exported from (sha256 differs): re-export, or pass "
@@ -204,12 +208,12 @@ def main_export(argv: list[str]) -> None:
 def main_verify(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="binexp verify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("artifact", type=Path, help="a file written by `binexp export`")
-    parser.add_argument("options", nargs="*", help="run=<dir> ckpt=<path> limit=N batch_size=N dataset.<key>=<value>")
+    parser.add_argument("options", nargs="*", help="run=<dir> ckpt=<path> limit=N batch_size=N dataset=<name> dataset.<key>=<value>")
     args = parser.parse_args(argv)
     opts, dataset = _key_values(args.options, VERIFY_KEYS, dotted_prefix="dataset.")
     result = verify_artifact(
         args.artifact, opts.get("run"), opts.get("ckpt"), int(opts["limit"]) if "limit" in opts else None,
-        int(opts.get("batch_size", 500)), dataset,
+        int(opts.get("batch_size", 500)), dataset, opts.get("dataset"),
     )
     rows = [
         ("test samples", str(result["samples"])),
