@@ -100,36 +100,36 @@ class XNORConfig(HardConfig):
     name: str = "xnor"
 
 
-class SignConv2d(nn.Conv2d, BinaryWeights):
-    """Conv with hard binary weights: sign(W), times alpha per output channel when `scaled`."""
+class _SignWeights(BinaryWeights):
+    """Hard binary weights: sign(W) with the straight-through estimator, times alpha per output channel when
+    `scaled` (BWN, XNOR); shared by the conv and linear layers."""
 
-    def __init__(self, *args: Any, name: str = "", scaled: bool = False, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.block_name, self.scaled = name, scaled
+    weight: nn.Parameter
+    scaled: bool
 
     def signs(self) -> torch.Tensor:
         return sign_ste(self.weight, None)
 
     def output_scale(self) -> torch.Tensor | None:
         return channel_scale(self.weight).flatten() if self.scaled else None
+
+
+class SignConv2d(_SignWeights, nn.Conv2d):
+    def __init__(self, *args: Any, name: str = "", scaled: bool = False, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.block_name, self.scaled = name, scaled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.finish(self._conv_forward(x, self.signs(), None))
 
 
-class SignLinear(nn.Linear, BinaryWeights):
-    """Linear with hard binary weights; `output_norm` adds the BN BinaryNet puts after its output layer."""
+class SignLinear(_SignWeights, nn.Linear):
+    """`output_norm` adds the BN BinaryNet puts after its output layer."""
 
     def __init__(self, *args: Any, name: str = "", scaled: bool = False, output_norm: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.block_name, self.scaled = name, scaled
         self.output_norm = nn.BatchNorm1d(self.out_features) if output_norm else None
-
-    def signs(self) -> torch.Tensor:
-        return sign_ste(self.weight, None)
-
-    def output_scale(self) -> torch.Tensor | None:
-        return channel_scale(self.weight).flatten() if self.scaled else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.finish(F.linear(x, self.signs()))
@@ -141,35 +141,27 @@ class BinarizedLayers(Method):
     with a BinaryBN step form before binary activations, the output BN. Subclasses supply the layers themselves."""
 
     base: Base = Base.bc
-    sign_activations: tuple[type, ...] = (SignActivation,)
+    # the layer classes a subclass binarizes with (SBN swaps in its soft ones); each takes `name` and `scaled`
+    conv_layer: type[nn.Conv2d] = SignConv2d
+    linear_layer: type[nn.Linear] = SignLinear
+    act_layer: type[nn.Module] = SignActivation
 
     def __init__(self, binarize_first: bool = True, binarize_last: bool = True):
         self.binarize_first, self.binarize_last = bool(binarize_first), bool(binarize_last)
-
-    # ---- the layers a subclass provides ----
-    def binary_conv(self, name: str, in_ch: int, out_ch: int, kernel_size: int, stride: int, padding: int,
-                    bias: bool) -> nn.Module:
-        return SignConv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding, bias=bias, name=name,
-                          scaled=self.base.scaled_weights)
-
-    def binary_linear(self, name: str, in_features: int, out_features: int, bias: bool, output_norm: bool) -> nn.Module:
-        return SignLinear(in_features, out_features, bias=bias, name=name, scaled=self.base.scaled_weights,
-                          output_norm=output_norm)
-
-    def binary_act(self, name: str, channels: int) -> nn.Module:
-        return SignActivation(name)
 
     # ---- the Method interface ----
     def conv(self, name: str, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0,
              bias: bool = True, *, first: bool = False) -> nn.Module:
         if first and not self.binarize_first:
             return super().conv(name, in_ch, out_ch, kernel_size, stride, padding, bias, first=first)
-        return self.binary_conv(name, in_ch, out_ch, kernel_size, stride, padding, bias)
+        return self.conv_layer(in_ch, out_ch, kernel_size, stride=stride, padding=padding, bias=bias, name=name,
+                               scaled=self.base.scaled_weights)
 
     def linear(self, name: str, in_features: int, out_features: int, bias: bool = True, *, last: bool = False) -> nn.Module:
         if last and not self.binarize_last:
             return super().linear(name, in_features, out_features, bias, last=last)
-        return self.binary_linear(name, in_features, out_features, bias, output_norm=last)
+        return self.linear_layer(in_features, out_features, bias=bias, name=name, scaled=self.base.scaled_weights,
+                                 output_norm=last)
 
     def bn(self, name: str, channels: int, *, dims: int = 2) -> nn.Module:
         if not self.base.binary_activations:
@@ -177,10 +169,10 @@ class BinarizedLayers(Method):
         return SignBatchNorm2d(channels, name) if dims == 2 else SignBatchNorm1d(channels, name)
 
     def act(self, name: str, channels: int, *, last: bool = False) -> nn.Module:
-        return self.binary_act(name, channels) if self.base.binary_activations else nn.ReLU()
+        return self.act_layer(name) if self.base.binary_activations else nn.ReLU()
 
     def finalize(self, model: nn.Module) -> None:
-        link_to_activations(model, self.sign_activations)
+        link_to_activations(model, (self.act_layer,))
 
 
 class HardBinarization(BinarizedLayers):

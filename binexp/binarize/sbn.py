@@ -158,20 +158,8 @@ class ScaledTanh(nn.Module, BinarizationProbe):
 class SBN(BinarizedLayers):
     name = "sbn"
     schedule_keys = ("nu",)
-    sign_activations = (ScaledTanh,)
+    conv_layer, linear_layer, act_layer = SoftBinaryConv2d, SoftBinaryLinear, ScaledTanh
 
     def __init__(self, base: Any = "bnn", binarize_first: bool = True, binarize_last: bool = True):
         super().__init__(binarize_first, binarize_last)
         self.base = Base.parse(base)
-
-    def binary_conv(self, name: str, in_ch: int, out_ch: int, kernel_size: int, stride: int, padding: int,
-                    bias: bool) -> nn.Module:
-        return SoftBinaryConv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding, bias=bias, name=name,
-                                scaled=self.base.scaled_weights)
-
-    def binary_linear(self, name: str, in_features: int, out_features: int, bias: bool, output_norm: bool) -> nn.Module:
-        return SoftBinaryLinear(in_features, out_features, bias=bias, name=name, scaled=self.base.scaled_weights,
-                                output_norm=output_norm)
-
-    def binary_act(self, name: str, channels: int) -> nn.Module:
-        return ScaledTanh(name)

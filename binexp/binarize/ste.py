@@ -56,31 +56,32 @@ def weight_scale(w: torch.Tensor, scaling: str) -> torch.Tensor | None:
     return w.detach().abs().mean() if scaling == Scaling.forward_backward.value else None
 
 
-class BinaryConv2d(nn.Conv2d, BinaryWeights):
-    def __init__(self, *args, scaling: str = "none", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.scaling = scaling
+class _STEWeights(BinaryWeights):
+    """sign(W) with the straight-through estimator, scaled as `scaling` says; shared by the conv and linear layers."""
+
+    weight: nn.Parameter
+    scaling: str
 
     def signs(self) -> torch.Tensor:
         return binary_weight(self.weight, self.scaling)
 
     def output_scale(self) -> torch.Tensor | None:
         return weight_scale(self.weight, self.scaling)
+
+
+class BinaryConv2d(_STEWeights, nn.Conv2d):
+    def __init__(self, *args, scaling: str = "none", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scaling = scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.finish(self._conv_forward(x, self.signs(), None))
 
 
-class BinaryLinear(nn.Linear, BinaryWeights):
+class BinaryLinear(_STEWeights, nn.Linear):
     def __init__(self, *args, scaling: str = "none", **kwargs):
         super().__init__(*args, **kwargs)
         self.scaling = scaling
-
-    def signs(self) -> torch.Tensor:
-        return binary_weight(self.weight, self.scaling)
-
-    def output_scale(self) -> torch.Tensor | None:
-        return weight_scale(self.weight, self.scaling)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.finish(F.linear(x, self.signs()))
