@@ -65,8 +65,13 @@ static int64_t block4_avx2(const uint64_t *xr, const uint64_t *w0, const uint64_
 }
 #endif
 
-static void row_xor(const uint64_t *xr, const uint64_t *w, int32_t *orow, int64_t cols, int64_t words) {
-    const int32_t total = (int32_t)(64 * words);
+/* One row of output: xnor counts are 64 * words - popcount(x ^ w), and counts are popcount(x & w). Inlined
+   with a constant `use_and`, so each caller gets its own branch-free loop. */
+static inline __attribute__((always_inline)) void row(const uint64_t *xr, const uint64_t *w, int32_t *orow,
+                                                      int64_t cols, int64_t words, const int use_and) {
+    const int32_t total = use_and ? 0 : (int32_t)(64 * words);
+    const int32_t sign = use_and ? 1 : -1;
+#define OP(a, b) (use_and ? ((a) & (b)) : ((a) ^ (b)))
     int64_t o = 0;
     for (; o + 4 <= cols; o += 4) {
         const uint64_t *w0 = w + o * words, *w1 = w0 + words, *w2 = w1 + words, *w3 = w2 + words;
@@ -75,61 +80,29 @@ static void row_xor(const uint64_t *xr, const uint64_t *w, int32_t *orow, int64_
 #ifdef __AVX2__
         int32_t acc[4];
         if (words >= AVX2_MIN_WORDS) {
-            k = block4_avx2(xr, w0, w1, w2, w3, words, 0, acc);
+            k = block4_avx2(xr, w0, w1, w2, w3, words, use_and, acc);
             a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
         }
 #endif
         for (; k < words; ++k) {
             const uint64_t v = xr[k];
-            a0 += POPCNT(v ^ w0[k]);
-            a1 += POPCNT(v ^ w1[k]);
-            a2 += POPCNT(v ^ w2[k]);
-            a3 += POPCNT(v ^ w3[k]);
+            a0 += POPCNT(OP(v, w0[k]));
+            a1 += POPCNT(OP(v, w1[k]));
+            a2 += POPCNT(OP(v, w2[k]));
+            a3 += POPCNT(OP(v, w3[k]));
         }
-        orow[o] = total - a0;
-        orow[o + 1] = total - a1;
-        orow[o + 2] = total - a2;
-        orow[o + 3] = total - a3;
+        orow[o] = total + sign * a0;
+        orow[o + 1] = total + sign * a1;
+        orow[o + 2] = total + sign * a2;
+        orow[o + 3] = total + sign * a3;
     }
     for (; o < cols; ++o) {
         const uint64_t *wo = w + o * words;
         int32_t a = 0;
-        for (int64_t k = 0; k < words; ++k) a += POPCNT(xr[k] ^ wo[k]);
-        orow[o] = total - a;
+        for (int64_t k = 0; k < words; ++k) a += POPCNT(OP(xr[k], wo[k]));
+        orow[o] = total + sign * a;
     }
-}
-
-static void row_and(const uint64_t *xr, const uint64_t *w, int32_t *orow, int64_t cols, int64_t words) {
-    int64_t o = 0;
-    for (; o + 4 <= cols; o += 4) {
-        const uint64_t *w0 = w + o * words, *w1 = w0 + words, *w2 = w1 + words, *w3 = w2 + words;
-        int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-        int64_t k = 0;
-#ifdef __AVX2__
-        int32_t acc[4];
-        if (words >= AVX2_MIN_WORDS) {
-            k = block4_avx2(xr, w0, w1, w2, w3, words, 1, acc);
-            a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
-        }
-#endif
-        for (; k < words; ++k) {
-            const uint64_t v = xr[k];
-            a0 += POPCNT(v & w0[k]);
-            a1 += POPCNT(v & w1[k]);
-            a2 += POPCNT(v & w2[k]);
-            a3 += POPCNT(v & w3[k]);
-        }
-        orow[o] = a0;
-        orow[o + 1] = a1;
-        orow[o + 2] = a2;
-        orow[o + 3] = a3;
-    }
-    for (; o < cols; ++o) {
-        const uint64_t *wo = w + o * words;
-        int32_t a = 0;
-        for (int64_t k = 0; k < words; ++k) a += POPCNT(xr[k] & wo[k]);
-        orow[o] = a;
-    }
+#undef OP
 }
 
 void popcount_gemm(const uint64_t *x, const uint64_t *w, int32_t *out, int64_t rows, int64_t cols, int64_t words,
@@ -137,9 +110,9 @@ void popcount_gemm(const uint64_t *x, const uint64_t *w, int32_t *out, int64_t r
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
         if (use_and)
-            row_and(x + r * words, w, out + r * cols, cols, words);
+            row(x + r * words, w, out + r * cols, cols, words, 1);
         else
-            row_xor(x + r * words, w, out + r * cols, cols, words);
+            row(x + r * words, w, out + r * cols, cols, words, 0);
     }
 }
 
