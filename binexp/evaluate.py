@@ -55,17 +55,26 @@ def find_checkpoint(run_dir: Path, which: str) -> Path:
     return path
 
 
+def load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
+    """(run config, data module, trained Classifier, checkpoint path): a run rebuilt from its own saved config
+    (`overrides`, dotted key=value, change it, e.g. dataset.root) with the weights of checkpoint `ckpt`."""
+    from binexp.train import build_data, build_method, build_module
+
+    cfg = load_run_config(run_dir)
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    path = find_checkpoint(run_dir, ckpt)
+    dm = build_data(cfg)
+    module = build_module(cfg, dm, build_method(cfg))
+    module.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
+    return cfg, dm, module, path
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    from binexp.train import build_data, build_method, build_module, print_summary, scalar_metrics
+    from binexp.train import print_summary, scalar_metrics
 
     run_dir = Path(cfg.run)
-    run_cfg = load_run_config(run_dir)
-    ckpt = find_checkpoint(run_dir, cfg.ckpt)
-    dm = build_data(run_cfg)
-    method = build_method(run_cfg)
-    module = build_module(run_cfg, dm, method)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    module.load_state_dict(state["state_dict"])
+    _, dm, module, ckpt = load_trained(run_dir, cfg.ckpt)
     trainer = pl.Trainer(
         accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,

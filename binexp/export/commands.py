@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 from binexp.binarize.base import evaluating
 from binexp.errors import BinexpError, ConfigError
+from binexp.evaluate import load_trained
 from binexp.export import artifact
 from binexp.export.lower import lower
 from binexp.export.popcount import backend
@@ -40,21 +41,6 @@ def _sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
-    """(run config, data module, trained Classifier, checkpoint path) of a run, as `binexp eval` rebuilds it."""
-    from binexp.evaluate import find_checkpoint, load_run_config
-    from binexp.train import build_data, build_method, build_module
-
-    cfg = load_run_config(run_dir)
-    if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
-    path = find_checkpoint(run_dir, ckpt)
-    dm = build_data(cfg)
-    module = build_module(cfg, dm, build_method(cfg))
-    module.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
-    return cfg, dm, module.eval(), path
 
 
 def size_table(net: torch.nn.Module, manifest: dict, tensors: dict[str, np.ndarray], file_bytes: int) -> dict[str, float | None]:
@@ -79,7 +65,7 @@ def size_table(net: torch.nn.Module, manifest: dict, tensors: dict[str, np.ndarr
 
 def export_run(run_dir: Path, ckpt: str = "last", out: Path | None = None) -> tuple[Path, dict[str, float]]:
     cfg, dm, module, path = load_trained(run_dir, ckpt)
-    net = module.net
+    net = module.eval().net
     ops, input_name, output_name = lower(net, dm.image_shape)
     info = {
         "method": str(cfg.method.name),
