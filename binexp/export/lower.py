@@ -68,9 +68,6 @@ class Value:
     layer: nn.Module | None = None
     bn: _BatchNorm | None = None
 
-    @property
-    def pending(self) -> bool:
-        return self.layer is not None or self.bn is not None
 
 
 class _Tracer(fx.Tracer):
@@ -128,7 +125,7 @@ class Lowering:
             ShapeProp(self.graph).propagate(torch.zeros(1, *image_shape))
         self.ops: list[Op] = []
         self.values: dict[str, Value] = {}
-        self.output: str = ""
+        self.input, self.output = "", ""
 
     # ---- helpers ----------------------------------------------------------------------------------------
     def emit(self, kind: str, name: str, inputs: list[str], attrs: dict | None = None,
@@ -264,17 +261,17 @@ class Lowering:
         sem = "pm1" if isinstance(m, PLUS_MINUS_ONE) else "01"
         attrs = {"layer": node.target, "output": sem, "shape": self.shape(node)}
         if v.kind == "ints":
-            direction, bound = self.integer_threshold(node, m, v)
+            source, direction, bound = self.integer_threshold(node, m, v)
             attrs["input"] = "int"
         else:
-            direction, bound = self.float_threshold(node, m, v)
+            source, direction, bound = self.float_threshold(node, m, v)
             attrs["input"] = "float"
-        self.emit("threshold", node.name, [self.source], attrs, {"direction": direction, "bound": bound})
+        self.emit("threshold", node.name, [source], attrs, {"direction": direction, "bound": bound})
         return Value(node.name, "bits", sem)
 
-    def integer_threshold(self, node: fx.Node, m: nn.Module, v: Value) -> tuple[np.ndarray, np.ndarray]:
-        """Run the layer's finish, the BN and the activation on every sum the layer can produce: +-fan-in."""
-        self.source = v.name
+    def integer_threshold(self, node: fx.Node, m: nn.Module, v: Value) -> tuple[str, np.ndarray, np.ndarray]:
+        """(the value compared, D, bound): the layer's finish, the BN and the activation run on every sum the layer
+        can produce, +-fan-in."""
         fan_in = int(np.prod(v.layer.weight.shape[1:]))
         values = torch.arange(-fan_in - 1, fan_in + 2, dtype=torch.float32)
         c = self.channels(node)
@@ -286,9 +283,9 @@ class Lowering:
             if v.bn is not None:
                 y = v.bn(y)
             fires = _fires(m(y), m).reshape(len(values), c)
-        return integer_bounds(fires, values, f"layer {node.target}")
+        return (v.name, *integer_bounds(fires, values, f"layer {node.target}"))
 
-    def float_threshold(self, node: fx.Node, m: nn.Module, v: Value) -> tuple[np.ndarray, np.ndarray]:
+    def float_threshold(self, node: fx.Node, m: nn.Module, v: Value) -> tuple[str, np.ndarray, np.ndarray]:
         bn = v.bn
         v = self.materialize(Value(v.name, v.kind, v.sem, v.layer))
         c = self.channels(node)
@@ -296,11 +293,9 @@ class Lowering:
             # the trained network's own step form: BinaryBN, s*y >= s*T rounded up to float32
             binary = BinaryBN.from_batchnorm(bn)
             s = np.where(binary.negative.numpy(), -1.0, 1.0)
-            self.source = v.name
-            return s.astype(np.int8), _round_up_f32(s * binary.threshold.numpy())
+            return v.name, s.astype(np.int8), _round_up_f32(s * binary.threshold.numpy())
         if bn is not None:
             v = self.emit_batch_norm(v, bn, f"{node.name}.bn")
-        self.source = v.name
         direction, bound = np.ones(c), np.zeros(c, dtype=np.float32)
         if isinstance(m, ThresholdableReLU):  # y > 0 <=> y >= the smallest positive float32
             bound[:] = np.nextafter(np.float32(0), np.float32(1))
@@ -308,7 +303,7 @@ class Lowering:
             k = _np(m.slope, np.float64)
             direction = np.where(k < 0, -1.0, 1.0)
             bound = np.where(k == 0, -np.inf, bound).astype(np.float32)
-        return direction.astype(np.int8), bound
+        return v.name, direction.astype(np.int8), bound
 
     def max_pool(self, node: fx.Node, m: nn.MaxPool2d) -> Value:
         v = self.arg(node)
