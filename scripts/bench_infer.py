@@ -83,8 +83,8 @@ def main() -> None:
     net = build_model(cfg.architecture, build(cfg.method), shape, num_classes=10)
     randomize(net)
     # end to end, the float32 reference is the same architecture with float weights and ReLU (method=fp)
-    float_net = build_model(compose(args.arch, "fp", args.width).architecture, build(compose(args.arch, "fp", args.width).method),
-                            shape, num_classes=10)
+    fp = compose(args.arch, "fp", args.width)
+    float_net = build_model(fp.architecture, build(fp.method), shape, num_classes=10)
     ops, inp, out = lower(net, shape)
     manifest, tensors = artifact.manifest_and_tensors(ops, inp, out, {})
     model = StepModel(manifest, tensors)
