@@ -79,7 +79,9 @@ class Classifier(pl.LightningModule):
         for name, param in self.net.named_parameters():
             if param.requires_grad:
                 (decay if self.method.decays(name, param) else no_decay).append(param)
-        optimizer = self.optimizer_factory(params=[{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        optimizer = self.optimizer_factory(
+            params=[{"params": decay, "decays": True}, {"params": no_decay, "weight_decay": 0.0, "decays": False}]
+        )
         if not self.lr_scheduler_spec:
             return optimizer
         spec = dict(self.lr_scheduler_spec)

@@ -8,8 +8,13 @@ step, so a resumed run recomputes exactly the values it had, and checkpoints car
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from binexp.errors import ConfigError
+
+
+# A schedule value under this name sets the weight decay of the optimizer's decaying parameter groups.
+WEIGHT_DECAY = "weight_decay"
 
 
 @dataclass(frozen=True)
@@ -66,22 +71,34 @@ class TwoPhaseConfig(ScheduleConfig):
     phase1_epochs: int = "${floordiv:${trainer.max_epochs},2}"  # phase 2 is the rest of trainer.max_epochs
     lambda1: float = 1e-4
     lambda2: float = 1e-2
+    weight_decay2: Optional[float] = None  # phase 2's weight decay; null keeps optimizer.weight_decay
 
 
 class TwoPhase(Schedule):
-    """ABR's slope growth: lambda1 for the first phase1_epochs epochs (phase 1), lambda2 after (phase 2)."""
+    """ABR's slope growth: lambda1 for the first phase1_epochs epochs (phase 1), lambda2 after (phase 2).
+
+    Optionally phase 2 trains with its own weight decay: decay shrinks the weights under the rectifiers, so
+    the pre-activations shrink while k grows, and units stay inside the linear band |y| < 0.5/k.
+    """
 
     provides = ("slope_lambda", "phase")
 
-    def __init__(self, phase1_epochs: int = 20, lambda1: float = 1e-4, lambda2: float = 1e-2):
+    def __init__(self, phase1_epochs: int = 20, lambda1: float = 1e-4, lambda2: float = 1e-2,
+                 weight_decay2: float | None = None):
         self.phase1_epochs, self.lambda1, self.lambda2 = phase1_epochs, lambda1, lambda2
+        if weight_decay2 is not None and weight_decay2 < 0:
+            raise ConfigError(f"schedule.weight_decay2={weight_decay2}: must be >= 0 or null")
+        self.weight_decay2 = weight_decay2
 
     def phase(self, progress: Progress) -> int:
         return 1 if progress.epoch < self.phase1_epochs else 2
 
     def values(self, progress: Progress) -> dict[str, float]:
         phase = self.phase(progress)
-        return {"slope_lambda": self.lambda1 if phase == 1 else self.lambda2, "phase": float(phase)}
+        values = {"slope_lambda": self.lambda1 if phase == 1 else self.lambda2, "phase": float(phase)}
+        if phase == 2 and self.weight_decay2 is not None:
+            values[WEIGHT_DECAY] = self.weight_decay2
+        return values
 
     def milestones(self) -> dict[str, int]:
         return {"phase1": self.phase1_epochs}

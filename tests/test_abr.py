@@ -90,6 +90,22 @@ def test_two_phase_schedule_values_at_given_steps():
     assert schedule.milestones() == {"phase1": 3}
 
 
+def test_phase_two_weight_decay_is_a_schedule_value_of_phase_two_only():
+    schedule = TwoPhase(phase1_epochs=3, weight_decay2=0.0)
+    at = lambda step: schedule.values(Progress(step, steps_per_epoch=10, max_epochs=5))  # noqa: E731
+    assert "weight_decay" not in at(29)
+    assert at(30)["weight_decay"] == 0.0
+    with pytest.raises(ConfigError, match="schedule.weight_decay2=-0.1: must be >= 0 or null"):
+        TwoPhase(weight_decay2=-0.1)
+
+
+def test_phase_two_weight_decay_reaches_the_decaying_parameters_only(tmp_path):
+    run_dir, _ = run(tmp_path, ["optimizer.weight_decay=0.25", "schedule.weight_decay2=0.125", "trainer.max_epochs=3",
+                                "schedule.phase1_epochs=1"])
+    groups = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["optimizer_states"][0]["param_groups"]
+    assert [(g["decays"], g["weight_decay"]) for g in groups] == [(True, 0.125), (False, 0.0)]
+
+
 def test_phase_one_longer_than_training_is_refused():
     with pytest.raises(ConfigError, match="schedule.phase1_epochs=5 with trainer.max_epochs=5"):
         TwoPhase(phase1_epochs=5).check(5)

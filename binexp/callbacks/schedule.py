@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
-from binexp.schedules import Progress, Schedule
+from binexp.schedules import WEIGHT_DECAY, Progress, Schedule
 
 
 def write_buffers(model: torch.nn.Module, values: dict[str, float]) -> int:
@@ -18,6 +18,13 @@ def write_buffers(model: torch.nn.Module, values: dict[str, float]) -> int:
                 buf.fill_(value)
                 written += 1
     return written
+
+
+def set_weight_decay(optimizer: torch.optim.Optimizer, value: float) -> None:
+    """Set the decay of the groups that decay; slopes, biases and BN stay at 0 (the `decays` group flag)."""
+    for group in optimizer.param_groups:
+        if group.get("decays", group["weight_decay"] > 0):  # checkpoints from before the flag
+            group["weight_decay"] = value
 
 
 class ScheduleCallback(pl.Callback):
@@ -34,5 +41,8 @@ class ScheduleCallback(pl.Callback):
         if not values:
             return
         write_buffers(pl_module, values)
+        if WEIGHT_DECAY in values:
+            for optimizer in trainer.optimizers:
+                set_weight_decay(optimizer, values[WEIGHT_DECAY])
         if trainer.global_step % self.log_every_n_steps == 0:
             pl_module.log_dict({f"schedule/{k}": float(v) for k, v in values.items()}, on_step=True, on_epoch=False)
