@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from binexp.binarize.base import step_mode
 from binexp.errors import ConfigError
-from binexp.protocol import has_step_form
+from binexp.protocol import BINARY_WEIGHTS_KEY, freeze_sign_weights, has_step_form
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +45,18 @@ def find_checkpoint(run_dir: Path, which: str) -> Path:
     ckpt_dir = run_dir / "checkpoints"
     if which == "last":
         path = ckpt_dir / "last.ckpt"
+    elif which == BINARY_WEIGHTS_KEY:
+        path = ckpt_dir / f"{BINARY_WEIGHTS_KEY}.ckpt"
     elif which == "best":
         best = sorted(ckpt_dir.glob("best-*.ckpt"))
         path = best[-1] if best else ckpt_dir / "best-*.ckpt"
     else:
         path = Path(which)
     if not path.exists():
-        raise ConfigError(f"ckpt={which}: {path} not found (allowed: last, best, or a checkpoint path)")
+        raise ConfigError(
+            f"ckpt={which}: {path} not found (allowed: last, best, {BINARY_WEIGHTS_KEY} (Section 4.4's network, saved "
+            f"when protocol.binary_weights_epochs > 0), or a checkpoint path)"
+        )
     return path
 
 
@@ -66,7 +71,10 @@ def load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
     path = find_checkpoint(run_dir, ckpt)
     dm = build_data(cfg)
     module = build_module(cfg, dm, build_method(cfg))
-    module.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    if saved.get(BINARY_WEIGHTS_KEY):
+        freeze_sign_weights(module.net)
+    module.load_state_dict(saved["state_dict"])
     return cfg, dm, module, path
 
 

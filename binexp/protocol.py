@@ -4,7 +4,8 @@
 - `binary`: every layer with a step form replaced by it (`step_mode`), no retraining.
 - `finetuned`: only the final classifier retrained on the frozen binary features (Table 1/2's "Finetuned").
 - `binary_weights` (Section 4.4, optional): every weight but the first layer's thresholded to +-1 and frozen,
-  biases and the method's other parameters (ABR slopes) finetuned, then tested in step mode.
+  biases and the method's other parameters (ABR slopes) finetuned, then tested in step mode; that network is
+  saved as `checkpoints/binary_weights.ckpt`, so `binexp export <run> ckpt=binary_weights` deploys it.
 
 `PhaseEvaluation` records `regular` and `binary` at the end of each schedule milestone (ABR's phase 1), so
 Table 1's "1st Phase / 1st Binary" come from the same run as "2nd Phase / 2nd Binary".
@@ -19,17 +20,20 @@ import copy
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from binexp.binarize.base import evaluating
+from binexp.binarize.base import BinaryWeights, evaluating
 from binexp.binarize.functional import binary_sign
 from binexp.distributed import gather_in_order, sum_over_shards
 
 log = logging.getLogger(__name__)
+
+BINARY_WEIGHTS_KEY = "binary_weights"  # marks a Section 4.4 checkpoint; also its name: checkpoints/binary_weights.ckpt
 
 
 @dataclass
@@ -119,19 +123,43 @@ def finetuned_accuracy(net: nn.Module, dm, cfg: ProtocolConfig, seed: int = 0) -
         return (head(test_x).argmax(1) == test_y).double().mean().item()
 
 
-def binary_weights_accuracy(net: nn.Module, method, dm, cfg: ProtocolConfig) -> float:
-    """Section 4.4 on a copy: weights but the first layer's set to sign(W) and frozen; the rest finetuned."""
-    net = copy.deepcopy(net)
+class _FrozenSigns(BinaryWeights):
+    """A plain layer whose weights were set to exactly +-1 and frozen (Section 4.4): signs() is the weight itself,
+    so size tables count it at 1 bit per weight and export packs it like any binary layer."""
+
+    def signs(self) -> torch.Tensor:
+        return self.weight
+
+
+class FrozenSignConv2d(_FrozenSigns, nn.Conv2d):
+    pass
+
+
+class FrozenSignLinear(_FrozenSigns, nn.Linear):
+    pass
+
+
+def freeze_sign_weights(net: nn.Module) -> list[nn.Parameter]:
+    """Section 4.4 in place: every plain conv / linear weight but the first layer's set to sign(W), frozen and
+    marked binary; returns the frozen weights."""
     first = first_layer_of(net)
     frozen = []
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and m is not first:
+    for m in net.modules():
+        if type(m) in (nn.Conv2d, nn.Linear) and m is not first:
+            with torch.no_grad():
                 m.weight.copy_(binary_sign(m.weight))
-                frozen.append(m.weight)
-    trainable = [p for p in net.parameters() if all(p is not w for w in frozen)]
-    for w in frozen:
-        w.requires_grad_(False)
+            m.weight.requires_grad_(False)
+            m.__class__ = FrozenSignConv2d if isinstance(m, nn.Conv2d) else FrozenSignLinear
+            frozen.append(m.weight)
+    return frozen
+
+
+def binary_weights_network(net: nn.Module, method, dm, cfg: ProtocolConfig) -> nn.Module:
+    """Section 4.4 on a copy: weights but the first layer's set to sign(W) and frozen; biases, BN and the method's
+    own parameters (ABR slopes) finetuned."""
+    net = copy.deepcopy(net)
+    frozen = {id(w) for w in freeze_sign_weights(net)}
+    trainable = [p for p in net.parameters() if id(p) not in frozen]
     # every rank repeats this small job on the whole data: the same result as one process, no gradient sync
     loader = dm.batches("train", train=True, device=_device(net), shard=False)
 
@@ -143,14 +171,22 @@ def binary_weights_accuracy(net: nn.Module, method, dm, cfg: ProtocolConfig) -> 
     with torch.enable_grad():
         train_params(net, trainable, batches, cfg.binary_weights_epochs, cfg.binary_weights_lr,
                      after_step=lambda: method.after_optimizer_step(net))
-    return accuracy(net, dm.batches("test", device=_device(net), shard=False), step=True)
+    return net.eval()
 
 
 def _device(net: nn.Module) -> torch.device:
     return next(net.parameters()).device
 
 
-def run_protocol(net: nn.Module, method, dm, cfg: ProtocolConfig, seed: int = 0) -> dict[str, float]:
+def save_binary_weights(net: nn.Module, path: Path) -> None:
+    """A checkpoint `binexp eval/export ... ckpt=binary_weights` rebuilds (`load_trained` freezes the same layers)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, BINARY_WEIGHTS_KEY: True}, path)
+
+
+def run_protocol(net: nn.Module, method, dm, cfg: ProtocolConfig, seed: int = 0,
+                 save_binary_weights_to: Path | None = None) -> dict[str, float]:
+    """The protocol's metrics; with Section 4.4 on, its network is also saved to `save_binary_weights_to`."""
     if not cfg.enabled or not has_step_form(net):
         return {}
     test = dm.batches("test", device=_device(net))
@@ -158,7 +194,10 @@ def run_protocol(net: nn.Module, method, dm, cfg: ProtocolConfig, seed: int = 0)
     if cfg.finetune_epochs > 0:
         out["protocol/finetuned"] = finetuned_accuracy(net, dm, cfg, seed)
     if cfg.binary_weights_epochs > 0:
-        out["protocol/binary_weights"] = binary_weights_accuracy(net, method, dm, cfg)
+        binary = binary_weights_network(net, method, dm, cfg)
+        out["protocol/binary_weights"] = accuracy(binary, dm.batches("test", device=_device(net), shard=False), step=True)
+        if save_binary_weights_to is not None:
+            save_binary_weights(binary, save_binary_weights_to)
     return out
 
 

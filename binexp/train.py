@@ -33,7 +33,7 @@ from binexp.errors import ConfigError
 from binexp.hparams import log_hparams
 from binexp.models import build_model
 from binexp.module import Classifier
-from binexp.protocol import PhaseEvaluation, ProtocolConfig, run_protocol
+from binexp.protocol import BINARY_WEIGHTS_KEY, PhaseEvaluation, ProtocolConfig, run_protocol
 from binexp.schedules import Schedule
 from binexp.size import model_size
 
@@ -262,7 +262,8 @@ def _fit_test_evaluate(cfg, run_dir, dm, method, module, callbacks, trainer, ckp
     # merged onto the schema: a resumed run's saved config is plain YAML
     protocol = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ProtocolConfig), cfg.get("protocol") or {}))
     module.to(trainer.strategy.root_device)  # Lightning hands the model back on the CPU
-    metrics.update(run_protocol(module.net, method, dm, protocol, seed=dm.seed))
+    binary_weights_ckpt = run_dir / "checkpoints" / f"{BINARY_WEIGHTS_KEY}.ckpt" if trainer.is_global_zero else None
+    metrics.update(run_protocol(module.net, method, dm, protocol, seed=dm.seed, save_binary_weights_to=binary_weights_ckpt))
     metrics.update(model_size(module.net))
     metrics.update({"trainer/epochs": float(trainer.current_epoch), "trainer/global_step": float(trainer.global_step)})
     metrics["time/wall_s"] = time.time() - started

@@ -13,6 +13,7 @@ from torch import nn
 from binexp.binarize.base import evaluating
 from binexp.builder import build
 from binexp.cli import main
+from binexp.evaluate import load_trained
 from binexp.export import artifact
 from binexp.export.artifact import ArtifactError
 from binexp.export.commands import export_run, verify_artifact
@@ -20,6 +21,7 @@ from binexp.export.lower import ExportError, integer_bounds, lower, pack_rows
 from binexp.export.popcount import _kernel, popcount_gemm
 from binexp.export.runtime import BinaryLayer, StepModel, unpack_weights
 from binexp.models import build_model
+from binexp.protocol import accuracy
 from tests.conftest import compose_train
 from tests.test_train import run
 
@@ -254,6 +256,20 @@ def test_export_and_verify_a_trained_run(tmp_path, method, capsys):
     assert result["accuracy_exported"] == result["accuracy_trained_step"]
     assert result["samples"] > 0 and sum(result["differing_activations"].values()) == 0
     assert json.loads((run_dir / "export" / "verify.json").read_text())["differing_predictions"] == 0
+
+
+def test_section_4_4_binary_weight_network_is_saved_and_exports_its_weights_as_bits(tmp_path):
+    run_dir, metrics = run(tmp_path, ["method=abr", "method.scope=all", "protocol.binary_weights_epochs=1"])
+    _, dm, module, path = load_trained(run_dir, "binary_weights")
+    assert path == run_dir / "checkpoints" / "binary_weights.ckpt"
+    layers = [m for m in module.net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert type(layers[0]) is nn.Conv2d  # the first layer keeps its float weights
+    assert all(set(m.weight.unique().tolist()) <= {-1.0, 1.0} and not m.weight.requires_grad for m in layers[1:])
+    assert accuracy(module.net, dm.batches("test"), step=True) == metrics["protocol/binary_weights"]
+    out, sizes = export_run(run_dir, "binary_weights")
+    assert sizes["binary_layers_ratio"] == pytest.approx(1 / 32, rel=0.02)
+    result = verify_artifact(out)
+    assert result["differing_predictions"] == 0 and sum(result["differing_activations"].values()) == 0
 
 
 def test_export_and_verify_from_the_command_line(tmp_path, capsys):
