@@ -12,7 +12,6 @@ from typing import Optional
 
 from binexp.errors import ConfigError
 
-
 # A schedule value under this name sets the weight decay of the optimizer's decaying parameter groups.
 WEIGHT_DECAY = "weight_decay"
 
