@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the ABR paper's Tables 1 and 2, Section 4.4 and Figures 2 / 4 left with binexp, then tabulate.
-# CIFAR-10 rows want a GPU (about 40 epochs of cifar10_quick each); MNIST rows run on a CPU in about 20 minutes.
+# cifar10_quick is small: a CIFAR-10 row (40 epochs) takes about 35 minutes on 2 CPU cores; MNIST rows about 20.
 #   BINEXP_DATA=../shared/data bash scripts/reproduce_abr.sh [mnist|cifar10|all]   (default: all)
 # Each run lands in logs/abr/<name>/; `binexp report logs/abr` prints the table next to the paper's columns
 # (protocol/phase1_regular = "1st Phase", phase1_binary = "1st Binary", regular = "2nd Phase", binary = "2nd Binary",
