@@ -140,16 +140,17 @@ class FrozenSignLinear(_FrozenSigns, nn.Linear):
 
 
 def freeze_sign_weights(net: nn.Module) -> list[nn.Parameter]:
-    """Section 4.4 in place: every plain conv / linear weight but the first layer's set to sign(W), frozen and
-    marked binary; returns the frozen weights."""
+    """Section 4.4 in place: every conv / linear weight but the first layer's set to sign(W) and frozen; plain
+    layers are also marked binary (layers of binarizing methods already are). Returns the frozen weights."""
     first = first_layer_of(net)
     frozen = []
     for m in net.modules():
-        if type(m) in (nn.Conv2d, nn.Linear) and m is not first:
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and m is not first:
             with torch.no_grad():
                 m.weight.copy_(binary_sign(m.weight))
             m.weight.requires_grad_(False)
-            m.__class__ = FrozenSignConv2d if isinstance(m, nn.Conv2d) else FrozenSignLinear
+            if type(m) in (nn.Conv2d, nn.Linear):
+                m.__class__ = FrozenSignConv2d if type(m) is nn.Conv2d else FrozenSignLinear
             frozen.append(m.weight)
     return frozen
 

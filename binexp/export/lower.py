@@ -69,7 +69,6 @@ class Value:
     bn: _BatchNorm | None = None
 
 
-
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, LEAVES) or super().is_leaf_module(m, qualname)
