@@ -47,6 +47,8 @@ class SGDConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     nesterov: bool = False
+    bias_lr_mult: float = 1.0  # conv/linear biases at lr * bias_lr_mult (Caffe's `lr_mult: 2`)
+    bias_decay: bool = False  # whether those biases take weight decay (Caffe's default: they do)
 
 
 @dataclass
@@ -57,6 +59,8 @@ class AdamConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     weight_decay: float = 0.0
+    bias_lr_mult: float = 1.0
+    bias_decay: bool = False
 
 
 @dataclass

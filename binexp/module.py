@@ -12,6 +12,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from binexp.binarize.base import Method
+from binexp.optim import BiasRule, param_groups
 
 
 class Classifier(pl.LightningModule):
@@ -23,12 +24,14 @@ class Classifier(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         lr_scheduler: Optional[dict[str, Any]] = None,
         hparams: Optional[dict[str, Any]] = None,
+        bias_rule: BiasRule = BiasRule(),
     ):
         super().__init__()
         self.net = net
         self.method = method
         self.optimizer_factory = optimizer
         self.lr_scheduler_spec = lr_scheduler
+        self.bias_rule = bias_rule
         if hparams:
             self.save_hyperparameters(hparams)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -75,13 +78,8 @@ class Classifier(pl.LightningModule):
         self.method.after_optimizer_step(self.net)
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, param in self.net.named_parameters():
-            if param.requires_grad:
-                (decay if self.method.decays(name, param) else no_decay).append(param)
-        optimizer = self.optimizer_factory(
-            params=[{"params": decay, "decays": True}, {"params": no_decay, "weight_decay": 0.0, "decays": False}]
-        )
+        lr = self.optimizer_factory.keywords["lr"]
+        optimizer = self.optimizer_factory(params=param_groups(self.net, self.method.decays, lr, self.bias_rule))
         if not self.lr_scheduler_spec:
             return optimizer
         spec = dict(self.lr_scheduler_spec)

@@ -33,6 +33,7 @@ from binexp.errors import ConfigError
 from binexp.hparams import log_hparams
 from binexp.models import build_model
 from binexp.module import Classifier
+from binexp.optim import build_optimizer
 from binexp.protocol import BINARY_WEIGHTS_KEY, PhaseEvaluation, ProtocolConfig, run_protocol
 from binexp.schedules import Schedule
 from binexp.size import model_size
@@ -71,7 +72,8 @@ def build_module(cfg: DictConfig, dm: ImageData, method: Method) -> Classifier:
         scheduler = OmegaConf.to_container(cfg.lr_scheduler, resolve=True)
         scheduler["scheduler"] = instantiate(cfg.lr_scheduler.scheduler)
     hparams = {"config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "input_norm": dm.norm.__dict__}
-    return Classifier(net, method, dm.num_classes, instantiate(cfg.optimizer), scheduler, hparams=hparams)
+    optimizer, bias_rule = build_optimizer(cfg.optimizer)
+    return Classifier(net, method, dm.num_classes, optimizer, scheduler, hparams=hparams, bias_rule=bias_rule)
 
 
 def build_callbacks(cfg: DictConfig, schedule: Schedule, method: Method, dm: ImageData) -> list[pl.Callback]:

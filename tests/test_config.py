@@ -11,6 +11,7 @@ from omegaconf.errors import ConfigAttributeError, ValidationError
 
 from binexp.builder import build
 from binexp.models import build_model
+from binexp.optim import build_optimizer
 from tests.conftest import compose_train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -47,7 +48,7 @@ def test_every_option_of_every_group_composes_and_instantiates(group):
         if group in ("dataset", "schedule"):
             assert build(cfg[group]) is not None
         elif group == "optimizer":
-            opt = build(cfg.optimizer)(params=[torch.nn.Parameter(torch.zeros(1))])
+            opt = build_optimizer(cfg.optimizer)[0](params=[torch.nn.Parameter(torch.zeros(1))])
             assert opt.param_groups[0]["lr"] == cfg.optimizer.lr
         elif group == "lr_scheduler":
             opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)

@@ -1,0 +1,83 @@
+"""The optimizer's parameter groups: what decays, and Caffe's bias multipliers."""
+
+import pytest
+import torch
+from torch import nn
+
+from binexp.optim import BiasRule, build_optimizer, param_groups
+from tests.conftest import compose_train
+
+
+def net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2, 3))
+
+
+def weights_decay(name: str, param: torch.Tensor) -> bool:
+    return param.ndim > 1
+
+
+def names(model: nn.Module, group: dict) -> list[str]:
+    ids = {id(p) for p in group["params"]}
+    return [n for n, p in model.named_parameters() if id(p) in ids]
+
+
+def test_by_default_biases_join_the_group_without_decay():
+    model = net()
+    groups = param_groups(model, weights_decay, lr=0.1)
+    assert len(groups) == 2
+    assert (names(model, groups[0]), groups[0]["decays"]) == (["0.weight", "3.weight"], True)
+    assert names(model, groups[1]) == ["0.bias", "1.weight", "1.bias", "3.bias"]
+    assert (groups[1]["weight_decay"], groups[1]["decays"]) == (0.0, False)
+
+
+def test_caffe_biases_get_their_own_learning_rate_and_decay():
+    model = net()
+    groups = param_groups(model, weights_decay, lr=0.1, bias=BiasRule(lr_mult=2.0, decay=True))
+    assert names(model, groups[1]) == ["1.weight", "1.bias"]  # batch norm stays undecayed, at the base lr
+    assert names(model, groups[2]) == ["0.bias", "3.bias"]
+    assert (groups[2]["lr"], groups[2]["decays"]) == (0.2, True) and "weight_decay" not in groups[2]
+    optimizer = torch.optim.SGD(groups, lr=0.1, weight_decay=4e-3)
+    assert [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [(0.1, 4e-3), (0.1, 0.0), (0.2, 4e-3)]
+
+
+def test_a_bias_multiplier_without_decay_keeps_the_biases_undecayed():
+    groups = param_groups(net(), weights_decay, lr=1e-3, bias=BiasRule(lr_mult=2.0))
+    assert (groups[2]["lr"], groups[2]["weight_decay"], groups[2]["decays"]) == (2e-3, 0.0, False)
+
+
+def test_frozen_parameters_are_left_out():
+    model = net()
+    model[3].bias.requires_grad_(False)
+    groups = param_groups(model, weights_decay, lr=0.1, bias=BiasRule(lr_mult=2.0))
+    assert names(model, groups[2]) == ["0.bias"]
+
+
+def test_the_bias_keys_shape_groups_and_never_reach_torch():
+    cfg = compose_train(["optimizer.bias_lr_mult=2", "optimizer.bias_decay=true", "optimizer.lr=0.5"])
+    factory, rule = build_optimizer(cfg.optimizer)
+    assert rule == BiasRule(lr_mult=2.0, decay=True)
+    assert factory.keywords["lr"] == 0.5 and "bias_lr_mult" not in factory.keywords
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_the_lr_scheduler_keeps_the_bias_multiplier(optimizer):
+    cfg = compose_train([f"optimizer={optimizer}", "optimizer.bias_lr_mult=2", "optimizer.lr=0.5"])
+    factory, rule = build_optimizer(cfg.optimizer)
+    opt = factory(params=param_groups(net(), weights_decay, 0.5, rule))
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.1)
+    opt.step()
+    scheduler.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.05, 0.05, 0.1])
+
+
+def test_the_training_module_hands_caffe_biases_to_the_optimizer(tmp_path):
+    from binexp.train import build_data, build_method, build_module
+
+    cfg = compose_train(["dataset=synthetic", "architecture=cifar_quick", "optimizer.bias_lr_mult=2",
+                         "optimizer.bias_decay=true"], run_dir=tmp_path)
+    dm = build_data(cfg)
+    module = build_module(cfg, dm, build_method(cfg))
+    optimizer = module.configure_optimizers()["optimizer"]
+    biases = [p for n, p in module.net.named_parameters() if n.endswith("bias")]
+    assert [len(g["params"]) for g in optimizer.param_groups] == [5, 0, 5] == [5, 0, len(biases)]
+    assert [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [(1e-3, 4e-3), (1e-3, 0.0), (2e-3, 4e-3)]
