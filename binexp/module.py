@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from binexp.binarize.base import Method
-from binexp.optim import BiasRule, param_groups
+from binexp.optim import PLAIN_BIASES, BiasRule, param_groups
 
 
 class Classifier(pl.LightningModule):
@@ -24,7 +24,7 @@ class Classifier(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         lr_scheduler: Optional[dict[str, Any]] = None,
         hparams: Optional[dict[str, Any]] = None,
-        bias_rule: BiasRule = BiasRule(),
+        bias_rule: BiasRule = PLAIN_BIASES,
     ):
         super().__init__()
         self.net = net

@@ -30,6 +30,9 @@ class BiasRule:
         return self.lr_mult == 1.0 and not self.decay
 
 
+PLAIN_BIASES = BiasRule()  # biases at the base lr, without weight decay
+
+
 def build_optimizer(node: DictConfig) -> tuple[Callable[..., torch.optim.Optimizer], BiasRule]:
     """The optimizer factory (a partial taking `params`) and the bias rule from an `optimizer` config node."""
     factory = build(node, drop=GROUP_KEYS)
@@ -37,7 +40,7 @@ def build_optimizer(node: DictConfig) -> tuple[Callable[..., torch.optim.Optimiz
 
 
 def param_groups(net: nn.Module, decays: Callable[[str, torch.Tensor], bool], lr: float,
-                 bias: BiasRule = BiasRule()) -> list[dict[str, Any]]:
+                 bias: BiasRule = PLAIN_BIASES) -> list[dict[str, Any]]:
     """The trainable parameters in groups flagged `decays` (the ScheduleCallback changes the weight decay of
     those only): weights that decay, then those that do not (slopes, BN, biases), then, only when `bias` asks
     for something else, the conv and linear biases at `lr * bias.lr_mult`."""
