@@ -125,32 +125,53 @@ def finetuned_accuracy(net: nn.Module, dm, cfg: ProtocolConfig, seed: int = 0) -
 
 class _FrozenSigns(BinaryWeights):
     """A plain layer whose weights were set to exactly +-1 and frozen (Section 4.4): signs() is the weight itself,
-    so size tables count it at 1 bit per weight and export packs it like any binary layer."""
+    so size tables count it at 1 bit per weight and export packs it like any binary layer.
+
+    `sign_scale` (frozen) is the mean |W| the signs replaced: a unit computes sign(W).x * scale + b, which a step
+    function thresholds exactly where it thresholds sign(W).x + b/scale, so in step mode it is the paper's +-1
+    layer with the bias rescaled. Without it the signs multiply every pre-activation by about 1/mean|W| (100x for
+    cifar10_quick) and the biases, slopes and later layers no longer fit the network they were trained in."""
+
+    sign_scale: torch.Tensor
 
     def signs(self) -> torch.Tensor:
         return self.weight
 
+    def output_scale(self) -> torch.Tensor:
+        return self.sign_scale
+
 
 class FrozenSignConv2d(_FrozenSigns, nn.Conv2d):
-    pass
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.finish(self._conv_forward(x, self.weight, None))
 
 
 class FrozenSignLinear(_FrozenSigns, nn.Linear):
-    pass
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.finish(F.linear(x, self.weight))
+
+
+def sign_scale(weight: torch.Tensor, per_unit: bool) -> torch.Tensor:
+    """The least-squares scale of sign(W): mean |W| per output unit, or one for the layer (a classifier's units
+    are compared with each other, so one scale keeps its argmax that of +-1 weights)."""
+    magnitude = weight.detach().abs()
+    return magnitude.flatten(1).mean(1) if per_unit else magnitude.mean()
 
 
 def freeze_sign_weights(net: nn.Module) -> list[nn.Parameter]:
     """Section 4.4 in place: every conv / linear weight but the first layer's set to sign(W) and frozen; plain
-    layers are also marked binary (layers of binarizing methods already are). Returns the frozen weights."""
-    first = first_layer_of(net)
+    layers are also marked binary (layers of binarizing methods already are, and keep their own scale), with
+    their mean |W| as a frozen output scale. Returns the frozen weights."""
+    first, classifier = first_layer_of(net), classifier_of(net)
     frozen = []
     for m in net.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)) and m is not first:
+            if type(m) in (nn.Conv2d, nn.Linear):
+                m.register_buffer("sign_scale", sign_scale(m.weight, per_unit=m is not classifier))
+                m.__class__ = FrozenSignConv2d if type(m) is nn.Conv2d else FrozenSignLinear
             with torch.no_grad():
                 m.weight.copy_(binary_sign(m.weight))
             m.weight.requires_grad_(False)
-            if type(m) in (nn.Conv2d, nn.Linear):
-                m.__class__ = FrozenSignConv2d if type(m) is nn.Conv2d else FrozenSignLinear
             frozen.append(m.weight)
     return frozen
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from binexp.binarize.abr import ABR, BoundedRectifier, rectifiers
 from binexp.binarize.base import step_mode
@@ -15,6 +17,7 @@ from binexp.builder import build
 from binexp.callbacks.binarization import TrainingCollapsed, clear_units, firing_matrix, measure
 from binexp.errors import ConfigError
 from binexp.models import build_model
+from binexp.protocol import FrozenSignConv2d, FrozenSignLinear, freeze_sign_weights
 from binexp.schedules import Progress, TwoPhase
 from binexp.train import train
 from tests.conftest import SMOKE, compose_train
@@ -245,3 +248,44 @@ def test_fp_baseline_reports_the_same_protocol(tmp_path):
     metrics = train(compose_train(SMOKE + ["method.scope=last"], run_dir=run_dir))
     assert {"protocol/regular", "protocol/binary", "protocol/finetuned"} <= set(metrics)
     assert "protocol/phase1_regular" not in metrics and not (run_dir / "binarization.csv").exists()
+
+
+def section_4_4_net() -> nn.Module:
+    """conv1 (float) -> ABR -> conv2 whose units have weights of +-0.5 and +-0.25 -> ABR -> classifier of +-0.1."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), BoundedRectifier("a1", 2), nn.Conv2d(2, 2, 3), BoundedRectifier("a2", 2),
+                        nn.Flatten(), nn.Linear(2, 3))
+    with torch.no_grad():
+        conv2, head = net[2], net[5]
+        conv2.weight.copy_(torch.sign(torch.randn_like(conv2.weight)) * torch.tensor([0.5, 0.25]).view(2, 1, 1, 1))
+        head.weight.copy_(torch.sign(torch.randn_like(head.weight)) * 0.1)
+    return net
+
+
+def test_section_4_4_signs_keep_each_units_function_through_its_scale():
+    net = section_4_4_net()
+    x = torch.randn(8, 1, 5, 5)
+    before = net(x)
+    frozen = freeze_sign_weights(net)
+    conv2, head = net[2], net[5]
+    assert isinstance(conv2, FrozenSignConv2d) and isinstance(head, FrozenSignLinear) and type(net[0]) is nn.Conv2d
+    assert [w is m.weight for w, m in zip(frozen, (conv2, head))] == [True, True]
+    assert conv2.sign_scale.tolist() == [0.5, 0.25]  # mean |W| per output channel
+    assert head.sign_scale.dim() == 0 and head.sign_scale.item() == pytest.approx(0.1)  # one for the classifier
+    assert set(conv2.weight.unique().tolist()) == {-1.0, 1.0} and not conv2.weight.requires_grad
+    torch.testing.assert_close(net(x), before)  # weights that were +-scale already: the same network
+
+
+def test_section_4_4_scale_in_step_mode_is_a_rescaled_bias():
+    net = section_4_4_net()
+    freeze_sign_weights(net)
+    conv2 = net[2]
+    x = torch.rand(16, 2, 3, 3)
+    with torch.no_grad():
+        unscaled = F.conv2d(x, conv2.weight, conv2.bias / conv2.sign_scale)
+        assert torch.equal(step_of(net[3], conv2(x)), step_of(net[3], unscaled))
+
+
+def step_of(abr: BoundedRectifier, y: torch.Tensor) -> torch.Tensor:
+    with step_mode(abr):
+        return abr(y)
