@@ -16,7 +16,7 @@ CONFIG_PATH = "pkg://binexp.conf"
 
 TASKS = {
     "train": "train a model: binexp train [group=option] [key=value] (-m for sweeps, --help for groups)",
-    "eval": "evaluate a run's checkpoint on the test set: binexp eval run=<run dir> [ckpt=last|best|<path>]",
+    "eval": "evaluate a run's checkpoint on the test set: binexp eval run=<run dir> [ckpt=last|best|<path>] [protocol=true]",
     "report": "tabulate and plot runs or sweeps: binexp report <run or multirun dir ...> [--out DIR]",
     "export": "write a run's step-function model, bit-packed: binexp export <run dir> [ckpt=last|best|<path>] [out=<file>]",
     "verify": "check an export against the trained network on the test set: binexp verify <file> [dataset.root=...]",

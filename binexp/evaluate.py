@@ -1,14 +1,17 @@
 """`binexp eval run=<run dir> [ckpt=last|best|<path>]`: test a run's checkpoint on its dataset's test set.
 
 The network is rebuilt from the run's own saved config, so it is evaluated exactly as it was trained;
-layers with a step-function form are also evaluated in step mode (`test/acc_step`).
+layers with a step-function form are also evaluated in step mode (`test/acc_step`). `protocol=true` also runs
+the evaluation protocol (regular / binary / finetuned / Section 4.4) on that checkpoint, e.g. after the protocol
+changed or with other settings; `'run_overrides=["method.scope=all"]'` changes the run's config first (Table 2's
+baseline protocol on Table 1's baseline checkpoint).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -17,7 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from binexp.binarize.base import step_mode
 from binexp.errors import ConfigError
-from binexp.protocol import BINARY_WEIGHTS_KEY, freeze_sign_weights, has_step_form
+from binexp.protocol import (
+    BINARY_WEIGHTS_KEY,
+    ProtocolConfig,
+    freeze_sign_weights,
+    has_step_form,
+    run_protocol,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +36,8 @@ class EvalConfig:
     run: str = "???"
     ckpt: str = "last"
     accelerator: str = "auto"
+    protocol: bool = False  # also run the evaluation protocol (its Section 4.4 network replaces the run's)
+    run_overrides: list[str] = field(default_factory=list)  # dotted key=value changes to the run's config
 
 
 def load_run_config(run_dir: Path) -> DictConfig:
@@ -82,7 +93,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from binexp.train import print_summary, scalar_metrics
 
     run_dir = Path(cfg.run)
-    _, dm, module, ckpt = load_trained(run_dir, cfg.ckpt)
+    if cfg.protocol and cfg.ckpt == BINARY_WEIGHTS_KEY:
+        raise ConfigError(f"protocol=true with ckpt={BINARY_WEIGHTS_KEY}: the protocol starts from a trained run's "
+                          f"checkpoint (allowed: last, best, or a checkpoint path)")
+    run_cfg, dm, module, ckpt = load_trained(run_dir, cfg.ckpt, list(cfg.run_overrides))
     trainer = pl.Trainer(
         accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
@@ -92,7 +106,18 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         with step_mode(module.net):
             stepped = scalar_metrics(trainer.test(module, datamodule=dm, verbose=False)[0])
         metrics.update({f"{k}_step": v for k, v in stepped.items()})
+    if cfg.protocol:
+        metrics.update(protocol_metrics(run_cfg, dm, module, run_dir, cfg.accelerator))
     out = run_dir / f"eval-{ckpt.stem}.json"
     out.write_text(json.dumps({"checkpoint": str(ckpt), **metrics}, indent=2) + "\n")
     print_summary(run_dir, metrics)
     return metrics
+
+
+def protocol_metrics(run_cfg: DictConfig, dm, module, run_dir: Path, accelerator: str) -> dict[str, float]:
+    from binexp.train import build_method
+
+    protocol = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ProtocolConfig), run_cfg.get("protocol") or {}))
+    device = torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
+    return run_protocol(module.net.to(device), build_method(run_cfg), dm, protocol, seed=dm.seed,
+                        save_binary_weights_to=run_dir / "checkpoints" / f"{BINARY_WEIGHTS_KEY}.ckpt")

@@ -10,7 +10,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from binexp.errors import ConfigError, NonFiniteLossError, RunInterrupted
-from binexp.evaluate import evaluate
+from binexp.evaluate import EvalConfig, evaluate, load_trained
+from binexp.protocol import accuracy
 from binexp.train import train
 from tests.conftest import SMOKE, compose_train
 
@@ -107,14 +108,33 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     assert not (run_dir / "metrics.json").exists()
 
 
-def test_eval_reproduces_the_runs_test_accuracy(tmp_path):
-    run_dir, metrics = run(tmp_path, [])
+def eval_config(**values):
     from omegaconf import OmegaConf
 
-    result = evaluate(OmegaConf.create({"run": str(run_dir), "ckpt": "last", "accelerator": "cpu"}))
+    return OmegaConf.merge(OmegaConf.structured(EvalConfig), values)
+
+
+def test_eval_reproduces_the_runs_test_accuracy(tmp_path):
+    run_dir, metrics = run(tmp_path, [])
+    result = evaluate(eval_config(run=str(run_dir), accelerator="cpu"))
     assert result["test/acc"] == metrics["test/acc"]
     assert result["test/acc_step"] >= 0.0  # fp has a thresholded-ReLU step form
     assert (run_dir / "eval-last.json").exists()
+
+
+def test_eval_reruns_the_protocol_on_a_checkpoint(tmp_path):
+    run_dir, metrics = run(tmp_path, ["method=abr", "protocol.binary_weights_epochs=1"])
+    (run_dir / "checkpoints" / "binary_weights.ckpt").unlink()
+    args = {"run": str(run_dir), "accelerator": "cpu", "protocol": True}
+    result = evaluate(eval_config(**args))
+    keys = ["protocol/regular", "protocol/binary", "protocol/finetuned", "protocol/binary_weights"]
+    assert [result[k] for k in keys] == [metrics[k] for k in keys]
+    _, dm, module, _ = load_trained(run_dir, "binary_weights")  # saved again
+    assert accuracy(module.net, dm.batches("test"), step=True) == result["protocol/binary_weights"]
+    short = evaluate(eval_config(**args, run_overrides=["protocol.finetune_epochs=0"]))
+    assert "protocol/finetuned" not in short and short["protocol/binary"] == metrics["protocol/binary"]
+    with pytest.raises(ConfigError, match="protocol=true with ckpt=binary_weights: the protocol starts from"):
+        evaluate(eval_config(**args, ckpt="binary_weights"))
 
 
 def test_no_validation_split_trains_on_everything_and_keeps_last_checkpoint(tmp_path):
