@@ -63,6 +63,9 @@ def test_architectures_bring_their_reference_recipe():
     quick = compose_train(["dataset=cifar10", "architecture=cifar_quick"])
     assert (quick.optimizer.lr, quick.optimizer.weight_decay, quick.dataset.batch_size) == (1e-3, 4e-3, 100)
     assert (quick.trainer.max_epochs, str(quick.dataset.normalize.value)) == (10, "caffe")
+    assert (quick.dataset.val_size, str(quick.architecture.init.value)) == (0, "torch")
+    abr = compose_train(["experiment=abr_table2_cifar10"])
+    assert (abr.dataset.val_size, str(abr.architecture.init.value), abr.dataset.batch_size) == (0, "xavier", 100)
     vgg = compose_train(["dataset=cifar10", "architecture=vgg_small"])
     assert vgg.optimizer._target_ == "torch.optim.Adam" and vgg.dataset.augment.crop_padding == 4
 
