@@ -22,9 +22,10 @@ from binexp.binarize.base import step_mode
 from binexp.errors import ConfigError
 from binexp.protocol import (
     BINARY_WEIGHTS_KEY,
-    ProtocolConfig,
+    binary_weights_path,
     freeze_sign_weights,
     has_step_form,
+    protocol_config,
     run_protocol,
 )
 
@@ -57,7 +58,7 @@ def find_checkpoint(run_dir: Path, which: str) -> Path:
     if which == "last":
         path = ckpt_dir / "last.ckpt"
     elif which == BINARY_WEIGHTS_KEY:
-        path = ckpt_dir / f"{BINARY_WEIGHTS_KEY}.ckpt"
+        path = binary_weights_path(run_dir)
     elif which == "best":
         best = sorted(ckpt_dir.glob("best-*.ckpt"))
         path = best[-1] if best else ckpt_dir / "best-*.ckpt"
@@ -117,7 +118,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 def protocol_metrics(run_cfg: DictConfig, dm, module, run_dir: Path, accelerator: str) -> dict[str, float]:
     from binexp.train import build_method
 
-    protocol = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ProtocolConfig), run_cfg.get("protocol") or {}))
     device = torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
-    return run_protocol(module.net.to(device), build_method(run_cfg), dm, protocol, seed=dm.seed,
-                        save_binary_weights_to=run_dir / "checkpoints" / f"{BINARY_WEIGHTS_KEY}.ckpt")
+    return run_protocol(module.net.to(device), build_method(run_cfg), dm, protocol_config(run_cfg), seed=dm.seed,
+                        save_binary_weights_to=binary_weights_path(run_dir))

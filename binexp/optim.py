@@ -34,7 +34,8 @@ PLAIN_BIASES = BiasRule()  # biases at the base lr, without weight decay
 
 
 def build_optimizer(node: DictConfig) -> tuple[Callable[..., torch.optim.Optimizer], BiasRule]:
-    """The optimizer factory (a partial taking `params`) and the bias rule from an `optimizer` config node."""
+    """The optimizer factory (a partial taking `params`) and the bias rule from an `optimizer` config node (a run
+    saved before the bias keys existed has none: `binexp eval` rebuilds it with plain biases)."""
     factory = build(node, drop=GROUP_KEYS)
     return factory, BiasRule(float(node.get("bias_lr_mult", 1.0)), bool(node.get("bias_decay", False)))
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from binexp.binarize.base import BinaryWeights, evaluating
@@ -43,6 +44,15 @@ class ProtocolConfig:
     finetune_lr: float = 1e-3  # Adam
     binary_weights_epochs: int = 0  # Section 4.4: > 0 runs it (bias and slopes finetuned this many epochs)
     binary_weights_lr: float = 1e-3  # Adam
+
+
+def protocol_config(run_cfg: DictConfig) -> ProtocolConfig:
+    """A run's protocol settings, merged onto the schema: a saved run config is plain YAML and may predate keys."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ProtocolConfig), run_cfg.get("protocol") or {}))
+
+
+def binary_weights_path(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / f"{BINARY_WEIGHTS_KEY}.ckpt"
 
 
 def has_step_form(net: nn.Module) -> bool:

@@ -34,7 +34,7 @@ from binexp.hparams import log_hparams
 from binexp.models import build_model
 from binexp.module import Classifier
 from binexp.optim import build_optimizer
-from binexp.protocol import BINARY_WEIGHTS_KEY, PhaseEvaluation, ProtocolConfig, run_protocol
+from binexp.protocol import PhaseEvaluation, binary_weights_path, protocol_config, run_protocol
 from binexp.schedules import Schedule
 from binexp.size import model_size
 
@@ -261,10 +261,9 @@ def _fit_test_evaluate(cfg, run_dir, dm, method, module, callbacks, trainer, ckp
     for cb in callbacks:
         if isinstance(cb, PhaseEvaluation):
             metrics.update(cb.results)
-    # merged onto the schema: a resumed run's saved config is plain YAML
-    protocol = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ProtocolConfig), cfg.get("protocol") or {}))
+    protocol = protocol_config(cfg)
     module.to(trainer.strategy.root_device)  # Lightning hands the model back on the CPU
-    binary_weights_ckpt = run_dir / "checkpoints" / f"{BINARY_WEIGHTS_KEY}.ckpt" if trainer.is_global_zero else None
+    binary_weights_ckpt = binary_weights_path(run_dir) if trainer.is_global_zero else None
     metrics.update(run_protocol(module.net, method, dm, protocol, seed=dm.seed, save_binary_weights_to=binary_weights_ckpt))
     metrics.update(model_size(module.net))
     metrics.update({"trainer/epochs": float(trainer.current_epoch), "trainer/global_step": float(trainer.global_step)})
