@@ -50,6 +50,7 @@ def plot_binarization(runs, out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     written = []
     for run in runs:
@@ -64,6 +65,7 @@ def plot_binarization(runs, out: Path) -> list[Path]:
         for key, label in THRESHOLDS:
             ax.plot(curves[last_layer]["step"], [100 * v for v in curves[last_layer][key]], label=f"binary {label} of the time")
         ax.set(xlabel="training step", ylabel="% of units", ylim=(0, 101), title=f"{run.name}: {last_layer}")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))  # more 5-digit step labels overlap at this width
         ax.legend(loc="lower right")
         written.append(save_figure(fig, out / f"{run.name}-binarization.png"))
 
@@ -71,6 +73,7 @@ def plot_binarization(runs, out: Path) -> list[Path]:
         for layer, values in curves.items():
             ax.plot(values["step"], [100 * v for v in values["binary99"]], label=layer)
         ax.set(xlabel="training step", ylabel="% of units binary 99% of the time", ylim=(0, 101), title=run.name)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         ax.legend(loc="lower right")
         written.append(save_figure(fig, out / f"{run.name}-binarization-layers.png"))
     return written
