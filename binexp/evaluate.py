@@ -108,16 +108,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             stepped = scalar_metrics(trainer.test(module, datamodule=dm, verbose=False)[0])
         metrics.update({f"{k}_step": v for k, v in stepped.items()})
     if cfg.protocol:
-        metrics.update(protocol_metrics(run_cfg, dm, module, run_dir, cfg.accelerator))
+        module.to(trainer.strategy.root_device)  # Lightning hands the model back on the CPU
+        metrics.update(protocol_metrics(run_cfg, dm, module, run_dir))
     out = run_dir / f"eval-{ckpt.stem}.json"
     out.write_text(json.dumps({"checkpoint": str(ckpt), **metrics}, indent=2) + "\n")
     print_summary(run_dir, metrics)
     return metrics
 
 
-def protocol_metrics(run_cfg: DictConfig, dm, module, run_dir: Path, accelerator: str) -> dict[str, float]:
+def protocol_metrics(run_cfg: DictConfig, dm, module, run_dir: Path) -> dict[str, float]:
     from binexp.train import build_method
 
-    device = torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
-    return run_protocol(module.net.to(device), build_method(run_cfg), dm, protocol_config(run_cfg), seed=dm.seed,
+    return run_protocol(module.net, build_method(run_cfg), dm, protocol_config(run_cfg), seed=dm.seed,
                         save_binary_weights_to=binary_weights_path(run_dir))
