@@ -37,6 +37,12 @@ class Classifier(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self._loss_in_bar = True
+
+    def on_fit_start(self) -> None:
+        # Lightning turns a progress-bar metric into a Python number every step, which waits for the GPU;
+        # with no bar on screen (batch jobs, benchmarks) the step loss stays on the device.
+        self._loss_in_bar = self.trainer.progress_bar_callback is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -51,8 +57,8 @@ class Classifier(pl.LightningModule):
         x, y = batch
         logits = self.net(x)
         loss = F.cross_entropy(logits, y)
-        self.train_acc(logits, y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.train_acc.update(logits, y)  # update only: the per-batch value (forward) is never read
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=self._loss_in_bar)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         extra = self.method.regularization(self.net)
         if extra is not None:
@@ -63,7 +69,7 @@ class Classifier(pl.LightningModule):
     def _evaluate(self, batch, stage: str, metric: MulticlassAccuracy) -> None:
         x, y = batch
         logits = self.net(x)
-        metric(logits, y)
+        metric.update(logits, y)
         self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True)
         self.log(f"{stage}/acc", metric, on_epoch=True, prog_bar=True)
 

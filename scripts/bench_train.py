@@ -123,7 +123,7 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
     rows = []
     for arch in args.arch:
-        cfg = compose_cfg(arch, args.batch, args.dataset, args.batch * 40, args.data_root)
+        cfg = compose_cfg(arch, args.batch, args.dataset, max(args.batch * 40, 2048), args.data_root)
         plain = plain_loop(cfg, device, args.steps, args.warmup, args.precision)
         lightning = lightning_loop(cfg, device, args.steps, args.warmup, args.precision)
         rows.append({

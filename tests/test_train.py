@@ -142,3 +142,20 @@ def test_no_validation_split_trains_on_everything_and_keeps_last_checkpoint(tmp_
     assert "val/acc" not in metrics and "test/acc" in metrics
     assert metrics["trainer/global_step"] == 8
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
+
+
+@pytest.mark.parametrize("bar", [False, True])
+def test_step_loss_is_read_back_for_the_progress_bar_only_when_a_bar_is_shown(tmp_path, bar):
+    # Lightning reads every progress-bar metric back as a Python number each step, a GPU sync
+    import pytorch_lightning as pl
+
+    from binexp.train import build_data, build_method, build_module
+
+    cfg = compose_train(SMOKE, run_dir=tmp_path)
+    dm = build_data(cfg)
+    module = build_module(cfg, dm, build_method(cfg))
+    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=bar, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, datamodule=dm)
+    assert ("train/loss_step" in trainer.progress_bar_metrics) is bar
+    assert "train/loss_step" in trainer.callback_metrics

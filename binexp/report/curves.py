@@ -14,6 +14,19 @@ from pathlib import Path
 from binexp.callbacks.binarization import CSV_NAME
 
 THRESHOLDS = (("binary90", "90%"), ("binary99", "99%"), ("binary999", "99.9%"))
+SBN_THRESHOLDS = {"binary90": "0.9", "binary99": "0.99", "binary999": "0.999"}
+
+
+def curve_labels(curves: dict[str, dict[str, list[float]]]) -> tuple[dict[str, str], str, str]:
+    """(legend label per threshold column, y label of the last-layer figure, y label of the per-layer figure).
+
+    ABR's rows count units binary a share of the time; SBN's rows (they carry `mean_abs`) count weight or
+    activation values with |tanh| above a threshold, so the same columns need other words."""
+    if curves and "mean_abs" in next(iter(curves.values())):
+        return ({key: f"|value| > {t}" for key, t in SBN_THRESHOLDS.items()}, "% of values",
+                "% of values with |value| > 0.99")
+    return ({key: f"binary {share} of the time" for key, share in THRESHOLDS}, "% of units",
+            "% of units binary 99% of the time")
 
 
 def read_curves(path: Path) -> dict[str, dict[str, list[float]]]:
@@ -61,10 +74,11 @@ def plot_binarization(runs, out: Path) -> list[Path]:
         if not curves:
             continue
         last_layer = list(curves)[-1]
+        legend, ylabel, layers_ylabel = curve_labels(curves)
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for key, label in THRESHOLDS:
-            ax.plot(curves[last_layer]["step"], [100 * v for v in curves[last_layer][key]], label=f"binary {label} of the time")
-        ax.set(xlabel="training step", ylabel="% of units", ylim=(0, 101), title=f"{run.name}: {last_layer}")
+        for key, _ in THRESHOLDS:
+            ax.plot(curves[last_layer]["step"], [100 * v for v in curves[last_layer][key]], label=legend[key])
+        ax.set(xlabel="training step", ylabel=ylabel, ylim=(0, 101), title=f"{run.name}: {last_layer}")
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))  # more 5-digit step labels overlap at this width
         ax.legend(loc="lower right")
         written.append(save_figure(fig, out / f"{run.name}-binarization.png"))
@@ -72,7 +86,7 @@ def plot_binarization(runs, out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for layer, values in curves.items():
             ax.plot(values["step"], [100 * v for v in values["binary99"]], label=layer)
-        ax.set(xlabel="training step", ylabel="% of units binary 99% of the time", ylim=(0, 101), title=run.name)
+        ax.set(xlabel="training step", ylabel=layers_ylabel, ylim=(0, 101), title=run.name)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         ax.legend(loc="lower right")
         written.append(save_figure(fig, out / f"{run.name}-binarization-layers.png"))
