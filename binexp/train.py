@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 
@@ -63,12 +64,29 @@ def build_schedule(cfg: DictConfig, method: Method) -> Schedule:
     return schedule
 
 
+def check_scheduler_keys(node: DictConfig) -> None:
+    """Name an `lr_scheduler.scheduler` key its class does not take (left behind, e.g., by an experiment that set
+    one for another scheduler) before Lightning meets it as a TypeError."""
+    target = get_object(node._target_)
+    params = inspect.signature(target).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [key for key in node if not str(key).startswith("_") and key not in params]
+    if unknown:
+        allowed = [name for name in params if name not in ("self", "optimizer")]
+        raise ConfigError(
+            f"lr_scheduler.scheduler.{unknown[0]} is not a parameter of {node._target_} (it takes {allowed}); "
+            f"if an experiment set it for another scheduler, delete it with '~lr_scheduler.scheduler.{unknown[0]}'"
+        )
+
+
 def build_module(cfg: DictConfig, dm: ImageData, method: Method) -> Classifier:
     net = build_model(cfg.architecture, method, dm.image_shape, dm.num_classes)
     if cfg.get("channels_last", False):
         net = net.to(memory_format=torch.channels_last)
     scheduler = None
     if cfg.get("lr_scheduler"):
+        check_scheduler_keys(cfg.lr_scheduler.scheduler)
         scheduler = OmegaConf.to_container(cfg.lr_scheduler, resolve=True)
         scheduler["scheduler"] = instantiate(cfg.lr_scheduler.scheduler)
     hparams = {"config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "input_norm": dm.norm.__dict__}

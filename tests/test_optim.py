@@ -81,3 +81,23 @@ def test_the_training_module_hands_caffe_biases_to_the_optimizer(tmp_path):
     biases = [p for n, p in module.net.named_parameters() if n.endswith("bias")]
     assert [len(g["params"]) for g in optimizer.param_groups] == [5, 0, 5] == [5, 0, len(biases)]
     assert [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [(1e-3, 4e-3), (1e-3, 0.0), (2e-3, 4e-3)]
+
+
+@pytest.mark.parametrize("name", ["caffe_inv", "cosine", "exponential", "multistep"])
+def test_every_lr_scheduler_config_takes_only_its_class_parameters(name):
+    from binexp.train import check_scheduler_keys
+
+    check_scheduler_keys(compose_train([f"lr_scheduler={name}"]).lr_scheduler.scheduler)
+
+
+def test_a_scheduler_key_left_by_an_experiment_is_named_with_the_way_to_delete_it():
+    from binexp.errors import ConfigError
+    from binexp.train import check_scheduler_keys
+
+    cfg = compose_train(["experiment=abr_table1_mnist", "lr_scheduler=caffe_inv"])  # the experiment sets `at`
+    with pytest.raises(ConfigError, match=r"lr_scheduler\.scheduler\.at is not a parameter of binexp\.optim\.CaffeInvLR "
+                                          r"\(it takes \['gamma', 'power', 'last_epoch'\]\).*'~lr_scheduler\.scheduler\.at'"):
+        check_scheduler_keys(cfg.lr_scheduler.scheduler)
+    deleted = compose_train(["experiment=abr_table1_mnist", "lr_scheduler=caffe_inv", "~lr_scheduler.scheduler.at"])
+    check_scheduler_keys(deleted.lr_scheduler.scheduler)
+    assert "at" not in deleted.lr_scheduler.scheduler
