@@ -7,6 +7,7 @@ It reports images/s of each and the ratio of step times (goal: <= 1.10).
 
     python scripts/bench_train.py --arch cifar_quick vgg_small --batch 256 --steps 300 --precision bf16
     python scripts/bench_train.py --arch cifar_quick --steps 20 --device cpu --precision 32   # a quick check
+    python scripts/bench_train.py --arch vgg_small --find-syncs   # (GPU) also list where the loop waits for the GPU
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import traceback
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -90,7 +93,40 @@ class StepTimer(pl.Callback):
         self.end = time.perf_counter()
 
 
-def lightning_loop(cfg, device: torch.device, steps: int, warmup: int, precision: str) -> float:
+class SyncWatch(pl.Callback):
+    """From the step after `warmup` on, torch warns at every operation that makes the host wait for the GPU."""
+
+    def __init__(self, warmup: int):
+        self.warmup = warmup
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.warmup + 1:  # one step after StepTimer's own synchronize
+            torch.cuda.set_sync_debug_mode("warn")
+
+    def on_train_end(self, trainer, pl_module):
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def find_syncs(cfg, device: torch.device, steps: int, warmup: int, precision: str) -> list[str]:
+    """Where the Lightning loop waits for the GPU: each distinct call stack of a synchronizing operation, with the
+    number of times it ran in `steps` steps. A step that waits cannot overlap its Python work with the GPU's."""
+    stacks: dict[str, int] = {}
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" in str(message):
+            frames = [f for f in traceback.extract_stack(limit=24)[:-1] if not f.filename.endswith("warnings.py")]
+            stack = "".join(traceback.format_list(frames[-14:]))
+            stacks[stack] = stacks.get(stack, 0) + 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        lightning_loop(cfg, device, steps, warmup, precision, [SyncWatch(warmup)])
+    return [f"{n} times in {steps - 1} steps:\n{stack}" for stack, n in sorted(stacks.items(), key=lambda kv: -kv[1])]
+
+
+def lightning_loop(cfg, device: torch.device, steps: int, warmup: int, precision: str,
+                   extra_callbacks: list[pl.Callback] = ()) -> float:
     from binexp.callbacks.guards import FiniteLossGuard, GracefulStop
 
     dm = build_data(cfg)
@@ -100,7 +136,7 @@ def lightning_loop(cfg, device: torch.device, steps: int, warmup: int, precision
         accelerator=device.type, devices=1, max_steps=steps + warmup, max_epochs=-1,
         precision="bf16-mixed" if precision == "bf16" else "32-true", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-        callbacks=[timer, FiniteLossGuard(), GracefulStop()], log_every_n_steps=50, use_distributed_sampler=False,
+        callbacks=[timer, *extra_callbacks, FiniteLossGuard(), GracefulStop()], log_every_n_steps=50, use_distributed_sampler=False,
     )
     trainer.fit(module, datamodule=dm)
     return (timer.end - timer.start) / steps
@@ -117,6 +153,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="synthetic", choices=["synthetic", "cifar10"])
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--find-syncs", action="store_true",
+                        help="(GPU) after timing, list the call stacks where the Lightning loop waits for the GPU")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -138,6 +176,12 @@ def main() -> None:
               f"{r['plain_img_s']:12.0f} {r['lightning_img_s']:16.0f}")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+    if args.find_syncs and device.type == "cuda":
+        for arch in args.arch:
+            syncs = find_syncs(compose_cfg(arch, args.batch, args.dataset, max(args.batch * 40, 2048), args.data_root),
+                               device, 20, args.warmup, args.precision)
+            print(f"\n{arch}: {len(syncs)} places where the Lightning loop waits for the GPU")
+            print("\n".join(syncs))
 
 
 if __name__ == "__main__":
