@@ -159,9 +159,10 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    cfgs = {arch: compose_cfg(arch, args.batch, args.dataset, max(args.batch * 40, 2048), args.data_root)
+            for arch in args.arch}
     rows = []
-    for arch in args.arch:
-        cfg = compose_cfg(arch, args.batch, args.dataset, max(args.batch * 40, 2048), args.data_root)
+    for arch, cfg in cfgs.items():
         plain = plain_loop(cfg, device, args.steps, args.warmup, args.precision)
         lightning = lightning_loop(cfg, device, args.steps, args.warmup, args.precision)
         rows.append({
@@ -177,9 +178,8 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
     if args.find_syncs and device.type == "cuda":
-        for arch in args.arch:
-            syncs = find_syncs(compose_cfg(arch, args.batch, args.dataset, max(args.batch * 40, 2048), args.data_root),
-                               device, 20, args.warmup, args.precision)
+        for arch, cfg in cfgs.items():
+            syncs = find_syncs(cfg, device, 20, args.warmup, args.precision)
             print(f"\n{arch}: {len(syncs)} places where the Lightning loop waits for the GPU")
             print("\n".join(syncs))
 

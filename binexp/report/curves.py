@@ -11,10 +11,10 @@ import csv
 from collections import defaultdict
 from pathlib import Path
 
+from binexp.binarize.sbn import THRESHOLDS as SBN_THRESHOLDS
 from binexp.callbacks.binarization import CSV_NAME
 
 THRESHOLDS = (("binary90", "90%"), ("binary99", "99%"), ("binary999", "99.9%"))
-SBN_THRESHOLDS = {"binary90": "0.9", "binary99": "0.99", "binary999": "0.999"}
 
 
 def curve_labels(curves: dict[str, dict[str, list[float]]]) -> tuple[dict[str, str], str, str]:
@@ -23,8 +23,8 @@ def curve_labels(curves: dict[str, dict[str, list[float]]]) -> tuple[dict[str, s
     ABR's rows count units binary a share of the time; SBN's rows (they carry `mean_abs`) count weight or
     activation values with |tanh| above a threshold, so the same columns need other words."""
     if curves and "mean_abs" in next(iter(curves.values())):
-        return ({key: f"|value| > {t}" for key, t in SBN_THRESHOLDS.items()}, "% of values",
-                "% of values with |value| > 0.99")
+        return ({key: f"|value| > {t:g}" for key, t in SBN_THRESHOLDS.items()}, "% of values",
+                f"% of values with |value| > {SBN_THRESHOLDS['binary99']:g}")
     return ({key: f"binary {share} of the time" for key, share in THRESHOLDS}, "% of units",
             "% of units binary 99% of the time")
 
