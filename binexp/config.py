@@ -105,6 +105,13 @@ class TrainerConfig:
 
 
 @dataclass
+class PaperConfig:
+    """The published numbers an experiment reproduces; `binexp report` sets each run's results beside them."""
+    source: str = MISSING  # where the numbers are printed, e.g. "SBN Table 1, CIFAR-10"
+    metrics: dict[str, float] = field(default_factory=dict)  # metrics.json key -> the paper's value in %
+
+
+@dataclass
 class TrainConfig:
     dataset: Any = MISSING
     architecture: Any = MISSING
@@ -125,6 +132,7 @@ class TrainConfig:
     existing_run: str = "continue"
     run_dir: str = "${hydra:runtime.output_dir}"
     channels_last: bool = False
+    paper: Optional[PaperConfig] = None
 
 
 SCHEMAS: dict[str, dict[str, type]] = {

@@ -5,7 +5,8 @@
 #   BINEXP_DATA=../shared/data bash scripts/reproduce_sbn.sh
 # Each run lands in logs/sbn/<name>/. In `binexp report logs/sbn` the table's number is test/acc for fp, bc, bwn,
 # bnn and xnor, and protocol/binary (sign(P) weights, sign activations, BinaryBN: the deployed network) for the
-# sbn_* rows. Paper: fp 86.55; BC 87.24 -> 88.50; BWN 89.87 -> 90.56; BNN 84.06 -> 84.61; XNOR 86.16 -> 86.91.
+# sbn_* rows; its "against the papers" table (paper.csv) sets each beside the paper's number (the experiments'
+# `paper:` blocks).
 set -euo pipefail
 out=${BINEXP_LOGS:-logs}/sbn
 run() { local name=$1; shift; binexp train "$@" hydra.run.dir="$out/$name" callbacks.rich_progress_bar=null; }

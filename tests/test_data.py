@@ -10,7 +10,7 @@ from PIL import Image
 from binexp.data.cifar10 import CIFAR10Data
 from binexp.data.errors import DatasetNotFoundError
 from binexp.data.imagefolder import ImageFolderData
-from binexp.data.loader import DeviceBatches, InputNorm, random_crop
+from binexp.data.loader import DeviceBatches, InputNorm, host_to, random_crop
 from binexp.data.mnist import MNISTData
 from binexp.data.split import Split, balanced_subset, stratified_holdout
 
@@ -116,6 +116,29 @@ def test_random_crop_cuts_windows_of_the_zero_padded_image():
     for i in range(16):
         assert torch.equal(out[i], padded[i, :, oy[i] : oy[i] + 5, ox[i] : ox[i] + 6])
     assert torch.equal(random_crop(x, 0, g), x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_augmentation_batches_are_the_same_on_the_gpu_and_queue_no_blocking_copy():
+    split = toy_split(64)
+    kwargs = dict(shuffle=True, crop_padding=1, flip=True, seed=3)
+    cpu = list(DeviceBatches(split, 16, NORM, device="cpu", **kwargs))
+    on_gpu = DeviceBatches(split, 16, NORM, device="cuda", **kwargs)  # the one upload of the dataset may block
+    torch.cuda.set_sync_debug_mode("error")  # a blocking host-to-GPU copy while serving batches raises
+    try:
+        gpu = list(on_gpu)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(gpu) == len(cpu) == 4
+    for (xc, yc), (xg, yg) in zip(cpu, gpu):
+        assert torch.equal(yc, yg.cpu())
+        torch.testing.assert_close(xg.cpu(), xc, rtol=0, atol=1e-6)  # the same windows and flips
+
+
+def test_host_to_keeps_values_and_dtype_on_the_cpu():
+    values = torch.tensor([3, 0, 7])
+    moved = host_to(values, torch.device("cpu"))
+    assert moved.device.type == "cpu" and moved.dtype == torch.int64 and torch.equal(moved, values)
 
 
 @pytest.mark.parametrize(

@@ -69,13 +69,25 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float],
     return mean.tolist(), std.tolist()
 
 
+def host_to(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`values` (made on the CPU, so the augmentation is the same on every device) on `device`, without waiting.
+
+    A copy from ordinary host memory to a GPU first waits for all the work queued on the GPU, which stopped the
+    CPU from preparing the next training step (found by `scripts/bench_train.py --find-syncs`); a copy from
+    pinned memory is queued like a kernel.
+    """
+    if device.type == "cuda":
+        return values.pin_memory().to(device, non_blocking=True)
+    return values.to(device)
+
+
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
     """Each image's random H x W window of itself zero-padded by `padding` pixels on every side."""
     if padding <= 0:
         return x
     n, c, h, w = x.shape
-    oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
-    ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
+    oy = host_to(torch.randint(0, 2 * padding + 1, (n,), generator=generator), x.device)
+    ox = host_to(torch.randint(0, 2 * padding + 1, (n,), generator=generator), x.device)
     padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
     rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
@@ -85,7 +97,7 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> to
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
+    flip = host_to(torch.rand(x.shape[0], generator=generator) < 0.5, x.device)
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
@@ -138,7 +150,7 @@ class DeviceBatches:
         return order[: self._shard_size()]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self._order().to(self.images.device)
+        order = host_to(self._order(), self.images.device)
         skip, self._skip = self._skip, 0
         self.batches_served = skip
         for b in range(skip, len(self)):

@@ -1,9 +1,11 @@
 """`binexp report <run dirs or multirun dirs ...>`: one table of runs, report.csv, and plots.
 
-A run is any folder holding `metrics.json` and `.hydra/config.yaml`; a multirun folder is searched for them.
-The table shows the overrides that differ between runs and their final metrics. Plots are produced by the
-functions registered in `PLOTTERS` (each gets the runs and the output folder, and returns the files it wrote),
-so a method adds its figures without touching this module's logic.
+A run is any folder holding `.hydra/config.yaml` (Hydra's copy of its config); a multirun folder is searched for
+them. A run without `metrics.json` (stopped, or still running) is listed as unfinished, with its curves so far.
+The table shows the overrides that differ between runs and their final metrics. Plots and further tables (the
+runs beside their experiments' published numbers) are produced by the functions registered in `PLOTTERS` (each
+gets the runs and the output folder, and returns the files it wrote), so a method adds its figures without
+touching this module's logic.
 """
 
 from __future__ import annotations
@@ -30,9 +32,14 @@ class Run:
     def name(self) -> str:
         return self.path.name
 
+    @property
+    def finished(self) -> bool:
+        return bool(self.metrics)
+
 
 def load_run(path: Path) -> Run:
-    metrics = json.loads((path / "metrics.json").read_text())
+    metrics_file = path / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
     overrides: dict[str, str] = {}
     over_file = path / ".hydra" / "overrides.yaml"
     if over_file.exists():
@@ -48,11 +55,21 @@ def load_run(path: Path) -> Run:
 def find_runs(paths: list[Path]) -> list[Run]:
     found: dict[Path, Run] = {}
     for root in paths:
-        candidates = [root] if (root / "metrics.json").exists() else sorted(p.parent for p in root.rglob("metrics.json"))
+        candidates = [root] if _is_run(root) else sorted(
+            {p.parent for p in root.rglob("metrics.json")} | {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
+        )
         for run_dir in candidates:
-            if (run_dir / "metrics.json").exists():
+            if _is_run(run_dir):
                 found.setdefault(run_dir.resolve(), load_run(run_dir))
     return list(found.values())
+
+
+def _is_run(path: Path) -> bool:
+    """A training run's folder (`binexp eval` leaves a Hydra folder under the run's eval/: not a run)."""
+    if (path / "metrics.json").exists():
+        return True
+    config = path / ".hydra" / "config.yaml"
+    return config.exists() and OmegaConf.load(config).get("task_name") == "train"
 
 
 def varying_overrides(runs: list[Run]) -> list[str]:
@@ -98,14 +115,14 @@ def print_table(runs: list[Run], keys: list[str], metrics: list[str]) -> None:
         table.add_column(m, justify="right")
     for r in runs:
         values = [_format(r.metrics[m]) if m in r.metrics else "-" for m in metrics]
-        table.add_row(r.name, *[r.overrides.get(k, "") for k in keys], *values)
+        table.add_row(r.name if r.finished else f"{r.name} (unfinished)", *[r.overrides.get(k, "") for k in keys], *values)
     Console(width=None if sys.stdout.isatty() else 220).print(table)  # logs and pipes get every column
 
 
 def report(paths: list[Path], out: Path | None = None, metrics: list[str] | None = None) -> tuple[list[Run], list[Path]]:
     runs = find_runs(paths)
     if not runs:
-        raise SystemExit(f"binexp report: no runs (folders with metrics.json) under {', '.join(map(str, paths))}")
+        raise SystemExit(f"binexp report: no runs (folders with .hydra/config.yaml or metrics.json) under {', '.join(map(str, paths))}")
     out = out or (paths[0] if paths[0].is_dir() else paths[0].parent)
     out.mkdir(parents=True, exist_ok=True)
     keys = varying_overrides(runs)
@@ -129,6 +146,8 @@ def main(argv: list[str]) -> None:
 
 
 from binexp.report.curves import plot_binarization  # noqa: E402  (needs Run above)
+from binexp.report.learning import plot_learning_curves  # noqa: E402
+from binexp.report.papers import write_paper_table  # noqa: E402
 from binexp.report.sweeps import plot_sweeps  # noqa: E402
 
-PLOTTERS += [plot_sweeps, plot_binarization]
+PLOTTERS += [write_paper_table, plot_sweeps, plot_learning_curves, plot_binarization]

@@ -83,11 +83,18 @@ def plot_binarization(runs, out: Path) -> list[Path]:
         ax.legend(loc="lower right")
         written.append(save_figure(fig, out / f"{run.name}-binarization.png"))
 
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        many = len(curves) > 6  # a legend inside would hide the curves
+        fig, ax = plt.subplots(figsize=(8, 4) if many else (5, 3.5))
+        blocks = list(dict.fromkeys(layer.rsplit(".", 1)[0] for layer in curves))
         for layer, values in curves.items():
-            ax.plot(values["step"], [100 * v for v in values["binary99"]], label=layer)
+            block, _, kind = layer.rpartition(".")
+            ax.plot(values["step"], [100 * v for v in values["binary99"]], label=layer,
+                    color=f"C{blocks.index(block) % 10}", linestyle="--" if kind == "act" else "-")
         ax.set(xlabel="training step", ylabel=layers_ylabel, ylim=(0, 101), title=run.name)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
-        ax.legend(loc="lower right")
+        if many:
+            ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", ncol=2 if len(curves) > 12 else 1)
+        else:
+            ax.legend(loc="lower right")
         written.append(save_figure(fig, out / f"{run.name}-binarization-layers.png"))
     return written

@@ -37,6 +37,8 @@ def plot_sweeps(runs, out: Path, metric: str = "test/acc") -> list[Path]:
             if metric in r.metrics:
                 label = ", ".join(f"{k}={r.overrides.get(k)}" for k in keys if k != key) or metric
                 lines[label].append((_number(r.overrides[key]), 100 * r.metrics[metric]))
+        if not lines:  # no run has finished
+            continue
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for label, points in sorted(lines.items()):
             xs, ys = zip(*sorted(points))

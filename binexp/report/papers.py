@@ -1,0 +1,65 @@
+"""Each run beside the published numbers of the experiment it ran (the experiment's `paper:` block): `paper.csv`.
+
+An experiment names its source and, per metrics.json key, the paper's value in %; a run whose config has such a
+block gets one row per key: ours, the paper's, and the difference.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+
+@dataclass
+class PaperRow:
+    run: str
+    source: str
+    metric: str
+    ours: Optional[float]  # % ; None when the run has no such metric (stopped early, or a protocol turned off)
+    paper: float
+
+    @property
+    def difference(self) -> Optional[float]:
+        return None if self.ours is None else self.ours - self.paper
+
+
+def paper_rows(runs) -> list[PaperRow]:
+    rows = []
+    for r in runs:
+        paper = (r.config or {}).get("paper") or {}
+        for metric, value in (paper.get("metrics") or {}).items():
+            ours = r.metrics.get(metric)
+            rows.append(PaperRow(r.name, paper.get("source", ""), metric, None if ours is None else 100 * ours, float(value)))
+    return rows
+
+
+def _pct(value: Optional[float], signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.2f}" if signed else f"{value:.2f}"
+
+
+def write_paper_table(runs, out: Path) -> list[Path]:
+    rows = paper_rows(runs)
+    if not rows:
+        return []
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="against the papers (%)")
+    for name, justify in [("run", "left"), ("paper", "left"), ("metric", "left"), ("ours", "right"),
+                          ("paper's", "right"), ("ours - paper's", "right")]:
+        table.add_column(name, justify=justify)
+    for row in rows:
+        table.add_row(row.run, row.source, row.metric, _pct(row.ours), _pct(row.paper), _pct(row.difference, signed=True))
+    Console(width=None if sys.stdout.isatty() else 220).print(table)
+    path = out / "paper.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run", "source", "metric", "ours", "paper", "difference"])
+        for row in rows:
+            writer.writerow([row.run, row.source, row.metric, *("" if v is None else round(v, 2) for v in (row.ours, row.paper, row.difference))])
+    return [path]

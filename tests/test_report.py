@@ -1,0 +1,73 @@
+"""binexp report: runs beside their experiments' published numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from binexp.report import DEFAULT_METRICS, Run
+from binexp.report.papers import write_paper_table
+from tests.conftest import compose_train
+
+EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
+
+
+def test_paper_table_sets_each_metric_beside_the_papers(tmp_path):
+    paper = {"source": "SBN Table 1, CIFAR-10", "metrics": {"protocol/binary": 88.5}}
+    runs = [
+        Run(tmp_path / "sbn_bc", {"protocol/binary": 0.8564, "test/acc": 0.8736}, config={"paper": paper}),
+        Run(tmp_path / "stopped", {"val/acc": 0.5}, config={"paper": paper}),
+        Run(tmp_path / "no_paper", {"test/acc": 0.9}, config={"paper": None}),
+    ]
+    assert write_paper_table(runs, tmp_path) == [tmp_path / "paper.csv"]
+    assert (tmp_path / "paper.csv").read_text().splitlines() == [
+        "run,source,metric,ours,paper,difference",
+        'sbn_bc,"SBN Table 1, CIFAR-10",protocol/binary,85.64,88.5,-2.86',
+        'stopped,"SBN Table 1, CIFAR-10",protocol/binary,,88.5,',
+    ]
+
+
+def test_no_paper_table_without_paper_numbers(tmp_path):
+    assert write_paper_table([Run(tmp_path / "a", {"test/acc": 0.9}, config={})], tmp_path) == []
+    assert not (tmp_path / "paper.csv").exists()
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_an_experiments_paper_numbers_name_metrics_a_run_writes(experiment):
+    paper = compose_train([f"experiment={experiment}"]).paper
+    if paper is None:
+        pytest.skip(f"{experiment} has no paper block")
+    assert paper.source and len(paper.metrics) >= 1
+    for metric, value in OmegaConf.to_container(paper.metrics).items():
+        assert metric in DEFAULT_METRICS and 10 <= value <= 100, (experiment, metric, value)
+
+
+def _unfinished_run(path: Path) -> Path:
+    from torch.utils.tensorboard import SummaryWriter
+
+    (path / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"task_name": "train"}), path / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(["method.t_clip=0.5"]), path / ".hydra" / "overrides.yaml")
+    writer = SummaryWriter(str(path / "tb" / "version_0"))
+    for epoch, (step, acc) in enumerate([(9, 0.5), (19, 0.625)]):
+        writer.add_scalar("epoch", epoch, step)
+        writer.add_scalar("val/acc", acc, step)
+    writer.close()
+    eval_hydra = path / "eval" / "2026-01-01" / ".hydra"  # `binexp eval` output: a Hydra folder that is not a run
+    eval_hydra.mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"run": str(path)}), eval_hydra / "config.yaml")
+    return path
+
+
+def test_report_lists_a_stopped_run_as_unfinished_with_its_learning_curve(tmp_path):
+    from binexp.report import find_runs
+    from binexp.report.learning import learning_curve, plot_learning_curves
+
+    run = _unfinished_run(tmp_path / "sweep" / "0")
+    [found] = find_runs([tmp_path / "sweep"])
+    assert found.path == run.resolve() and not found.finished and found.overrides == {"method.t_clip": "0.5"}
+    assert learning_curve(run) == [(1.0, 0.5), (2.0, 0.625)]
+    assert plot_learning_curves([found], tmp_path) == [tmp_path / "learning-curves.png"]
+    assert (tmp_path / "learning-curves.png").stat().st_size > 0
