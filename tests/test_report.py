@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
+from torch.utils.tensorboard import SummaryWriter
 
 from binexp.report import DEFAULT_METRICS, Run
 from binexp.report.papers import write_paper_table
@@ -45,8 +46,6 @@ def test_an_experiments_paper_numbers_name_metrics_a_run_writes(experiment):
 
 
 def _unfinished_run(path: Path) -> Path:
-    from torch.utils.tensorboard import SummaryWriter
-
     (path / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create({"task_name": "train"}), path / ".hydra" / "config.yaml")
     OmegaConf.save(OmegaConf.create(["method.t_clip=0.5"]), path / ".hydra" / "overrides.yaml")
@@ -68,6 +67,10 @@ def test_report_lists_a_stopped_run_as_unfinished_with_its_learning_curve(tmp_pa
     run = _unfinished_run(tmp_path / "sweep" / "0")
     [found] = find_runs([tmp_path / "sweep"])
     assert found.path == run.resolve() and not found.finished and found.overrides == {"method.t_clip": "0.5"}
+    assert learning_curve(run) == [(1.0, 0.5), (2.0, 0.625)]
+    writer_without_epochs = SummaryWriter(str(run / "tb" / "version_1"))
+    writer_without_epochs.add_scalar("val/acc", 0.9, 99)  # no epoch counter at that step: left out, not drawn at x=99
+    writer_without_epochs.close()
     assert learning_curve(run) == [(1.0, 0.5), (2.0, 0.625)]
     assert plot_learning_curves([found], tmp_path) == [tmp_path / "learning-curves.png"]
     assert (tmp_path / "learning-curves.png").stat().st_size > 0

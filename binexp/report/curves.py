@@ -58,6 +58,12 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
+def _block_and_kind(layer: str) -> tuple[str, str]:
+    """SBN's "conv1.weight" -> ("conv1", "weight"), "conv1.act" -> ("conv1", "act"); ABR's "fc1" -> ("fc1", "")."""
+    head, _, tail = layer.rpartition(".")
+    return (head, tail) if tail in ("weight", "act") else (layer, "")
+
+
 def plot_binarization(runs, out: Path) -> list[Path]:
     import matplotlib
 
@@ -85,9 +91,9 @@ def plot_binarization(runs, out: Path) -> list[Path]:
 
         many = len(curves) > 6  # a legend inside would hide the curves
         fig, ax = plt.subplots(figsize=(8, 4) if many else (5, 3.5))
-        blocks = list(dict.fromkeys(layer.rsplit(".", 1)[0] for layer in curves))
+        blocks = list(dict.fromkeys(_block_and_kind(layer)[0] for layer in curves))
         for layer, values in curves.items():
-            block, _, kind = layer.rpartition(".")
+            block, kind = _block_and_kind(layer)
             ax.plot(values["step"], [100 * v for v in values["binary99"]], label=layer,
                     color=f"C{blocks.index(block) % 10}", linestyle="--" if kind == "act" else "-")
         ax.set(xlabel="training step", ylabel=layers_ylabel, ylim=(0, 101), title=run.name)

@@ -26,12 +26,20 @@ def read_scalars(run_dir: Path, tag: str) -> dict[int, float]:
 def learning_curve(run_dir: Path, tag: str = TAG) -> list[tuple[float, float]]:
     """[(epochs completed, value)]: Lightning logs the epoch counter at the steps it logs the metric at."""
     values, epochs = read_scalars(run_dir, tag), read_scalars(run_dir, "epoch")
-    return [(epochs[step] + 1 if step in epochs else float(step), value) for step, value in sorted(values.items())]
+    return [(epochs[step] + 1, value) for step, value in sorted(values.items()) if step in epochs]
 
 
 def plot_learning_curves(runs, out: Path) -> list[Path]:
-    curves = {r.name: learning_curve(r.path) for r in runs}
-    curves = {name: points for name, points in curves.items() if points}
+    from binexp.report import varying_overrides
+
+    names = [r.name for r in runs]
+    # multirun folders are named 0, 1, ... (and repeat across sweeps): there the overrides tell runs apart
+    keys = varying_overrides(runs) if len(set(names)) < len(names) or any(n.isdigit() for n in names) else []
+
+    def label(run) -> str:
+        return ", ".join([run.name, *(f"{k}={run.overrides[k]}" for k in keys if k in run.overrides)])
+
+    curves = {label(r): points for r in runs if (points := learning_curve(r.path))}
     if not curves:
         return []
     import matplotlib
@@ -41,11 +49,15 @@ def plot_learning_curves(runs, out: Path) -> list[Path]:
 
     from binexp.report.curves import save_figure
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    many = len(curves) > 6  # a legend inside would hide the curves
+    fig, ax = plt.subplots(figsize=(8, 4) if many else (6, 4))
     for name, points in sorted(curves.items()):
         xs, ys = zip(*points)
         ax.plot(xs, [100 * y for y in ys], marker=".", label=name)
     ax.set(xlabel="epoch", ylabel=f"{TAG} (%)", title=f"{TAG} during training")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", ncol=2 if len(curves) > 6 else 1)
+    if many:
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+    else:
+        ax.legend(fontsize="small")
     return [save_figure(fig, out / "learning-curves.png")]
