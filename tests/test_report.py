@@ -1,4 +1,4 @@
-"""binexp report: runs beside their experiments' published numbers."""
+"""binexp report: runs beside their experiments' published numbers; unfinished runs and their learning curves."""
 
 from __future__ import annotations
 
