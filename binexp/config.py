@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from binexp.binarize.abr import ABRConfig
 from binexp.binarize.fp import FloatConfig
@@ -169,3 +171,11 @@ def register_configs() -> None:
     if not OmegaConf.has_resolver("add"):
         OmegaConf.register_new_resolver("add", lambda *xs: sum(xs))
     _registered = True
+
+
+def compose_train(overrides: list[str]) -> DictConfig:
+    """`train`'s config composed from `overrides` as the CLI would, in-process (scripts and tests; no run starts)."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module("binexp.conf", version_base="1.3"):
+        return compose("train", overrides=overrides)

@@ -38,15 +38,10 @@ from binexp.models import build_model  # noqa: E402
 
 
 def compose(arch: str, method: str, width: float):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
+    from binexp.config import compose_train
 
-    from binexp.config import register_configs
-
-    register_configs()
-    with initialize_config_module("binexp.conf", version_base="1.3"):
-        return hydra_compose("train", [f"architecture={arch}", f"method={method}", "dataset=synthetic",
-                                       f"architecture.width={width}", "run_dir=/tmp/unused"])
+    return compose_train([f"architecture={arch}", f"method={method}", "dataset=synthetic",
+                          f"architecture.width={width}", "run_dir=/tmp/unused"])
 
 
 def median_time(fn, repeats: int) -> float:

@@ -23,24 +23,19 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
-from binexp.config import register_configs
+from binexp.config import compose_train
 from binexp.train import build_data, build_method, build_module
 
 
 def compose_cfg(arch: str, batch: int, dataset: str, samples: int, data_root: str | None):
-    register_configs()
-    GlobalHydra.instance().clear()
     overrides = [f"architecture={arch}", f"dataset={dataset}", f"dataset.batch_size={batch}"]
     if dataset == "synthetic":
         overrides += ["dataset.image_shape=[3,32,32]", f"dataset.num_train={samples}", "dataset.val_size=256"]
     elif data_root:
         overrides.append(f"dataset.root={data_root}")
-    with initialize_config_module("binexp.conf", version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose_train(overrides)
     with open_dict(cfg):
         cfg.run_dir = "/tmp/binexp-bench"
     return cfg

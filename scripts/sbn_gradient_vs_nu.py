@@ -12,19 +12,14 @@ from __future__ import annotations
 import argparse
 
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 
 from binexp.builder import build
-from binexp.config import register_configs
+from binexp.config import compose_train
 from binexp.models import build_model
 
 
 def gradient_norms(experiment: str, nus: list[float], batch: int, seed: int) -> dict[float, dict[str, float]]:
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_module("binexp.conf", version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={experiment}", "dataset=synthetic"])
+    cfg = compose_train([f"experiment={experiment}", "dataset=synthetic"])
     torch.manual_seed(seed)
     net = build_model(cfg.architecture, build(cfg.method), (3, 32, 32), 10).train()
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))

@@ -10,11 +10,9 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from binexp.config import register_configs
+from binexp.config import compose_train as compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,10 +44,7 @@ def _isolated(tmp_path, monkeypatch):
 def compose_train(overrides: list[str], run_dir: Path | None = None) -> DictConfig:
     """Compose `train` like the CLI does. With `run_dir`, the config is saved there as the CLI's Hydra would
     (`.hydra/config.yaml`) and replaces the Hydra-only `${hydra:runtime.output_dir}`."""
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_module("binexp.conf", version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose_config(overrides)
     if run_dir is not None:
         with open_dict(cfg):
             cfg.run_dir = str(run_dir)
