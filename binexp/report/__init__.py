@@ -55,21 +55,19 @@ def load_run(path: Path) -> Run:
 def find_runs(paths: list[Path]) -> list[Run]:
     found: dict[Path, Run] = {}
     for root in paths:
-        candidates = [root] if _is_run(root) else sorted(
+        candidates = [root] if _has_run_files(root) else sorted(
             {p.parent for p in root.rglob("metrics.json")} | {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
         )
         for run_dir in candidates:
-            if _is_run(run_dir):
-                found.setdefault(run_dir.resolve(), load_run(run_dir))
+            run = load_run(run_dir)
+            # `binexp eval` leaves a Hydra folder (task_name eval, no metrics.json) under the run's eval/: not a run
+            if run.finished or (run.config or {}).get("task_name") == "train":
+                found.setdefault(run_dir.resolve(), run)
     return list(found.values())
 
 
-def _is_run(path: Path) -> bool:
-    """A training run's folder (`binexp eval` leaves a Hydra folder under the run's eval/: not a run)."""
-    if (path / "metrics.json").exists():
-        return True
-    config = path / ".hydra" / "config.yaml"
-    return config.exists() and OmegaConf.load(config).get("task_name") == "train"
+def _has_run_files(path: Path) -> bool:
+    return (path / "metrics.json").exists() or (path / ".hydra" / "config.yaml").exists()
 
 
 def varying_overrides(runs: list[Run]) -> list[str]:

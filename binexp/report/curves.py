@@ -58,6 +58,19 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
+def crowded(entries: int) -> bool:
+    """More legend entries than a legend inside the axes can hold without hiding the curves."""
+    return entries > 6
+
+
+def add_legend(ax, entries: int, **inside) -> None:
+    """Inside the axes (`inside`: legend options), or beside them when crowded (two columns past 12 entries)."""
+    if crowded(entries):
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", ncol=2 if entries > 12 else 1)
+    else:
+        ax.legend(**inside)
+
+
 def _block_and_kind(layer: str) -> tuple[str, str]:
     """SBN's "conv1.weight" -> ("conv1", "weight"), "conv1.act" -> ("conv1", "act"); ABR's "fc1" -> ("fc1", "")."""
     head, _, tail = layer.rpartition(".")
@@ -89,8 +102,7 @@ def plot_binarization(runs, out: Path) -> list[Path]:
         ax.legend(loc="lower right")
         written.append(save_figure(fig, out / f"{run.name}-binarization.png"))
 
-        many = len(curves) > 6  # a legend inside would hide the curves
-        fig, ax = plt.subplots(figsize=(8, 4) if many else (5, 3.5))
+        fig, ax = plt.subplots(figsize=(8, 4) if crowded(len(curves)) else (5, 3.5))
         blocks = list(dict.fromkeys(_block_and_kind(layer)[0] for layer in curves))
         for layer, values in curves.items():
             block, kind = _block_and_kind(layer)
@@ -98,9 +110,6 @@ def plot_binarization(runs, out: Path) -> list[Path]:
                     color=f"C{blocks.index(block) % 10}", linestyle="--" if kind == "act" else "-")
         ax.set(xlabel="training step", ylabel=layers_ylabel, ylim=(0, 101), title=run.name)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
-        if many:
-            ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", ncol=2 if len(curves) > 12 else 1)
-        else:
-            ax.legend(loc="lower right")
+        add_legend(ax, len(curves), loc="lower right")
         written.append(save_figure(fig, out / f"{run.name}-binarization-layers.png"))
     return written

@@ -10,22 +10,25 @@ from pathlib import Path
 TAG = "val/acc"
 
 
-def read_scalars(run_dir: Path, tag: str) -> dict[int, float]:
-    """{global step: value} of one scalar over all of the run's event files (a resumed run writes several)."""
+def read_scalars(run_dir: Path, tags: tuple[str, ...]) -> dict[str, dict[int, float]]:
+    """{tag: {global step: value}} over all of the run's event files (a resumed run writes several), each read once."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    values: dict[int, float] = {}
+    values: dict[str, dict[int, float]] = {tag: {} for tag in tags}
     for events in sorted(run_dir.glob("tb/**/events.out.tfevents.*")):
         acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
         acc.Reload()
-        if tag in acc.Tags().get("scalars", []):
-            values.update({e.step: e.value for e in acc.Scalars(tag)})
+        logged = acc.Tags().get("scalars", [])
+        for tag in tags:
+            if tag in logged:
+                values[tag].update({e.step: e.value for e in acc.Scalars(tag)})
     return values
 
 
 def learning_curve(run_dir: Path, tag: str = TAG) -> list[tuple[float, float]]:
     """[(epochs completed, value)]: Lightning logs the epoch counter at the steps it logs the metric at."""
-    values, epochs = read_scalars(run_dir, tag), read_scalars(run_dir, "epoch")
+    scalars = read_scalars(run_dir, (tag, "epoch"))
+    values, epochs = scalars[tag], scalars["epoch"]
     return [(epochs[step] + 1, value) for step, value in sorted(values.items()) if step in epochs]
 
 
@@ -47,17 +50,13 @@ def plot_learning_curves(runs, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from binexp.report.curves import save_figure
+    from binexp.report.curves import add_legend, crowded, save_figure
 
-    many = len(curves) > 6  # a legend inside would hide the curves
-    fig, ax = plt.subplots(figsize=(8, 4) if many else (6, 4))
+    fig, ax = plt.subplots(figsize=(8, 4) if crowded(len(curves)) else (6, 4))
     for name, points in sorted(curves.items()):
         xs, ys = zip(*points)
         ax.plot(xs, [100 * y for y in ys], marker=".", label=name)
     ax.set(xlabel="epoch", ylabel=f"{TAG} (%)", title=f"{TAG} during training")
     ax.grid(alpha=0.3)
-    if many:
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
-    else:
-        ax.legend(fontsize="small")
+    add_legend(ax, len(curves), fontsize="small")
     return [save_figure(fig, out / "learning-curves.png")]
