@@ -72,6 +72,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
 
     cfg = compose(args.arch, args.method, args.width)
     shape = tuple(args.shape)
@@ -131,7 +133,8 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     for batch, name, what, t_float, t_packed in rows:
-        lines.append(f"| {batch} | {name} | {what} | {1000 * t_float:.2f} | {1000 * t_packed:.2f} | {t_float / t_packed:.2f}x |")
+        speed_up = f"{t_float / t_packed:.2f}x" if t_packed > 0 else "-"  # a tiny layer can time at 0 s
+        lines.append(f"| {batch} | {name} | {what} | {1000 * t_float:.2f} | {1000 * t_packed:.2f} | {speed_up} |")
     text = "\n".join(lines)
     print(text)
     if args.out:

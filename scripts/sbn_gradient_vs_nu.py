@@ -14,6 +14,7 @@ import argparse
 import torch
 
 from binexp.builder import build
+from binexp.callbacks.schedule import write_buffers
 from binexp.config import compose_train
 from binexp.models import build_model
 
@@ -25,9 +26,7 @@ def gradient_norms(experiment: str, nus: list[float], batch: int, seed: int) -> 
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     out = {}
     for nu in nus:
-        for name, buffer in net.named_buffers():
-            if name.rpartition(".")[2] == "nu":
-                buffer.fill_(nu)
+        write_buffers(net, {"nu": nu})
         net.zero_grad()
         torch.nn.functional.cross_entropy(net(x), y).backward()
         out[nu] = {name: p.grad.norm().item() for name, p in net.named_parameters() if p.dim() > 1}

@@ -82,3 +82,11 @@ def test_uniform_blocks_still_mean_blocks_per_unit():
 def test_bad_densenet_blocks_name_the_key_and_the_allowed_forms(bad):
     with pytest.raises(ConfigError, match=r"architecture\.blocks=.*allowed are a positive int .* or a list of 4 positive ints"):
         DenseNet(build(compose_train(["method=ste"]).method), (3, 32, 32), 10, blocks=bad)
+
+
+@pytest.mark.parametrize("ceil,fc1_in", [("true", 64 * 4 * 4), ("false", 64 * 3 * 3)])
+def test_cifar_quick_pools_round_up_as_caffe_or_down_as_pytorch(ceil, fc1_in):
+    cfg = compose_train(["architecture=cifar_quick", "dataset=synthetic", f"architecture.ceil_pools={ceil}"])
+    net = build_model(cfg.architecture, build(cfg.method), (3, 32, 32), num_classes=10)
+    assert net.classifier[1].in_features == fc1_in
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)

@@ -22,6 +22,7 @@ from binexp.binarize.hard import (
     channel_scale,
 )
 from binexp.binarize.sbn import SBN, ScaledTanh, SoftBinaryConv2d, SoftBinaryLinear
+from binexp.builder import build
 from binexp.errors import ConfigError, RunInterrupted
 from binexp.models import build_model
 from binexp.schedules import ExponentialNu, Progress
@@ -140,6 +141,29 @@ def test_scaled_tanh_approaches_sign_for_large_nu():
     assert torch.allclose(act(x), binary_sign(x), atol=1e-6)
     act.step = True
     assert torch.equal(act(torch.tensor([-0.5, 0.0, 0.5])), torch.tensor([-1.0, 1.0, 1.0]))
+
+
+@pytest.mark.parametrize("nu", [1.0, 30.0])
+def test_activation_grad_ste_keeps_tanh_forward_and_passes_one_inside_the_clip(nu):
+    x = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.01, 0.5, 1.0, 1.5], requires_grad=True)
+    exact, ste = ScaledTanh("fc1"), ScaledTanh("fc1", grad="ste")
+    exact.nu.fill_(nu)
+    ste.nu.fill_(nu)
+    assert torch.equal(ste(x), exact(x))
+    ste(x).sum().backward()
+    assert torch.equal(x.grad, torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]))
+    x.grad = None
+    exact(x).sum().backward()
+    assert torch.allclose(x.grad, nu * (1 - torch.tanh(nu * x.detach()) ** 2))
+
+
+def test_activation_grad_reaches_every_activation_and_bad_values_name_the_key():
+    cfg = compose_train(["method=sbn", "method.activation_grad=ste", "architecture=lenet", "dataset=synthetic"])
+    net = build_model(cfg.architecture, build(cfg.method), (1, 28, 28), 10)
+    acts = [m for m in net.modules() if isinstance(m, ScaledTanh)]
+    assert acts and all(m.straight_through for m in acts)
+    with pytest.raises(ConfigError, match="method.activation_grad='exact': allowed are tanh, ste"):
+        SBN(activation_grad="exact")
 
 
 # ---- weights and their scaling ----------------------------------------------------------------------------------
@@ -294,7 +318,6 @@ def test_sbn_run_binarizes_and_a_resumed_run_has_the_same_nu(tmp_path):
 
 def test_firing_matrix_reads_the_last_activation_probe_not_weights(tmp_path):
     """SBN's last probe is the classifier's weights; the firing matrix is of the last binary activation."""
-    from binexp.builder import build
     from binexp.callbacks.binarization import activation_probes, firing_matrix
 
     cfg = compose_train(["method=sbn", "method.base=bnn", "architecture=lenet", "architecture.conv_act=true",

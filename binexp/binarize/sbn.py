@@ -26,6 +26,7 @@ samples: its `stuck` is NaN, never a collapse.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import torch
@@ -35,9 +36,24 @@ from torch import nn
 from binexp.binarize.base import BinarizationProbe, BinaryWeights, MethodConfig
 from binexp.binarize.functional import binary_sign
 from binexp.binarize.hard import Base, BinarizedLayers, channel_scale
+from binexp.errors import ConfigError
 
 THRESHOLDS = {"binary90": 0.9, "binary99": 0.99, "binary999": 0.999}
 SATURATED = 0.99  # |tanh| above this passes (almost) no gradient
+
+
+class ActivationGrad(str, Enum):
+    """What the backward pass of tanh(nu * x) uses."""
+
+    tanh = "tanh"  # its derivative, nu * (1 - tanh^2(nu x)) (eq. 4): the paper's method
+    ste = "ste"  # BinaryNet's hardtanh straight-through estimator, 1 where |x| <= 1 (a variant, not the paper's)
+
+    @classmethod
+    def parse(cls, value: Any) -> ActivationGrad:
+        try:
+            return cls(getattr(value, "value", value))
+        except ValueError:
+            raise ConfigError(f"method.activation_grad={value!r}: allowed are {', '.join(g.value for g in cls)}") from None
 
 
 @dataclass
@@ -47,6 +63,7 @@ class SBNConfig(MethodConfig):
     base: Base = Base.bnn  # bc | bnn | bwn | xnor: which hard method's network is softened
     binarize_first: bool = True
     binarize_last: bool = True
+    activation_grad: ActivationGrad = ActivationGrad.tanh
 
 
 def magnitude_counts(values: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -120,17 +137,25 @@ class SoftBinaryLinear(_SoftWeights, nn.Linear, BinaryWeights):
 
 
 class ScaledTanh(nn.Module, BinarizationProbe):
-    """tanh(nu * x) in training (eq. 7), sign(x) in step mode."""
+    """tanh(nu * x) in training (eq. 7), sign(x) in step mode. `grad="ste"` keeps the forward and backpropagates
+    BinaryNet's straight-through estimator instead of tanh's derivative (which grows to nu at x = 0)."""
 
-    def __init__(self, name: str = ""):
+    def __init__(self, name: str = "", grad: str = "tanh"):
         super().__init__()
         self.block_name, self.layer_name = name, f"{name}.act"
+        self.straight_through = ActivationGrad.parse(grad) == ActivationGrad.ste
         self.register_buffer("nu", torch.tensor(1.0))
         self.step, self.probing = False, False
         self._counts: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = binary_sign(x) if self.step else torch.tanh(self.nu * x)
+        if self.step:
+            out = binary_sign(x)
+        elif self.straight_through:
+            clipped = x.clamp(-1.0, 1.0)
+            out = clipped + (torch.tanh(self.nu * x) - clipped).detach()
+        else:
+            out = torch.tanh(self.nu * x)
         if self.probing:
             self._record(out.detach())
         return out
@@ -160,6 +185,11 @@ class SBN(BinarizedLayers):
     schedule_keys = ("nu",)
     conv_layer, linear_layer, act_layer = SoftBinaryConv2d, SoftBinaryLinear, ScaledTanh
 
-    def __init__(self, base: Any = "bnn", binarize_first: bool = True, binarize_last: bool = True):
+    def __init__(self, base: Any = "bnn", binarize_first: bool = True, binarize_last: bool = True,
+                 activation_grad: Any = "tanh"):
         super().__init__(binarize_first, binarize_last)
         self.base = Base.parse(base)
+        self.activation_grad = ActivationGrad.parse(activation_grad)
+
+    def act(self, name: str, channels: int, *, last: bool = False) -> nn.Module:
+        return ScaledTanh(name, self.activation_grad.value) if self.base.binary_activations else nn.ReLU()

@@ -1,0 +1,69 @@
+"""Does an SBN network survive sharpening? A checkpoint evaluated at larger nu with the same weights (RESULTS, SBN).
+
+Loads a run's checkpoint, then for each nu: writes nu into every layer, measures test accuracy with the saved BN
+statistics, re-estimates the BN statistics at that nu on training batches (no gradient step) and measures again.
+If accuracy falls with nu even with fresh BN statistics, training has to repair what sharpening breaks; if the run
+itself then ends below these numbers, its updates at those nu did harm.
+
+    python scripts/sbn_sharpen.py <run dir> --ckpt best --nu 10 30 100 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from binexp.callbacks.schedule import write_buffers
+from binexp.evaluate import load_trained
+from binexp.protocol import accuracy
+
+
+def reestimate_bn(net: nn.Module, batches: list) -> None:
+    """BN running statistics as the plain average over `batches`, the network in training mode, no gradients."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    net.train()
+    with torch.no_grad():
+        for x, _ in batches:
+            net(x)
+    net.eval()
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--ckpt", default="best", help="last, best or a path")
+    parser.add_argument("--nu", nargs="+", type=float, default=[10, 30, 100, 1000])
+    parser.add_argument("--bn-batches", type=int, default=40, help="training batches for the BN statistics")
+    parser.add_argument("--set", nargs="*", default=[], help="dotted overrides of the run's config, e.g. dataset.root=...")
+    args = parser.parse_args()
+
+    _, dm, module, path = load_trained(args.run, args.ckpt, args.set)
+    dm.setup("fit")
+    net = module.net.eval()
+    test = list(dm.test_dataloader())
+    train = [batch for _, batch in zip(range(args.bn_batches), dm.train_dataloader())]
+    own = next(buf for name, buf in net.named_buffers() if name.rpartition(".")[2] == "nu").item()
+    saved = {k: v.clone() for k, v in net.state_dict().items()}
+    print(f"{path}: trained up to nu {own:.3g}")
+    print("nu".rjust(8) + "saved BN".rjust(12) + "BN at this nu".rjust(16))
+    for nu in [own, *args.nu]:
+        net.load_state_dict(saved)
+        write_buffers(net, {"nu": nu})
+        as_saved = accuracy(net, test)
+        reestimate_bn(net, train)
+        print(f"{nu:8.3g}{100 * as_saved:12.2f}{100 * accuracy(net, test):16.2f}")
+    net.load_state_dict(saved)
+    print(f"step mode (sign, BinaryBN), saved BN: {100 * accuracy(net, test, step=True):.2f}")
+
+
+if __name__ == "__main__":
+    main()
