@@ -151,9 +151,8 @@ class ScaledTanh(nn.Module, BinarizationProbe):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.step:
             out = binary_sign(x)
-        elif self.straight_through:
-            clipped = x.clamp(-1.0, 1.0)
-            out = clipped + (torch.tanh(self.nu * x) - clipped).detach()
+        elif self.straight_through:  # value tanh(nu x) exactly (x - x.detach() is 0); gradient 1 where |x| <= 1
+            out = torch.tanh(self.nu * x).detach() + (x - x.detach()) * (x.detach().abs() <= 1).to(x.dtype)
         else:
             out = torch.tanh(self.nu * x)
         if self.probing:
