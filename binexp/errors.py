@@ -1,5 +1,12 @@
 """Errors a user can fix. The CLI prints their message without a traceback and exits non-zero."""
 
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, TypeVar
+
+E = TypeVar("E", bound=Enum)
+
 
 class BinexpError(Exception):
     exit_code = 2
@@ -7,6 +14,14 @@ class BinexpError(Exception):
 
 class ConfigError(BinexpError, ValueError):
     """A config value is wrong or two values contradict each other; the message names the keys."""
+
+
+def parse_choice(choices: type[E], value: Any, key: str) -> E:
+    """`value` (a member or its value) as a member of the enum `choices`; a ConfigError naming `key` if it is none."""
+    try:
+        return choices(getattr(value, "value", value))
+    except ValueError:
+        raise ConfigError(f"{key}={value!r}: allowed are {', '.join(c.value for c in choices)}") from None
 
 
 class NonFiniteLossError(BinexpError):

@@ -38,7 +38,7 @@ from torch import nn
 from binexp.binarize.base import BinaryWeights, Method, MethodConfig
 from binexp.binarize.binary_bn import SignBatchNorm1d, SignBatchNorm2d, link_to_activations
 from binexp.binarize.functional import SignActivation, sign_ste
-from binexp.errors import ConfigError
+from binexp.errors import parse_choice
 
 
 class Base(str, Enum):
@@ -59,10 +59,7 @@ class Base(str, Enum):
 
     @classmethod
     def parse(cls, value: Any, key: str = "method.base") -> Base:
-        try:
-            return cls(getattr(value, "value", value))
-        except ValueError:
-            raise ConfigError(f"{key}={value!r}: allowed are {', '.join(b.value for b in cls)}") from None
+        return parse_choice(cls, value, key)
 
 
 def channel_scale(w: torch.Tensor) -> torch.Tensor:

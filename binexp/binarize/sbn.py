@@ -15,6 +15,10 @@ The layer plan is the base's (`binexp.binarize.hard`): every conv and linear lay
 (its input is the image), and the last followed by BN; `method.binarize_first/last=false` keep them float. There is
 no clipping: P is unconstrained, tanh bounds W.
 
+`method.activation_grad=ste` is a variant, not the paper's method: the same tanh(nu * O) forward, with BinaryNet's
+straight-through gradient (1 where |O| <= 1) in place of tanh's derivative, which grows to nu at O = 0 and, compounded
+over the binary layers, drags SBN on BNN's accuracy down in our runs (docs/RESULTS.md).
+
 Every SBN layer is a binarization probe for the curves callback: `<layer>.weight` reports the share of |tanh(nu P)|
 above 0.9 / 0.99 / 0.999 (binary90/99/999), `<layer>.act` the share of activation values |tanh(nu O)| above them
 and `stuck`, the share of units saturated (|tanh| > 0.99) at the same sign for every test sample: those pass no
@@ -36,7 +40,7 @@ from torch import nn
 from binexp.binarize.base import BinarizationProbe, BinaryWeights, MethodConfig
 from binexp.binarize.functional import binary_sign
 from binexp.binarize.hard import Base, BinarizedLayers, channel_scale
-from binexp.errors import ConfigError
+from binexp.errors import parse_choice
 
 THRESHOLDS = {"binary90": 0.9, "binary99": 0.99, "binary999": 0.999}
 SATURATED = 0.99  # |tanh| above this passes (almost) no gradient
@@ -50,10 +54,7 @@ class ActivationGrad(str, Enum):
 
     @classmethod
     def parse(cls, value: Any) -> ActivationGrad:
-        try:
-            return cls(getattr(value, "value", value))
-        except ValueError:
-            raise ConfigError(f"method.activation_grad={value!r}: allowed are {', '.join(g.value for g in cls)}") from None
+        return parse_choice(cls, value, "method.activation_grad")
 
 
 @dataclass
