@@ -74,3 +74,47 @@ def test_report_lists_a_stopped_run_as_unfinished_with_its_learning_curve(tmp_pa
     assert learning_curve(run) == [(1.0, 0.5), (2.0, 0.625)]
     assert plot_learning_curves([found], tmp_path) == [tmp_path / "learning-curves.png"]
     assert (tmp_path / "learning-curves.png").stat().st_size > 0
+
+
+def _finished_run(path: Path, t_clip: str, acc: float) -> Path:
+    (path / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"task_name": "train"}), path / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create([f"method.t_clip={t_clip}"]), path / ".hydra" / "overrides.yaml")
+    (path / "metrics.json").write_text(f'{{"test/acc": {acc}}}')
+    return path
+
+
+def test_two_sweeps_under_one_folder_keep_their_jobs_apart_in_numeric_order(tmp_path):
+    from binexp.report import report
+
+    for sweep, job, t_clip, acc in [("a", "0", "10", 0.3), ("a", "1", "0.5", 0.4), ("b", "0", "2.0", 0.45),
+                                    ("b", "1", "null", 0.35)]:
+        _finished_run(tmp_path / "sweeps" / sweep / job, t_clip, acc)
+    runs, written = report([tmp_path / "sweeps"], out=tmp_path / "out")
+    assert [(r.name, r.overrides["method.t_clip"]) for r in runs] == [
+        ("a/1", "0.5"), ("b/0", "2.0"), ("a/0", "10"), ("b/1", "null")]
+    assert runs[0].file_stem == "a_1"
+    rows = (tmp_path / "out" / "report.csv").read_text().splitlines()
+    assert [row.split(",")[1] for row in rows] == ["method.t_clip", "0.5", "2.0", "10", "null"]
+    assert tmp_path / "out" / "accuracy-vs-method.t_clip.png" not in written  # "null" is not a number: no such plot
+
+
+def test_runs_that_are_siblings_keep_their_folder_names(tmp_path):
+    from binexp.report import find_runs
+
+    for name, t_clip in [("ste_t05", "0.5"), ("ste_t1", "1.0")]:
+        _finished_run(tmp_path / name, t_clip, 0.5)
+    runs = find_runs([tmp_path / "ste_t1", tmp_path / "ste_t05"])
+    assert sorted(r.name for r in runs) == ["ste_t05", "ste_t1"]
+
+
+def test_a_key_one_run_leaves_at_its_default_shows_the_configs_value(tmp_path):
+    from binexp.report import Run, varying_overrides
+
+    config = {"seed": 0, "method": {"name": "ste", "t_clip": None}}
+    runs = [Run(tmp_path / "0", {}, {"method.t_clip": "1.0"}, config),
+            Run(tmp_path / "1", {}, {"method.t_clip": "1.0", "seed": "1"}, config)]
+    assert varying_overrides(runs) == ["seed"]
+    assert [r.value("seed") for r in runs] == ["0", "1"]
+    assert runs[0].value("method") == "" and runs[0].value("nope.key") == ""
+    assert Run(tmp_path / "2", {}, {}, config).value("method.t_clip") == "null"

@@ -2,7 +2,9 @@
 
 A run is any folder holding `.hydra/config.yaml` (Hydra's copy of its config); a multirun folder is searched for
 them. A run without `metrics.json` (stopped, or still running) is listed as unfinished, with its curves so far.
-The table shows the overrides that differ between runs and their final metrics. Plots and further tables (the
+The table shows the overrides that differ between runs and their final metrics, the runs in the order of those
+overrides' values (numbers as numbers: t_clip 0.25 before 1.0 before 10). A run is named by its path below the
+folder all the runs share, so two sweeps' job 0 under one folder are `a/0` and `b/0`. Plots and further tables (the
 runs beside their experiments' published numbers) are produced by the functions registered in `PLOTTERS` (each
 gets the runs and the output folder, and returns the files it wrote), so a method adds its figures without
 touching this module's logic.
@@ -13,10 +15,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -27,10 +31,28 @@ class Run:
     metrics: dict[str, float]
     overrides: dict[str, str] = field(default_factory=dict)
     config: dict | None = None
+    label: str = ""  # set by find_runs: the path below the runs' common folder
 
     @property
     def name(self) -> str:
-        return self.path.name
+        return self.label or self.path.name
+
+    def value(self, key: str) -> str:
+        """The run's override of `key`; where it has none, the value in its composed config (a sweep's runs that
+        left `seed` at its default show 0, not a blank), or "" where that is not a plain value."""
+        if key in self.overrides:
+            return self.overrides[key]
+        node: Any = self.config
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return ""
+            node = node[part]
+        return "" if isinstance(node, (dict, list)) else "null" if node is None else str(node)
+
+    @property
+    def file_stem(self) -> str:
+        """The name as one file-name part, for the figures written per run."""
+        return self.name.replace("/", "_")
 
     @property
     def finished(self) -> bool:
@@ -63,7 +85,30 @@ def find_runs(paths: list[Path]) -> list[Run]:
             # `binexp eval` leaves a Hydra folder (task_name eval, no metrics.json) under the run's eval/: not a run
             if run.finished or (run.config or {}).get("task_name") == "train":
                 found.setdefault(run_dir.resolve(), run)
-    return list(found.values())
+    runs = list(found.values())
+    if len(runs) > 1:
+        common = Path(os.path.commonpath(list(found)))
+        for resolved, run in found.items():
+            run.label = resolved.relative_to(common).as_posix() if resolved != common else resolved.name
+    return runs
+
+
+def number(text: str | None) -> float | None:
+    """An override's value as a number, or None where it is not one."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def in_override_order(runs: list[Run], keys: list[str]) -> list[Run]:
+    """The runs sorted by the values of `keys`, numbers numerically and before text, then by name."""
+
+    def order(run: Run) -> tuple:
+        values = [run.value(k) for k in keys]
+        return (*[(0, n, "") if (n := number(v)) is not None else (1, 0.0, v or "") for v in values], run.name)
+
+    return sorted(runs, key=order)
 
 
 def _has_run_files(path: Path) -> bool:
@@ -72,7 +117,7 @@ def _has_run_files(path: Path) -> bool:
 
 def varying_overrides(runs: list[Run]) -> list[str]:
     keys = sorted({k for r in runs for k in r.overrides})
-    return [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
+    return [k for k in keys if len({r.value(k) for r in runs}) > 1]
 
 
 DEFAULT_METRICS = (
@@ -93,7 +138,7 @@ def write_csv(runs: list[Run], out: Path, keys: list[str], metrics: list[str]) -
         writer = csv.writer(f)
         writer.writerow(["run", *keys, *metrics])
         for r in runs:
-            writer.writerow([str(r.path), *[r.overrides.get(k, "") for k in keys], *[r.metrics.get(m, "") for m in metrics]])
+            writer.writerow([str(r.path), *[r.value(k) for k in keys], *[r.metrics.get(m, "") for m in metrics]])
     return path
 
 
@@ -113,7 +158,7 @@ def print_table(runs: list[Run], keys: list[str], metrics: list[str]) -> None:
         table.add_column(m, justify="right")
     for r in runs:
         values = [_format(r.metrics[m]) if m in r.metrics else "-" for m in metrics]
-        table.add_row(r.name if r.finished else f"{r.name} (unfinished)", *[r.overrides.get(k, "") for k in keys], *values)
+        table.add_row(r.name if r.finished else f"{r.name} (unfinished)", *[r.value(k) for k in keys], *values)
     Console(width=None if sys.stdout.isatty() else 220).print(table)  # logs and pipes get every column
 
 
@@ -124,6 +169,7 @@ def report(paths: list[Path], out: Path | None = None, metrics: list[str] | None
     out = out or (paths[0] if paths[0].is_dir() else paths[0].parent)
     out.mkdir(parents=True, exist_ok=True)
     keys = varying_overrides(runs)
+    runs = in_override_order(runs, keys)
     metrics = metrics or [m for m in DEFAULT_METRICS if any(m in r.metrics for r in runs)]
     print_table(runs, keys, metrics)
     written = [write_csv(runs, out, keys, metrics)]

@@ -100,7 +100,7 @@ def plot_binarization(runs, out: Path) -> list[Path]:
         ax.set(xlabel="training step", ylabel=ylabel, ylim=(0, 101), title=f"{run.name}: {last_layer}")
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))  # more 5-digit step labels overlap at this width
         ax.legend(loc="lower right")
-        written.append(save_figure(fig, out / f"{run.name}-binarization.png"))
+        written.append(save_figure(fig, out / f"{run.file_stem}-binarization.png"))
 
         fig, ax = plt.subplots(figsize=(8, 4) if crowded(len(curves)) else (5, 3.5))
         blocks = list(dict.fromkeys(_block_and_kind(layer)[0] for layer in curves))
@@ -111,5 +111,5 @@ def plot_binarization(runs, out: Path) -> list[Path]:
         ax.set(xlabel="training step", ylabel=layers_ylabel, ylim=(0, 101), title=run.name)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         add_legend(ax, len(curves), loc="lower right")
-        written.append(save_figure(fig, out / f"{run.name}-binarization-layers.png"))
+        written.append(save_figure(fig, out / f"{run.file_stem}-binarization-layers.png"))
     return written

@@ -36,11 +36,11 @@ def plot_learning_curves(runs, out: Path) -> list[Path]:
     from binexp.report import varying_overrides
 
     names = [r.name for r in runs]
-    # multirun folders are named 0, 1, ... (and repeat across sweeps): there the overrides tell runs apart
-    keys = varying_overrides(runs) if len(set(names)) < len(names) or any(n.isdigit() for n in names) else []
+    # multirun jobs are named 0, 1, ... (or a/0, b/0 for two sweeps): there the overrides tell runs apart
+    keys = varying_overrides(runs) if any(n.rpartition("/")[2].isdigit() for n in names) else []
 
     def label(run) -> str:
-        return ", ".join([run.name, *(f"{k}={run.overrides[k]}" for k in keys if k in run.overrides)])
+        return ", ".join([run.name, *(f"{k}={run.value(k)}" for k in keys)])
 
     curves = {label(r): points for r in runs if (points := learning_curve(r.path))}
     if not curves:

@@ -10,19 +10,12 @@ from collections import defaultdict
 from pathlib import Path
 
 
-def _number(text: str) -> float | None:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return None
-
-
 def plot_sweeps(runs, out: Path, metric: str = "test/acc") -> list[Path]:
-    from binexp.report import varying_overrides
+    from binexp.report import number, varying_overrides
     from binexp.report.curves import save_figure
 
     keys = varying_overrides(runs)
-    numeric = [k for k in keys if all(_number(r.overrides.get(k)) is not None for r in runs)]
+    numeric = [k for k in keys if all(number(r.value(k)) is not None for r in runs)]
     if len(runs) < 2 or not numeric:
         return []
     import matplotlib
@@ -35,8 +28,8 @@ def plot_sweeps(runs, out: Path, metric: str = "test/acc") -> list[Path]:
         lines: dict[str, list[tuple[float, float]]] = defaultdict(list)
         for r in runs:
             if metric in r.metrics:
-                label = ", ".join(f"{k}={r.overrides.get(k)}" for k in keys if k != key) or metric
-                lines[label].append((_number(r.overrides[key]), 100 * r.metrics[metric]))
+                label = ", ".join(f"{k}={r.value(k)}" for k in keys if k != key) or metric
+                lines[label].append((number(r.value(key)), 100 * r.metrics[metric]))
         if not lines:  # no run has finished
             continue
         fig, ax = plt.subplots(figsize=(5, 3.5))
