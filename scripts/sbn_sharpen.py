@@ -3,7 +3,9 @@
 Loads a run's checkpoint, then for each nu: writes nu into every layer, measures test accuracy with the saved BN
 statistics, re-estimates the BN statistics at that nu on training batches (no gradient step) and measures again.
 If accuracy falls with nu even with fresh BN statistics, training has to repair what sharpening breaks; if the run
-itself then ends below these numbers, its updates at those nu did harm.
+itself then ends below these numbers, its updates at those nu did harm. The last line is the deployed network
+(sign weights and activations, BinaryBN), first with the saved BN statistics, then with them re-estimated on the
+deployed network itself.
 
     python scripts/sbn_sharpen.py <run dir> --ckpt best --nu 10 30 100 1000
 """
@@ -11,25 +13,28 @@ itself then ends below these numbers, its updates at those nu did harm.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from binexp.binarize.base import step_mode
 from binexp.callbacks.schedule import write_buffers
 from binexp.evaluate import load_trained
 from binexp.protocol import accuracy
 
 
-def reestimate_bn(net: nn.Module, batches: list) -> None:
-    """BN running statistics as the plain average over `batches`, the network in training mode, no gradients."""
+def reestimate_bn(net: nn.Module, batches: list, step: bool = False) -> None:
+    """BN running statistics as the plain average over `batches`, the network in training mode (in step mode when
+    `step`), no gradients."""
     norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average
     net.train()
-    with torch.no_grad():
+    with torch.no_grad(), (step_mode(net) if step else contextlib.nullcontext()):
         for x, _ in batches:
             net(x)
     net.eval()
@@ -62,7 +67,10 @@ def main() -> None:
         reestimate_bn(net, train)
         print(f"{nu:8.3g}{100 * as_saved:12.2f}{100 * accuracy(net, test):16.2f}")
     net.load_state_dict(saved)
-    print(f"step mode (sign, BinaryBN), saved BN: {100 * accuracy(net, test, step=True):.2f}")
+    deployed = accuracy(net, test, step=True)
+    reestimate_bn(net, train, step=True)
+    print(f"step mode (sign, BinaryBN): saved BN {100 * deployed:.2f}, "
+          f"BN re-estimated in step mode {100 * accuracy(net, test, step=True):.2f}")
 
 
 if __name__ == "__main__":
