@@ -3,6 +3,10 @@
 - `regular`: test accuracy of the network as trained (continuous activations).
 - `binary`: every layer with a step form replaced by it (`step_mode`), no retraining.
 - `finetuned`: only the final classifier retrained on the frozen binary features (Table 1/2's "Finetuned").
+- `binary_bn_reestimated` (optional, `protocol.bn_batches` > 0): `binary` with the BN statistics re-estimated on the
+  binary network itself (training batches in step mode, no gradient step), on a copy: the checkpoint and export keep
+  the trained statistics. Where the step form changes what a BN sees (SBN's sign(P) in place of tanh(nu P) for
+  latent weights still near 0), the statistics gathered in training no longer fit it.
 - `binary_weights` (Section 4.4, optional): every weight but the first layer's thresholded to +-1 and frozen,
   biases and the method's other parameters (ABR slopes) finetuned, then tested in step mode; that network is
   saved as `checkpoints/binary_weights.ckpt`, so `binexp export <run> ckpt=binary_weights` deploys it.
@@ -16,6 +20,7 @@ dataset order for the finetuning), so the numbers equal one process's.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from collections.abc import Callable, Iterable
@@ -28,7 +33,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from binexp.binarize.base import BinaryWeights, evaluating
+from binexp.binarize.base import BinaryWeights, evaluating, step_mode
 from binexp.binarize.functional import binary_sign
 from binexp.distributed import gather_in_order, sum_over_shards
 
@@ -44,6 +49,7 @@ class ProtocolConfig:
     finetune_lr: float = 1e-3  # Adam
     binary_weights_epochs: int = 0  # Section 4.4: > 0 runs it (bias and slopes finetuned this many epochs)
     binary_weights_lr: float = 1e-3  # Adam
+    bn_batches: int = 0  # > 0: protocol/binary_bn_reestimated, BN statistics from this many training batches
 
 
 def protocol_config(run_cfg: DictConfig) -> ProtocolConfig:
@@ -80,6 +86,30 @@ def accuracy(net: nn.Module, batches: Iterable, step: bool = False) -> float:
             counts[1] += len(y)
     correct, total = sum_over_shards(counts, batches).tolist()
     return correct / max(total, 1)
+
+
+def reestimate_bn(net: nn.Module, batches: Iterable, count: int, step: bool = False) -> nn.Module:
+    """Every BN's running statistics replaced by the plain average over the first `count` of `batches`, the network
+    in training mode (in step mode when `step`), no gradients; returns the network in eval mode."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    net.train()
+    try:
+        with torch.no_grad(), (step_mode(net) if step else contextlib.nullcontext()):
+            for _, (x, _y) in zip(range(count), batches):
+                net(x)
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+    return net.eval()
+
+
+def bn_reestimated_accuracy(net: nn.Module, train: Iterable, test: Iterable, count: int) -> float:
+    """Step-form accuracy once the BN statistics are re-estimated in step mode, on a copy of `net` (left as it is)."""
+    return accuracy(reestimate_bn(copy.deepcopy(net), train, count, step=True), test, step=True)
 
 
 def classifier_inputs(net: nn.Module, batches: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,6 +253,9 @@ def run_protocol(net: nn.Module, method, dm, cfg: ProtocolConfig, seed: int = 0,
         return {}
     test = dm.batches("test", device=_device(net))
     out = {"protocol/regular": accuracy(net, test), "protocol/binary": accuracy(net, test, step=True)}
+    if cfg.bn_batches > 0:  # every rank the same shuffled batches, so the statistics agree across ranks
+        train = dm.batches("train", train=True, device=_device(net), shard=False)
+        out["protocol/binary_bn_reestimated"] = bn_reestimated_accuracy(net, train, test, cfg.bn_batches)
     if cfg.finetune_epochs > 0:
         out["protocol/finetuned"] = finetuned_accuracy(net, dm, cfg, seed)
     if cfg.binary_weights_epochs > 0:

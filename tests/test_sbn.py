@@ -25,6 +25,7 @@ from binexp.binarize.sbn import SBN, ScaledTanh, SoftBinaryConv2d, SoftBinaryLin
 from binexp.builder import build
 from binexp.errors import ConfigError, RunInterrupted
 from binexp.models import build_model
+from binexp.protocol import bn_reestimated_accuracy, reestimate_bn
 from binexp.schedules import ExponentialNu, Progress
 from binexp.train import train
 from tests.conftest import SMOKE, compose_train
@@ -273,11 +274,38 @@ def test_step_mode_of_a_trained_hard_network_is_the_same_function():
     assert torch.equal(plain, binary)
 
 
+# ---- BN statistics of the deployed network ----------------------------------------------------------------------
+def soft_linear_then_bn() -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    layer = SBN(base="bc").linear("fc", 4, 3, bias=False)  # nu = 1: tanh(P) and sign(P) differ a lot
+    return torch.nn.Sequential(layer, torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 2))
+
+
+def test_reestimated_bn_statistics_are_the_plain_average_over_the_batches_in_the_form_asked():
+    net = soft_linear_then_bn()
+    batches = [(torch.randn(8, 4), torch.zeros(8, dtype=torch.long)) for _ in range(3)]
+    for step in (False, True):
+        reestimate_bn(net, batches + batches, count=3, step=step)  # only the first 3 count
+        weight = binary_sign(net[0].weight) if step else torch.tanh(net[0].weight)
+        outputs = [x @ weight.detach().T for x, _ in batches]
+        assert torch.allclose(net[1].running_mean, torch.cat(outputs).mean(0), atol=1e-6)
+        assert torch.allclose(net[1].running_var, torch.stack([o.var(0) for o in outputs]).mean(0), atol=1e-5)
+        assert net[1].momentum == 0.1 and not net.training and net[0].step is False
+
+
+def test_bn_reestimated_accuracy_leaves_the_trained_network_as_it_was():
+    net = soft_linear_then_bn().eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    batches = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(2)]
+    assert 0.0 <= bn_reestimated_accuracy(net, batches, batches, count=2) <= 1.0
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
 # ---- runs -------------------------------------------------------------------------------------------------------
 SBN_SMOKE = SMOKE + [
     "method=sbn", "method.base=xnor", "architecture.batch_norm=true", "architecture.conv_act=true",
     "architecture.width=0.5", "dataset.num_test=128", "dataset.eval_batch_size=128", "trainer.max_epochs=2",
-    "schedule.per_step=true", "protocol.finetune_epochs=0", "trainer.deterministic=true",
+    "schedule.per_step=true", "protocol.finetune_epochs=0", "protocol.bn_batches=2", "trainer.deterministic=true",
 ]
 
 
@@ -288,7 +316,7 @@ def nu_buffers(state: dict) -> dict[str, torch.Tensor]:
 def test_sbn_run_binarizes_and_a_resumed_run_has_the_same_nu(tmp_path):
     straight_dir = tmp_path / "straight"
     metrics = train(compose_train(SBN_SMOKE, run_dir=straight_dir))
-    for key in ("test/acc", "protocol/regular", "protocol/binary"):
+    for key in ("test/acc", "protocol/regular", "protocol/binary", "protocol/binary_bn_reestimated"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["size/binary_params"] > 0
     rows = list(csv.DictReader((straight_dir / "binarization.csv").open()))

@@ -123,7 +123,7 @@ def varying_overrides(runs: list[Run]) -> list[str]:
 DEFAULT_METRICS = (
     "test/acc", "val/acc", "test/loss",
     # the evaluation protocol (binexp.protocol): ABR's Table 1/2 columns
-    "protocol/phase1_regular", "protocol/phase1_binary", "protocol/regular", "protocol/binary", "protocol/finetuned",
+    "protocol/phase1_regular", "protocol/phase1_binary", "protocol/regular", "protocol/binary", "protocol/binary_bn_reestimated", "protocol/finetuned",
     "protocol/binary_weights",
     "size/bytes_binary", "size/bytes_float",
 )
