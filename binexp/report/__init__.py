@@ -106,7 +106,7 @@ def in_override_order(runs: list[Run], keys: list[str]) -> list[Run]:
 
     def order(run: Run) -> tuple:
         values = [run.value(k) for k in keys]
-        return (*[(0, n, "") if (n := number(v)) is not None else (1, 0.0, v or "") for v in values], run.name)
+        return (*[(0, n, "") if (n := number(v)) is not None else (1, 0.0, v) for v in values], run.name)
 
     return sorted(runs, key=order)
 
