@@ -8,6 +8,7 @@ It reports images/s of each and the ratio of step times (goal: <= 1.10).
     python scripts/bench_train.py --arch cifar_quick vgg_small --batch 256 --steps 300 --precision bf16
     python scripts/bench_train.py --arch cifar_quick --steps 20 --device cpu --precision 32   # a quick check
     python scripts/bench_train.py --arch vgg_small --find-syncs   # (GPU) also list where the loop waits for the GPU
+    python scripts/bench_train.py --arch densenet21 --batch 128 --override method=ste   # a binary network
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from binexp.config import compose_train
 from binexp.train import build_data, build_method, build_module
 
 
-def compose_cfg(arch: str, batch: int, dataset: str, samples: int, data_root: str | None):
-    overrides = [f"architecture={arch}", f"dataset={dataset}", f"dataset.batch_size={batch}"]
+def compose_cfg(arch: str, batch: int, dataset: str, samples: int, data_root: str | None, extra: list[str] = ()):
+    overrides = [f"architecture={arch}", *extra, f"dataset={dataset}", f"dataset.batch_size={batch}"]
     if dataset == "synthetic":
         overrides += ["dataset.image_shape=[3,32,32]", f"dataset.num_train={samples}", "dataset.val_size=256"]
     elif data_root:
@@ -147,6 +148,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dataset", default="synthetic", choices=["synthetic", "cifar10"])
     parser.add_argument("--data-root", default=None)
+    parser.add_argument("--override", nargs="*", default=[],
+                        help="more Hydra overrides for both loops' config, e.g. method=ste (default: the float net)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--find-syncs", action="store_true",
                         help="(GPU) after timing, list the call stacks where the Lightning loop waits for the GPU")
@@ -154,14 +157,15 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    cfgs = {arch: compose_cfg(arch, args.batch, args.dataset, max(args.batch * 40, 2048), args.data_root)
+    cfgs = {arch: compose_cfg(arch, args.batch, args.dataset, max(args.batch * 40, 2048), args.data_root,
+                               args.override)
             for arch in args.arch}
     rows = []
     for arch, cfg in cfgs.items():
         plain = plain_loop(cfg, device, args.steps, args.warmup, args.precision)
         lightning = lightning_loop(cfg, device, args.steps, args.warmup, args.precision)
         rows.append({
-            "arch": arch, "batch": args.batch, "precision": args.precision, "device": str(device),
+            "arch": arch, "overrides": args.override, "batch": args.batch, "precision": args.precision, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "plain_ms": plain * 1e3, "lightning_ms": lightning * 1e3, "ratio": lightning / plain,
             "plain_img_s": args.batch / plain, "lightning_img_s": args.batch / lightning,

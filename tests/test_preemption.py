@@ -108,6 +108,14 @@ def test_sigterm_is_not_handed_on(tmp_path):
     assert calls == []
 
 
+def test_a_finished_run_leaves_the_signal_handlers_it_found(tmp_path):
+    """After training, SIGTERM and SIGINT reach the handlers that were there before (Lightning's SIGTERM handler
+    only logs, so left installed it made the test and the protocol ignore `timeout` and a cluster's kill)."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    train(compose_train(SMOKE, run_dir=tmp_path / "run"))
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
 def test_a_finished_run_is_skipped_when_rerun_into_its_directory(tmp_path, caplog):
     run_dir = tmp_path / "run"
     first = train(compose_train(SMOKE + ["trainer.max_epochs=1"], run_dir=run_dir))

@@ -126,8 +126,12 @@ class GracefulStop(pl.Callback):
             previous(self.received, None)  # submitit's exits the process on rank zero: last.ckpt is saved
 
     def _restore_handlers(self) -> None:
+        # Lightning's trainer puts back the handlers it replaced before this callback's teardown runs. Putting back
+        # ours only where ours is still installed stops us re-installing Lightning's SIGTERM handler, which only
+        # logs: the test and the protocol after training would then ignore SIGTERM (`timeout`, a cluster's kill).
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            if signal.getsignal(sig) == self._handle:
+                signal.signal(sig, handler)
         self._previous.clear()
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
