@@ -10,9 +10,10 @@ from PIL import Image
 from binexp.data.cifar10 import CIFAR10Data
 from binexp.data.errors import DatasetNotFoundError
 from binexp.data.imagefolder import ImageFolderData
-from binexp.data.loader import DeviceBatches, InputNorm, host_to, random_crop
+from binexp.data.loader import DeviceBatches, InputNorm, host_to, image_mean, random_crop
 from binexp.data.mnist import MNISTData
 from binexp.data.split import Split, balanced_subset, stratified_holdout
+from binexp.data.synthetic import SyntheticData
 
 
 def toy_split(n: int = 100, classes: int = 10) -> Split:
@@ -152,8 +153,31 @@ def test_input_normalisation_modes(mode, expected):
 
 
 def test_unknown_normalisation_names_the_allowed_ones():
-    with pytest.raises(ValueError, match="allowed: standard, mean_only, caffe"):
+    with pytest.raises(ValueError, match="allowed: standard, mean_only, caffe, caffe_image"):
         InputNorm.from_stats("zscore", [0.5], [0.2])
+
+
+def test_caffe_image_subtracts_the_per_pixel_mean_of_the_training_images():
+    images = torch.tensor([[[[0, 10], [20, 30]]], [[[2, 30], [40, 50]]]], dtype=torch.uint8)  # 2 x 1 x 2 x 2
+    mean_image = image_mean(images, chunk=1)
+    torch.testing.assert_close(torch.tensor(mean_image, dtype=torch.float64) * 255,
+                               torch.tensor([[[1.0, 20.0], [30.0, 40.0]]], dtype=torch.float64))
+    norm = InputNorm.from_stats("caffe_image", [0.0], [1.0], mean_image)
+    torch.testing.assert_close(norm.apply(images), torch.tensor([[[[-1.0, -10.0], [-10.0, -10.0]]], [[[1.0, 10.0], [10.0, 10.0]]]]))
+    with pytest.raises(ValueError, match="dataset.normalize=caffe_image: a mean image is needed"):
+        InputNorm.from_stats("caffe_image", [0.0], [1.0])
+    with pytest.raises(ValueError, match="dataset.normalize=caffe: a mean image is only used with caffe_image"):
+        InputNorm.from_stats("caffe", [0.0], [1.0], mean_image)
+
+
+def test_datamodule_computes_the_mean_image_from_its_training_split_only():
+    dm = SyntheticData(num_train=64, num_test=16, val_size=16, normalize="caffe_image", seed=0)
+    dm.setup()
+    expected = dm.splits["train"].images.double().mean(0) / 255
+    assert torch.allclose(torch.tensor(dm.norm.mean_image, dtype=torch.float64), expected)
+    x, _ = next(iter(dm.batches("test")))
+    test = dm.splits["test"].images[: len(x)].float()
+    torch.testing.assert_close(x, test - 255 * expected.float(), rtol=0, atol=1e-4)  # float32 rounding of the shift
 
 
 def test_mnist_is_read_from_the_torchvision_layout(shared_data):

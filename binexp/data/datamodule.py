@@ -15,7 +15,7 @@ from typing import Optional
 import pytorch_lightning as pl
 import torch
 
-from binexp.data.loader import DeviceBatches, InputNorm, channel_stats
+from binexp.data.loader import DeviceBatches, InputNorm, channel_stats, image_mean
 from binexp.data.split import Split, balanced_subset, stratified_holdout
 
 
@@ -23,6 +23,7 @@ class Normalize(str, Enum):
     standard = "standard"
     mean_only = "mean_only"
     caffe = "caffe"
+    caffe_image = "caffe_image"
 
 
 @dataclass
@@ -97,7 +98,8 @@ class ImageData(pl.LightningDataModule):
             train, val = stratified_holdout(train, n_val, len(self.classes), self.seed)
             self.splits["val"] = val
         mean, std = channel_stats(train.images)
-        self.norm = InputNorm.from_stats(self.normalize, mean, std)
+        mean_image = image_mean(train.images) if self.normalize == "caffe_image" else None
+        self.norm = InputNorm.from_stats(self.normalize, mean, std, mean_image)
         if self.subset:
             train = balanced_subset(train, self.subset, len(self.classes))
         self.splits.update(train=train, test=test)

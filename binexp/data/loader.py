@@ -15,7 +15,7 @@ import torch
 
 from binexp.data.split import Split
 
-NORMALIZE_MODES = ("standard", "mean_only", "caffe")
+NORMALIZE_MODES = ("standard", "mean_only", "caffe", "caffe_image")
 
 
 @dataclass
@@ -24,29 +24,39 @@ class InputNorm:
 
     standard: (x/255 - mean) / std.  mean_only: x/255 - mean (the ABR paper's inputs).
     caffe: x - 255*mean (Caffe's mean subtraction on raw pixel values, no scaling).
+    caffe_image: x - 255*mean_image, the per-pixel mean image (C x H x W) that Caffe's CIFAR-10 example subtracts
+    (its `mean.binaryproto`, from compute_image_mean); after a random crop it is subtracted at the crop's output
+    positions.
     """
 
     mode: str
     mean: list[float]
     std: list[float]
+    mean_image: list | None = None  # C x H x W nested lists, in units of 1/255; only for caffe_image
 
     @classmethod
-    def from_stats(cls, mode: str, mean: list[float], std: list[float]) -> InputNorm:
+    def from_stats(cls, mode: str, mean: list[float], std: list[float], mean_image: list | None = None) -> InputNorm:
         mode = str(getattr(mode, "value", mode))
         if mode not in NORMALIZE_MODES:
             raise ValueError(f"dataset.normalize={mode!r} is not a normalisation (allowed: {', '.join(NORMALIZE_MODES)})")
-        return cls(mode, [float(m) for m in mean], [float(s) for s in std])
+        if (mode == "caffe_image") != (mean_image is not None):
+            raise ValueError(f"dataset.normalize={mode}: a mean image is {'needed' if mean_image is None else 'only used'} "
+                             f"with caffe_image")
+        return cls(mode, [float(m) for m in mean], [float(s) for s in std], mean_image)
 
     def affine(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale, shift), each C x 1 x 1, such that input = pixels * scale + shift."""
+        """(scale, shift) such that input = pixels * scale + shift; each C x 1 x 1, the shift C x H x W for
+        caffe_image."""
         mean = torch.tensor(self.mean, dtype=torch.float64).view(-1, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float64).view(-1, 1, 1)
         if self.mode == "standard":
             scale, shift = 1 / (255 * std), -mean / std
         elif self.mode == "mean_only":
             scale, shift = torch.full_like(mean, 1 / 255), -mean
-        else:
+        elif self.mode == "caffe":
             scale, shift = torch.ones_like(mean), -255 * mean
+        else:
+            scale, shift = torch.ones_like(mean), -255 * torch.tensor(self.mean_image, dtype=torch.float64)
         return scale.float().to(device), shift.float().to(device)
 
     def apply(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -67,6 +77,14 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float],
     mean = total / count
     std = (squares / count - mean * mean).clamp_min(1e-12).sqrt()
     return mean.tolist(), std.tolist()
+
+
+def image_mean(images: torch.Tensor, chunk: int = 4096) -> list:
+    """The per-pixel mean of uint8 images (C x H x W nested lists, in units of 1/255), chunked: no float copy."""
+    total = torch.zeros(images.shape[1:], dtype=torch.float64)
+    for start in range(0, images.shape[0], chunk):
+        total += images[start : start + chunk].to(torch.float64).sum(0)
+    return (total / (255 * images.shape[0])).tolist()
 
 
 def host_to(values: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -166,7 +166,7 @@ class StepModel:
         norm = self.manifest["input_norm"]
         from binexp.data.loader import InputNorm
 
-        scale, shift = InputNorm.from_stats(norm["mode"], norm["mean"], norm["std"]).affine()
+        scale, shift = InputNorm.from_stats(norm["mode"], norm["mean"], norm["std"], norm.get("mean_image")).affine()
         return self(images.float() * scale + shift)
 
     @torch.no_grad()
