@@ -1,4 +1,5 @@
-"""`binexp eval run=<run dir> [ckpt=last|best|<path>]`: test a run's checkpoint on its dataset's test set.
+"""`binexp eval run=<run dir> [ckpt=last|best|binary_weights|bn_reestimated|<path>]`: test a run's checkpoint on its
+dataset's test set.
 
 The network is rebuilt from the run's own saved config, so it is evaluated exactly as it was trained;
 layers with a step-function form are also evaluated in step mode (`test/acc_step`). `protocol=true` also runs
@@ -22,7 +23,8 @@ from binexp.binarize.base import step_mode
 from binexp.errors import ConfigError
 from binexp.protocol import (
     BINARY_WEIGHTS_KEY,
-    binary_weights_path,
+    DERIVED_CHECKPOINTS,
+    derived_checkpoint_path,
     freeze_sign_weights,
     has_step_form,
     protocol_config,
@@ -57,18 +59,16 @@ def find_checkpoint(run_dir: Path, which: str) -> Path:
     ckpt_dir = run_dir / "checkpoints"
     if which == "last":
         path = ckpt_dir / "last.ckpt"
-    elif which == BINARY_WEIGHTS_KEY:
-        path = binary_weights_path(run_dir)
+    elif which in DERIVED_CHECKPOINTS:
+        path = derived_checkpoint_path(run_dir, which)
     elif which == "best":
         best = sorted(ckpt_dir.glob("best-*.ckpt"))
         path = best[-1] if best else ckpt_dir / "best-*.ckpt"
     else:
         path = Path(which)
     if not path.exists():
-        raise ConfigError(
-            f"ckpt={which}: {path} not found (allowed: last, best, {BINARY_WEIGHTS_KEY} (Section 4.4's network, saved "
-            f"when protocol.binary_weights_epochs > 0), or a checkpoint path)"
-        )
+        derived = ", ".join(f"{name} ({when})" for name, when in DERIVED_CHECKPOINTS.items())
+        raise ConfigError(f"ckpt={which}: {path} not found (allowed: last, best, {derived}, or a checkpoint path)")
     return path
 
 
@@ -94,8 +94,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from binexp.train import print_summary, scalar_metrics
 
     run_dir = Path(cfg.run)
-    if cfg.protocol and cfg.ckpt == BINARY_WEIGHTS_KEY:
-        raise ConfigError(f"protocol=true with ckpt={BINARY_WEIGHTS_KEY}: the protocol starts from a trained run's "
+    if cfg.protocol and cfg.ckpt in DERIVED_CHECKPOINTS:
+        raise ConfigError(f"protocol=true with ckpt={cfg.ckpt}: the protocol starts from a trained run's "
                           f"checkpoint (allowed: last, best, or a checkpoint path)")
     run_cfg, dm, module, ckpt = load_trained(run_dir, cfg.ckpt, list(cfg.run_overrides))
     trainer = pl.Trainer(
@@ -120,4 +120,4 @@ def protocol_metrics(run_cfg: DictConfig, dm, module, run_dir: Path) -> dict[str
     from binexp.train import build_method
 
     return run_protocol(module.net, build_method(run_cfg), dm, protocol_config(run_cfg), seed=dm.seed,
-                        save_binary_weights_to=binary_weights_path(run_dir))
+                        save_to_run=run_dir)

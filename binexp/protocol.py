@@ -4,9 +4,10 @@
 - `binary`: every layer with a step form replaced by it (`step_mode`), no retraining.
 - `finetuned`: only the final classifier retrained on the frozen binary features (Table 1/2's "Finetuned").
 - `binary_bn_reestimated` (optional, `protocol.bn_batches` > 0): `binary` with the BN statistics re-estimated on the
-  binary network itself (training batches in step mode, no gradient step), on a copy: the checkpoint and export keep
-  the trained statistics. Where the step form changes what a BN sees (SBN's sign(P) in place of tanh(nu P) for
-  latent weights still near 0), the statistics gathered in training no longer fit it.
+  binary network itself (training batches in step mode, no gradient step), on a copy: the run's own checkpoints keep
+  the trained statistics, and the copy is saved as `checkpoints/bn_reestimated.ckpt`, so `binexp export <run>
+  ckpt=bn_reestimated` deploys it. Where the step form changes what a BN sees (SBN's sign(P) in place of tanh(nu P)
+  for latent weights still near 0), the statistics gathered in training no longer fit it.
 - `binary_weights` (Section 4.4, optional): every weight but the first layer's thresholded to +-1 and frozen,
   biases and the method's other parameters (ABR slopes) finetuned, then tested in step mode; that network is
   saved as `checkpoints/binary_weights.ckpt`, so `binexp export <run> ckpt=binary_weights` deploys it.
@@ -40,6 +41,12 @@ from binexp.distributed import gather_in_order, sum_over_shards
 log = logging.getLogger(__name__)
 
 BINARY_WEIGHTS_KEY = "binary_weights"  # marks a Section 4.4 checkpoint; also its name: checkpoints/binary_weights.ckpt
+BN_REESTIMATED_KEY = "bn_reestimated"  # likewise for the deployed network with re-estimated BN statistics
+# the networks the protocol derives from a trained one and saves beside its checkpoints: name -> when it is saved
+DERIVED_CHECKPOINTS = {
+    BINARY_WEIGHTS_KEY: "Section 4.4's network, saved when protocol.binary_weights_epochs > 0",
+    BN_REESTIMATED_KEY: "the step-form network with BN statistics re-estimated, saved when protocol.bn_batches > 0",
+}
 
 
 @dataclass
@@ -57,8 +64,8 @@ def protocol_config(run_cfg: DictConfig) -> ProtocolConfig:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ProtocolConfig), run_cfg.get("protocol") or {}))
 
 
-def binary_weights_path(run_dir: Path) -> Path:
-    return run_dir / "checkpoints" / f"{BINARY_WEIGHTS_KEY}.ckpt"
+def derived_checkpoint_path(run_dir: Path, name: str) -> Path:
+    return run_dir / "checkpoints" / f"{name}.ckpt"
 
 
 def has_step_form(net: nn.Module) -> bool:
@@ -107,9 +114,14 @@ def reestimate_bn(net: nn.Module, batches: Iterable, count: int, step: bool = Fa
     return net.eval()
 
 
+def bn_reestimated_network(net: nn.Module, train: Iterable, count: int) -> nn.Module:
+    """A copy of `net` (left as it is) with its BN statistics re-estimated in step mode on `count` batches."""
+    return reestimate_bn(copy.deepcopy(net), train, count, step=True)
+
+
 def bn_reestimated_accuracy(net: nn.Module, train: Iterable, test: Iterable, count: int) -> float:
     """Step-form accuracy once the BN statistics are re-estimated in step mode, on a copy of `net` (left as it is)."""
-    return accuracy(reestimate_bn(copy.deepcopy(net), train, count, step=True), test, step=True)
+    return accuracy(bn_reestimated_network(net, train, count), test, step=True)
 
 
 def classifier_inputs(net: nn.Module, batches: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,29 +252,35 @@ def _device(net: nn.Module) -> torch.device:
     return next(net.parameters()).device
 
 
-def save_binary_weights(net: nn.Module, path: Path) -> None:
-    """A checkpoint `binexp eval/export ... ckpt=binary_weights` rebuilds (`load_trained` freezes the same layers)."""
+def save_derived(net: nn.Module, run_dir: Path, name: str) -> None:
+    """A checkpoint `binexp eval/export ... ckpt=<name>` rebuilds (for binary_weights `load_trained` freezes the same
+    layers)."""
+    path = derived_checkpoint_path(run_dir, name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, BINARY_WEIGHTS_KEY: True}, path)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, name: True}, path)
 
 
 def run_protocol(net: nn.Module, method, dm, cfg: ProtocolConfig, seed: int = 0,
-                 save_binary_weights_to: Path | None = None) -> dict[str, float]:
-    """The protocol's metrics; with Section 4.4 on, its network is also saved to `save_binary_weights_to`."""
+                 save_to_run: Path | None = None) -> dict[str, float]:
+    """The protocol's metrics; the networks it derives (Section 4.4's, the BN re-estimated one) are also saved into
+    the run directory `save_to_run` (DERIVED_CHECKPOINTS)."""
     if not cfg.enabled or not has_step_form(net):
         return {}
     test = dm.batches("test", device=_device(net))
     out = {"protocol/regular": accuracy(net, test), "protocol/binary": accuracy(net, test, step=True)}
     if cfg.bn_batches > 0:  # every rank the same shuffled batches, so the statistics agree across ranks
         train = dm.batches("train", train=True, device=_device(net), shard=False)
-        out["protocol/binary_bn_reestimated"] = bn_reestimated_accuracy(net, train, test, cfg.bn_batches)
+        reestimated = bn_reestimated_network(net, train, cfg.bn_batches)
+        out["protocol/binary_bn_reestimated"] = accuracy(reestimated, test, step=True)
+        if save_to_run is not None:
+            save_derived(reestimated, save_to_run, BN_REESTIMATED_KEY)
     if cfg.finetune_epochs > 0:
         out["protocol/finetuned"] = finetuned_accuracy(net, dm, cfg, seed)
     if cfg.binary_weights_epochs > 0:
         binary = binary_weights_network(net, method, dm, cfg)
         out["protocol/binary_weights"] = accuracy(binary, dm.batches("test", device=_device(net), shard=False), step=True)
-        if save_binary_weights_to is not None:
-            save_binary_weights(binary, save_binary_weights_to)
+        if save_to_run is not None:
+            save_derived(binary, save_to_run, BINARY_WEIGHTS_KEY)
     return out
 
 

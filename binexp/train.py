@@ -35,7 +35,7 @@ from binexp.hparams import log_hparams
 from binexp.models import build_model
 from binexp.module import Classifier
 from binexp.optim import build_optimizer
-from binexp.protocol import PhaseEvaluation, binary_weights_path, protocol_config, run_protocol
+from binexp.protocol import PhaseEvaluation, protocol_config, run_protocol
 from binexp.schedules import Schedule
 from binexp.size import model_size
 
@@ -281,8 +281,8 @@ def _fit_test_evaluate(cfg, run_dir, dm, method, module, callbacks, trainer, ckp
             metrics.update(cb.results)
     protocol = protocol_config(cfg)
     module.to(trainer.strategy.root_device)  # Lightning hands the model back on the CPU
-    binary_weights_ckpt = binary_weights_path(run_dir) if trainer.is_global_zero else None
-    metrics.update(run_protocol(module.net, method, dm, protocol, seed=dm.seed, save_binary_weights_to=binary_weights_ckpt))
+    save_to_run = run_dir if trainer.is_global_zero else None
+    metrics.update(run_protocol(module.net, method, dm, protocol, seed=dm.seed, save_to_run=save_to_run))
     metrics.update(model_size(module.net))
     metrics.update({"trainer/epochs": float(trainer.current_epoch), "trainer/global_step": float(trainer.global_step)})
     metrics["time/wall_s"] = time.time() - started

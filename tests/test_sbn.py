@@ -342,6 +342,25 @@ def test_sbn_run_binarizes_and_a_resumed_run_has_the_same_nu(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in nu_buffers(a))
     assert torch.equal(a["net.features.0.weight"], b["net.features.0.weight"])  # the latent P followed the same nu
 
+def test_bn_reestimated_network_is_saved_exported_and_verified(tmp_path):
+    from binexp.evaluate import load_trained
+    from binexp.export.commands import export_run, verify_artifact
+    from binexp.protocol import accuracy
+
+    run_dir = tmp_path / "run"
+    metrics = train(compose_train(SBN_SMOKE, run_dir=run_dir))
+    _, dm, module, path = load_trained(run_dir, "bn_reestimated")
+    assert path == run_dir / "checkpoints" / "bn_reestimated.ckpt"
+    assert accuracy(module.net, dm.batches("test"), step=True) == metrics["protocol/binary_bn_reestimated"]
+    trained = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    saved = torch.load(path, weights_only=False)["state_dict"]
+    stats = [k for k in trained if k.endswith("running_mean")]
+    assert stats and all(not torch.equal(trained[k], saved[k]) for k in stats)  # the statistics are new
+    assert all(torch.equal(trained[k], saved[k]) for k in trained if k.endswith(".weight"))  # the weights are not
+    out, _ = export_run(run_dir, "bn_reestimated")
+    result = verify_artifact(out)
+    assert result["differing_predictions"] == 0 and sum(result["differing_activations"].values()) == 0
+    assert result["accuracy_exported"] == metrics["protocol/binary_bn_reestimated"]
 
 
 def test_firing_matrix_reads_the_last_activation_probe_not_weights(tmp_path):

@@ -135,6 +135,9 @@ def test_eval_reruns_the_protocol_on_a_checkpoint(tmp_path):
     assert "protocol/finetuned" not in short and short["protocol/binary"] == metrics["protocol/binary"]
     with pytest.raises(ConfigError, match="protocol=true with ckpt=binary_weights: the protocol starts from"):
         evaluate(eval_config(**args, ckpt="binary_weights"))
+    with pytest.raises(ConfigError, match=r"ckpt=bn_reestimated: .*bn_reestimated.ckpt not found \(allowed: last, best, "
+                                          r"binary_weights \(.*\), bn_reestimated \(.*protocol.bn_batches > 0\)"):
+        evaluate(eval_config(run=str(run_dir), accelerator="cpu", ckpt="bn_reestimated"))
 
 
 def test_no_validation_split_trains_on_everything_and_keeps_last_checkpoint(tmp_path):
