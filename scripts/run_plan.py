@@ -126,8 +126,9 @@ def execute(runs: list[PlannedRun], binexp: list[str], jobs: int, deadline_s: fl
         time.sleep(0.5)
 
 
-def pack(runs: list[PlannedRun], logs: Path, archive: Path) -> int:
-    """The light files of every run into one .tar.gz, paths relative to `logs`; returns the number of files."""
+def pack(runs: list[PlannedRun], where: Path, logs: Path, archive: Path) -> int:
+    """The light files of every run and the plan's summary.json (in `where`) into one .tar.gz, paths relative to
+    `logs`; returns the number of files."""
     archive.parent.mkdir(parents=True, exist_ok=True)
     count = 0
     with tarfile.open(archive, "w:gz") as tar:
@@ -137,21 +138,20 @@ def pack(runs: list[PlannedRun], logs: Path, archive: Path) -> int:
             for path in sorted(files | ({out} if out.exists() else set())):
                 tar.add(path, arcname=str(path.relative_to(logs)))
                 count += 1
-        summary = runs[0].run_dir.parent / "summary.json"
+        summary = where / "summary.json"
         if summary.exists():
             tar.add(summary, arcname=str(summary.relative_to(logs)))
             count += 1
     return count
 
 
-def summarise(runs: list[PlannedRun], where: Path) -> list[dict]:
+def summarise(runs: list[PlannedRun], where: Path) -> None:
     rows = [{"name": r.name, "status": r.status, "rc": r.rc, "wall_s": round(r.wall_s, 1),
              **{k: r.metrics[k] for k in SUMMARY_KEYS if k in r.metrics}} for r in runs]
     (where / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     for row in rows:
         values = "  ".join(f"{k}={100 * row[k]:.2f}" for k in SUMMARY_KEYS if k in row)
         print(f"{row['name']:<24} {row['status']:<22} {row['wall_s']:>7.0f} s  {values}")
-    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     execute(runs, binexp, args.jobs or len(runs), args.deadline)
     summarise(runs, where)
     if args.pack:
-        print(f"packed {pack(runs, args.logs, args.pack)} files into {args.pack}")
+        print(f"packed {pack(runs, where, args.logs, args.pack)} files into {args.pack}")
     return 0 if all(r.status in ("done", "skipped (finished before)") for r in runs) else 1  # a stopped run is not done
 
 

@@ -9,21 +9,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Optional
 
 import pytorch_lightning as pl
 import torch
 
-from binexp.data.loader import DeviceBatches, InputNorm, channel_stats, image_mean
+from binexp.data.loader import DeviceBatches, InputNorm, Normalize, channel_stats, image_mean
 from binexp.data.split import Split, balanced_subset, stratified_holdout
-
-
-class Normalize(str, Enum):
-    standard = "standard"
-    mean_only = "mean_only"
-    caffe = "caffe"
-    caffe_image = "caffe_image"
 
 
 @dataclass

@@ -10,12 +10,23 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 
 from binexp.data.split import Split
 
-NORMALIZE_MODES = ("standard", "mean_only", "caffe", "caffe_image")
+
+class Normalize(str, Enum):
+    """`dataset.normalize`: how pixels become inputs (InputNorm says each)."""
+
+    standard = "standard"
+    mean_only = "mean_only"
+    caffe = "caffe"
+    caffe_image = "caffe_image"
+
+
+NORMALIZE_MODES = tuple(mode.value for mode in Normalize)
 
 
 @dataclass
