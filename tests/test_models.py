@@ -68,8 +68,32 @@ def test_densenet45_lays_out_twenty_blocks_two_four_eight_six():
     assert units == [2, 4, 8, 6]
     assert net.features[0].out_channels == 256  # the stem has 2k filters, k = 128
     assert {b.conv.out_channels for b in net.features if isinstance(b, DenseBlock)} == {128}
-    # transitions halve: 256 + 2k = 512 -> 256, + 4k -> 384, + 8k -> 704, + 6k = 1472 into the classifier
-    assert net.fc.in_features == 1472
+    # transitions keep every channel: 256 + 2k + 4k + 8k + 6k = 2816 into the classifier
+    assert net.fc.in_features == 2816
+
+
+def _transition_widths(net: nn.Module) -> list[tuple[int, int]]:
+    convs = [m for layer in net.features if not isinstance(layer, DenseBlock) for m in layer.modules() if isinstance(m, nn.Conv2d)]
+    return [(c.in_channels, c.out_channels) for c in convs[1:]]  # convs[0] is the stem
+
+
+@pytest.mark.parametrize("extra,widths,fc_in,params", [
+    # BMXNet's released DenseNet-21: transitions keep all channels (Table 2 gives 51MB float for it)
+    ((), [(512, 512), (768, 768), (1024, 1024)], 1280, 8_426_762),
+    # DenseNet-BC's halving transitions
+    (("architecture.reduction=0.5",), [(512, 256), (512, 256), (512, 256)], 512, 3_363_594),
+])
+def test_densenet21_transitions_keep_the_configured_share_of_channels(extra, widths, fc_in, params):
+    net = _ste("densenet21", "architecture.width=1.0", *extra)
+    assert _transition_widths(net) == widths
+    assert net.fc.in_features == fc_in
+    assert sum(p.numel() for p in net.parameters()) == params
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, 1.5])
+def test_bad_densenet_reduction_names_the_key_and_the_allowed_range(bad):
+    with pytest.raises(ConfigError, match=r"architecture\.reduction=.*allowed is a number in \(0, 1\]"):
+        DenseNet(build(compose_train(["method=ste"]).method), (3, 32, 32), 10, reduction=bad)
 
 
 def test_uniform_blocks_still_mean_blocks_per_unit():
