@@ -12,8 +12,9 @@ A plan is a text file, one run per line: a name, then the run's overrides. `#` s
 Each run lands in `<logs>/<plan>/<name>/` (its output in `<name>.out` beside it), without the rich progress bar
 (it draws nothing useful into a file). `--jobs N` runs N at a time (default: all at once, which is how one large GPU is kept
 busy by small networks). At `--deadline` seconds every run still going gets SIGTERM: binexp saves
-`checkpoints/last.ckpt` and exits. Running the plan again skips the runs whose directory holds metrics.json, and
-binexp itself continues each stopped one from its last.ckpt (same batches and schedule state) in the same directory.
+`checkpoints/last.ckpt` and exits. Running the plan again skips the runs whose directory holds metrics.json (and
+refuses one that finished with other overrides than its line has now), and binexp itself continues each stopped one
+from its last.ckpt (same batches and schedule state) in the same directory, refusing one whose job changed.
 
 `--pack FILE` writes one .tar.gz of what `binexp report` reads (configs, metrics.json, TensorBoard events,
 binarization.csv, logs), without checkpoints, so a remote machine's results travel as one small file:
@@ -75,8 +76,29 @@ def read_plan(path: Path) -> list[PlannedRun]:
     return runs
 
 
+def added_overrides(run: PlannedRun) -> list[str]:
+    return [f"hydra.run.dir={run.run_dir}", "callbacks.rich_progress_bar=null"]
+
+
 def command(binexp: list[str], run: PlannedRun) -> list[str]:
-    return [*binexp, "train", *run.overrides, f"hydra.run.dir={run.run_dir}", "callbacks.rich_progress_bar=null"]
+    return [*binexp, "train", *run.overrides, *added_overrides(run)]
+
+
+def finished_before(run: PlannedRun, plan: Path) -> bool:
+    """Whether the run's directory holds its finished result; one left by a different plan line is refused, as a
+    skipped run would report the old line's result under the new line's name."""
+    if not (run.run_dir / "metrics.json").exists():
+        return False
+    saved = run.run_dir / ".hydra" / "overrides.yaml"
+    if saved.exists():
+        from omegaconf import OmegaConf
+
+        before = [o for o in OmegaConf.to_container(OmegaConf.load(saved)) if o not in added_overrides(run)]
+        if before != run.overrides:
+            raise SystemExit(f"{plan}: run {run.name!r} finished in {run.run_dir} with the overrides "
+                             f"{shlex.join(before)!r}, and its line now says {shlex.join(run.overrides)!r}; give the "
+                             f"changed line a new name or pass another --logs")
+    return True
 
 
 def start(binexp: list[str], run: PlannedRun) -> None:
@@ -180,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     binexp = shlex.split(args.binexp)
     for run in runs:
         run.run_dir = where / run.name
-        if (run.run_dir / "metrics.json").exists():
+        if finished_before(run, args.plan):
             run.status = "skipped (finished before)"
             run.metrics = json.loads((run.run_dir / "metrics.json").read_text())
     if args.dry_run:

@@ -82,6 +82,12 @@ def test_two_runs_at_once_then_packed_without_checkpoints_and_skipped_when_run_a
     assert [r["status"] for r in rows] == ["skipped (finished before)"] * 2
     assert "start" not in capsys.readouterr().out
 
+    changed = write_plan(tmp_path, f"a {SMOKE} seed=0\nb {SMOKE} seed=2\n")
+    with pytest.raises(SystemExit) as err:
+        run_plan.main([str(changed), "--logs", str(logs), "--dry-run"])
+    assert str(err.value) == (f"{changed}: run 'b' finished in {logs / 'probe' / 'b'} with the overrides '{SMOKE} seed=1', "
+                              f"and its line now says '{SMOKE} seed=2'; give the changed line a new name or pass another --logs")
+
 
 def test_the_deadline_stops_a_run_with_a_resumable_checkpoint(tmp_path):
     plan = write_plan(tmp_path, f"long {SMOKE} trainer.max_epochs=100000\nlater {SMOKE}\n")
