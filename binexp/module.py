@@ -38,6 +38,8 @@ class Classifier(pl.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self._loss_in_bar = True
+        self._loss_sum: Optional[torch.Tensor] = None  # this epoch's training loss summed over its images
+        self._loss_images = 0
 
     def on_fit_start(self) -> None:
         # Lightning turns a progress-bar metric into a Python number every step, which waits for the GPU;
@@ -52,19 +54,37 @@ class Classifier(pl.LightningModule):
         set_epoch = getattr(self.trainer.train_dataloader, "set_epoch", None)
         if set_epoch is not None:
             set_epoch(self.current_epoch)
+        self._loss_images = 0
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         logits = self.net(x)
         loss = F.cross_entropy(logits, y)
         self.train_acc.update(logits, y)  # update only: the per-batch value (forward) is never read
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=self._loss_in_bar)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        summed = loss.detach() * len(y)
+        self._loss_sum = summed if self._loss_images == 0 else self._loss_sum + summed
+        self._loss_images += len(y)
+        # Each self.log call costs about a millisecond of host time (Lightning's result collection), which a
+        # short GPU step cannot hide: step values are logged only on the steps the logger writes (every step
+        # while a progress bar shows the loss), and the epoch values once, on the epoch's last batch.
+        log_step = self._loss_in_bar or self.trainer._logger_connector.should_update_logs
+        if log_step:
+            self.log("train/loss_step", loss, prog_bar=self._loss_in_bar)
+        if self.trainer.is_last_batch or batch_idx + 1 >= self.trainer.num_training_batches:
+            self._log_train_epoch()
         extra = self.method.regularization(self.net)
         if extra is not None:
-            self.log("train/regularization", extra, on_step=True, on_epoch=False)
+            if log_step:
+                self.log("train/regularization", extra)
             return loss + extra
         return loss
+
+    def _log_train_epoch(self) -> None:
+        mean = self._loss_sum / self._loss_images
+        self._loss_images = 0
+        self.log("train/loss_epoch", mean, on_step=False, on_epoch=True)
+        self.log("train/loss", mean, on_step=False, on_epoch=True, logger=False)  # metrics.json's key
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
 
     def _evaluate(self, batch, stage: str, metric: MulticlassAccuracy) -> None:
         x, y = batch

@@ -38,8 +38,21 @@ def test_smoke_run_writes_metrics_checkpoints_and_tensorboard_events(tmp_path):
     assert saved["trainer/global_step"] == 8  # 2 epochs x 4 batches
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert list((run_dir / "checkpoints").glob("best-*.ckpt"))
-    steps = [s for s, _ in scalars(run_dir, "train/loss_step")]
-    assert steps == list(range(8))
+    steps = scalars(run_dir, "train/loss_step")
+    assert [s for s, _ in steps] == list(range(8))
+    # the epoch loss is the mean over the epoch's images (4 equal batches), logged once at the epoch's last step
+    epochs = scalars(run_dir, "train/loss_epoch")
+    assert [s for s, _ in epochs] == [3, 7]
+    for (_, value), first in zip(epochs, (0, 4)):
+        assert value == pytest.approx(sum(v for _, v in steps[first:first + 4]) / 4, rel=1e-6)
+    assert [s for s, _ in scalars(run_dir, "train/acc")] == [3, 7]
+    assert saved["train/loss"] == pytest.approx(epochs[-1][1], rel=1e-6)
+
+
+def test_step_values_are_logged_only_on_the_steps_the_logger_writes(tmp_path):
+    run_dir, _ = run(tmp_path, ["trainer.log_every_n_steps=3"])
+    assert [s for s, _ in scalars(run_dir, "train/loss_step")] == [2, 5]
+    assert [s for s, _ in scalars(run_dir, "train/loss_epoch")] == [3, 7]
 
 
 def test_synthetic_data_is_learnable(tmp_path):
@@ -157,7 +170,7 @@ def test_step_loss_is_read_back_for_the_progress_bar_only_when_a_bar_is_shown(tm
     cfg = compose_train(SMOKE, run_dir=tmp_path)
     dm = build_data(cfg)
     module = build_module(cfg, dm, build_method(cfg))
-    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, log_every_n_steps=1,
                          enable_progress_bar=bar, enable_model_summary=False, limit_val_batches=0)
     trainer.fit(module, datamodule=dm)
     assert ("train/loss_step" in trainer.progress_bar_metrics) is bar
