@@ -67,6 +67,7 @@ class Classifier(pl.LightningModule):
         # Each self.log call costs about a millisecond of host time (Lightning's result collection), which a
         # short GPU step cannot hide: step values are logged only on the steps the logger writes (every step
         # while a progress bar shows the loss), and the epoch values once, on the epoch's last batch.
+        # should_update_logs is Lightning's private test for a writing step; test_train pins the steps it gives
         log_step = self._loss_in_bar or self.trainer._logger_connector.should_update_logs
         if log_step:
             self.log("train/loss_step", loss, prog_bar=self._loss_in_bar)
@@ -81,7 +82,6 @@ class Classifier(pl.LightningModule):
 
     def _log_train_epoch(self) -> None:
         mean = self._loss_sum / self._loss_images
-        self._loss_images = 0
         self.log("train/loss_epoch", mean, on_step=False, on_epoch=True)
         self.log("train/loss", mean, on_step=False, on_epoch=True, logger=False)  # metrics.json's key
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)

@@ -36,6 +36,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 LIGHT_FILES = ("metrics.json", "binarization.csv", "train.log", "eval-*.json", ".hydra/*.yaml", "tb/*", "*.png", "*.csv")
 SUMMARY_KEYS = ("test/acc", "protocol/binary", "protocol/binary_bn_reestimated", "val/acc_best")
 GRACE_S = 60  # after SIGTERM: time to finish the batch and write last.ckpt before SIGKILL
@@ -91,8 +93,6 @@ def finished_before(run: PlannedRun, plan: Path) -> bool:
         return False
     saved = run.run_dir / ".hydra" / "overrides.yaml"
     if saved.exists():
-        from omegaconf import OmegaConf
-
         before = [o for o in OmegaConf.to_container(OmegaConf.load(saved)) if o not in added_overrides(run)]
         if before != run.overrides:
             raise SystemExit(f"{plan}: run {run.name!r} finished in {run.run_dir} with the overrides "
