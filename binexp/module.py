@@ -14,6 +14,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from binexp.binarize.base import Method
 from binexp.optim import PLAIN_BIASES, BiasRule, param_groups
 
+TRAIN_TOTALS_KEY = "binexp_train_epoch_totals"
+
 
 class Classifier(pl.LightningModule):
     def __init__(
@@ -34,12 +36,14 @@ class Classifier(pl.LightningModule):
         self.bias_rule = bias_rule
         if hparams:
             self.save_hyperparameters(hparams)
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self._loss_in_bar = True
-        self._loss_sum: Optional[torch.Tensor] = None  # this epoch's training loss summed over its images
-        self._loss_images = 0
+        # this epoch's training totals: [loss summed over its images, correct predictions] on the device (no step
+        # waits for the GPU to read them), and the number of its images on the host. Not a torchmetrics metric:
+        # these go into the checkpoint, so a run resumed mid-epoch still reports the whole epoch.
+        self._train_totals: Optional[torch.Tensor] = None
+        self._train_images = 0
 
     def on_fit_start(self) -> None:
         # Lightning turns a progress-bar metric into a Python number every step, which waits for the GPU;
@@ -54,16 +58,32 @@ class Classifier(pl.LightningModule):
         set_epoch = getattr(self.trainer.train_dataloader, "set_epoch", None)
         if set_epoch is not None:
             set_epoch(self.current_epoch)
-        self._loss_images = 0
+
+    def on_train_start(self) -> None:
+        if self._train_totals is not None:  # restored from a checkpoint before the module moved to its device
+            self._train_totals = self._train_totals.to(self.device)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        totals = None if self._train_totals is None else self._train_totals.cpu()
+        checkpoint[TRAIN_TOTALS_KEY] = {"images": self._train_images, "totals": totals}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A checkpoint taken inside an epoch holds its totals so far (after an epoch's last batch they are reset),
+        # so a run resumed there logs that epoch's loss and accuracy over all its batches, not only the later ones.
+        # (Under DDP only rank 0's totals are saved; each rank restores them, which stands them in for every shard.)
+        saved = checkpoint.get(TRAIN_TOTALS_KEY)
+        if saved is not None and saved["images"]:
+            self._train_totals, self._train_images = saved["totals"], saved["images"]
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         logits = self.net(x)
         loss = F.cross_entropy(logits, y)
-        self.train_acc.update(logits, y)  # update only: the per-batch value (forward) is never read
-        summed = loss.detach() * len(y)
-        self._loss_sum = summed if self._loss_images == 0 else self._loss_sum + summed
-        self._loss_images += len(y)
+        with torch.no_grad():
+            correct = (logits.argmax(dim=1) == y).sum()
+            totals = torch.stack((loss.detach().float() * len(y), correct.float()))
+        self._train_totals = totals if self._train_images == 0 else self._train_totals + totals
+        self._train_images += len(y)
         # Each self.log call costs about a millisecond of host time (Lightning's result collection), which a
         # short GPU step cannot hide: step values are logged only on the steps the logger writes (every step
         # while a progress bar shows the loss), and the epoch values once, on the epoch's last batch.
@@ -81,10 +101,13 @@ class Classifier(pl.LightningModule):
         return loss
 
     def _log_train_epoch(self) -> None:
-        mean = self._loss_sum / self._loss_images
-        self.log("train/loss_epoch", mean, on_step=False, on_epoch=True)
-        self.log("train/loss", mean, on_step=False, on_epoch=True, logger=False)  # metrics.json's key
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        # summed over the processes first, so under DDP both numbers cover every shard, not rank 0's
+        totals = torch.cat((self._train_totals, self._train_totals.new_tensor([self._train_images])))
+        loss_sum, correct, images = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        self.log("train/loss_epoch", loss_sum / images, on_step=False, on_epoch=True)
+        self.log("train/loss", loss_sum / images, on_step=False, on_epoch=True, logger=False)  # metrics.json's key
+        self.log("train/acc", correct / images, on_step=False, on_epoch=True)
+        self._train_images = 0  # the next batch starts the next epoch's totals
 
     def _evaluate(self, batch, stage: str, metric: MulticlassAccuracy) -> None:
         x, y = batch

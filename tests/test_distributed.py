@@ -225,8 +225,9 @@ def test_ddp_run_on_two_cpu_processes_makes_one_run_directory_with_one_processs_
 
     single = train(compose_train(SMOKE + common + ["dataset.batch_size=128"], run_dir=tmp_path / "big-batch"))
     assert single["trainer/global_step"] == metrics["trainer/global_step"]
-    for key in ("protocol/regular", "protocol/binary", "test/acc"):
+    for key in ("protocol/regular", "protocol/binary", "test/acc", "train/acc"):
         assert single[key] == pytest.approx(metrics[key], abs=2 / 512), key
+    assert single["train/loss"] == pytest.approx(metrics["train/loss"], rel=1e-4)  # both shards, not rank 0's
     big = torch.load(tmp_path / "big-batch" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     ddp = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     for key in big:

@@ -57,8 +57,10 @@ class GracefulStop(pl.Callback):
 
     It stops by raising `RunInterrupted` right after saving: letting the epoch wind down instead would let
     ModelCheckpoint overwrite last.ckpt with the epoch marked finished, and a resume would skip its rest.
-    On an epoch's last batch it waits for the epoch's end instead (validation included): a checkpoint taken in
-    the last batch's end hook counts that batch as not completed, and a resume then loses the next epoch.
+    On an epoch's last batch it lets the epoch finish instead (its validation, its checkpoint and its logged epoch
+    values), then saves and raises as training ends: a checkpoint taken in the last batch's end hook counts that
+    batch as not completed, and a resume then loses the next epoch; one taken in the epoch's end hooks comes before
+    Lightning writes the epoch's values, and they are lost.
     A second Ctrl-C interrupts at once.
 
     Cluster requeue: while training, this callback owns the signals; the handler that was installed before it
@@ -104,6 +106,10 @@ class GracefulStop(pl.Callback):
             self._save_and_stop(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._stop_at_epoch_end:
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer, pl_module) -> None:
         if self._stop_at_epoch_end:
             self._save_and_stop(trainer)
 
