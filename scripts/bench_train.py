@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 import traceback
 import warnings
@@ -47,7 +48,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def plain_loop(cfg, device: torch.device, steps: int, warmup: int, precision: str) -> float:
+def median_step(starts: list[float]) -> float:
+    """The median gap between consecutive step starts: on a shared or noisy host, bursts move the mean, not this."""
+    return statistics.median(b - a for a, b in zip(starts, starts[1:]))
+
+
+def plain_loop(cfg, device: torch.device, steps: int, warmup: int, precision: str) -> tuple[float, float]:
     dm = build_data(cfg)
     module = build_module(cfg, dm, build_method(cfg))
     net = module.net.to(device)
@@ -55,13 +61,15 @@ def plain_loop(cfg, device: torch.device, steps: int, warmup: int, precision: st
     opt = opt["optimizer"] if isinstance(opt, dict) else opt
     loader = dm.batches("train", train=True, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-    done, start = 0, None
+    done, start, starts = 0, None, []
     net.train()
     while done < steps + warmup:
         for x, y in loader:
             if done == warmup:
                 sync(device)
                 start = time.perf_counter()
+            if done >= warmup:
+                starts.append(time.perf_counter())
             with autocast:
                 loss = F.cross_entropy(net(x), y)
             opt.zero_grad(set_to_none=True)
@@ -72,17 +80,19 @@ def plain_loop(cfg, device: torch.device, steps: int, warmup: int, precision: st
                 break
         loader.set_epoch(loader.epoch + 1)
     sync(device)
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start) / steps, median_step(starts)
 
 
 class StepTimer(pl.Callback):
     def __init__(self, warmup: int):
-        self.warmup, self.start, self.end = warmup, None, None
+        self.warmup, self.start, self.end, self.starts = warmup, None, None, []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.warmup and self.start is None:
             sync(pl_module.device)
             self.start = time.perf_counter()
+        if self.start is not None:
+            self.starts.append(time.perf_counter())
 
     def on_train_end(self, trainer, pl_module):
         sync(pl_module.device)
@@ -122,7 +132,7 @@ def find_syncs(cfg, device: torch.device, steps: int, warmup: int, precision: st
 
 
 def lightning_loop(cfg, device: torch.device, steps: int, warmup: int, precision: str,
-                   extra_callbacks: list[pl.Callback] = ()) -> float:
+                   extra_callbacks: list[pl.Callback] = ()) -> tuple[float, float]:
     from binexp.callbacks.guards import FiniteLossGuard, GracefulStop
 
     dm = build_data(cfg)
@@ -135,7 +145,7 @@ def lightning_loop(cfg, device: torch.device, steps: int, warmup: int, precision
         callbacks=[timer, *extra_callbacks, FiniteLossGuard(), GracefulStop()], log_every_n_steps=50, use_distributed_sampler=False,
     )
     trainer.fit(module, datamodule=dm)
-    return (timer.end - timer.start) / steps
+    return (timer.end - timer.start) / steps, median_step(timer.starts)
 
 
 def main() -> None:
@@ -162,18 +172,21 @@ def main() -> None:
             for arch in args.arch}
     rows = []
     for arch, cfg in cfgs.items():
-        plain = plain_loop(cfg, device, args.steps, args.warmup, args.precision)
-        lightning = lightning_loop(cfg, device, args.steps, args.warmup, args.precision)
+        plain, plain_median = plain_loop(cfg, device, args.steps, args.warmup, args.precision)
+        lightning, lightning_median = lightning_loop(cfg, device, args.steps, args.warmup, args.precision)
         rows.append({
             "arch": arch, "overrides": args.override, "batch": args.batch, "precision": args.precision, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "plain_ms": plain * 1e3, "lightning_ms": lightning * 1e3, "ratio": lightning / plain,
+            "plain_median_ms": plain_median * 1e3, "lightning_median_ms": lightning_median * 1e3,
             "plain_img_s": args.batch / plain, "lightning_img_s": args.batch / lightning,
         })
-    print(f"{'arch':12} {'plain ms':>9} {'lightning ms':>13} {'ratio':>6} {'plain img/s':>12} {'lightning img/s':>16}")
+    print(f"{'arch':12} {'plain ms':>9} {'lightning ms':>13} {'ratio':>6} {'plain img/s':>12} {'lightning img/s':>16}"
+          f" {'median plain / lightning ms':>28}")
     for r in rows:
         print(f"{r['arch']:12} {r['plain_ms']:9.2f} {r['lightning_ms']:13.2f} {r['ratio']:6.3f} "
-              f"{r['plain_img_s']:12.0f} {r['lightning_img_s']:16.0f}")
+              f"{r['plain_img_s']:12.0f} {r['lightning_img_s']:16.0f}"
+              f" {r['plain_median_ms']:13.3f} / {r['lightning_median_ms']:.3f}")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
     if args.find_syncs and device.type == "cuda":
