@@ -104,8 +104,9 @@ class Classifier(pl.LightningModule):
         # summed over the processes first, so under DDP both numbers cover every shard, not rank 0's
         totals = torch.cat((self._train_totals, self._train_totals.new_tensor([self._train_images])))
         loss_sum, correct, images = self.trainer.strategy.reduce(totals, reduce_op="sum")
-        self.log("train/loss_epoch", loss_sum / images, on_step=False, on_epoch=True)
-        self.log("train/loss", loss_sum / images, on_step=False, on_epoch=True, logger=False)  # metrics.json's key
+        mean_loss = loss_sum / images
+        self.log("train/loss_epoch", mean_loss, on_step=False, on_epoch=True)
+        self.log("train/loss", mean_loss, on_step=False, on_epoch=True, logger=False)  # metrics.json's key
         self.log("train/acc", correct / images, on_step=False, on_epoch=True)
         self._train_images = 0  # the next batch starts the next epoch's totals
 

@@ -61,13 +61,12 @@ def plain_loop(cfg, device: torch.device, steps: int, warmup: int, precision: st
     opt = opt["optimizer"] if isinstance(opt, dict) else opt
     loader = dm.batches("train", train=True, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-    done, start, starts = 0, None, []
+    done, starts = 0, []
     net.train()
     while done < steps + warmup:
         for x, y in loader:
             if done == warmup:
                 sync(device)
-                start = time.perf_counter()
             if done >= warmup:
                 starts.append(time.perf_counter())
             with autocast:
@@ -80,18 +79,17 @@ def plain_loop(cfg, device: torch.device, steps: int, warmup: int, precision: st
                 break
         loader.set_epoch(loader.epoch + 1)
     sync(device)
-    return (time.perf_counter() - start) / steps, median_step(starts)
+    return (time.perf_counter() - starts[0]) / steps, median_step(starts)
 
 
 class StepTimer(pl.Callback):
     def __init__(self, warmup: int):
-        self.warmup, self.start, self.end, self.starts = warmup, None, None, []
+        self.warmup, self.end, self.starts = warmup, None, []  # starts: each timed step's start
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.warmup and self.start is None:
+        if trainer.global_step == self.warmup and not self.starts:
             sync(pl_module.device)
-            self.start = time.perf_counter()
-        if self.start is not None:
+        if trainer.global_step >= self.warmup:
             self.starts.append(time.perf_counter())
 
     def on_train_end(self, trainer, pl_module):
@@ -145,7 +143,7 @@ def lightning_loop(cfg, device: torch.device, steps: int, warmup: int, precision
         callbacks=[timer, *extra_callbacks, FiniteLossGuard(), GracefulStop()], log_every_n_steps=50, use_distributed_sampler=False,
     )
     trainer.fit(module, datamodule=dm)
-    return (timer.end - timer.start) / steps, median_step(timer.starts)
+    return (timer.end - timer.starts[0]) / steps, median_step(timer.starts)
 
 
 def main() -> None:
