@@ -185,7 +185,8 @@ def existing_run(cfg: DictConfig, run_dir: Path) -> tuple[str, Any]:
     if saved is not None:
         before = job_identity(saved.get("hyper_parameters", {}).get("config", {}))
         now = job_identity(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-        differ = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        # a key only one side has came or went with a binexp version (a new protocol key, say), not with this job
+        differ = sorted(k for k in set(before) & set(now) if before[k] != now[k])
         if before and differ:
             shown = ", ".join(f"{k}: {before.get(k)!r} there, {now.get(k)!r} now" for k in differ[:5])
             raise ConfigError(

@@ -139,6 +139,24 @@ def test_a_finished_run_is_skipped_when_rerun_into_its_directory(tmp_path, caplo
     assert _state(run_dir)["global_step"] == 8
 
 
+def test_a_run_started_before_a_config_key_existed_continues(tmp_path, caplog):
+    """A checkpoint whose saved config lacks a key the schema has now (an older binexp) is the same job: rerun into
+    its directory, it continues; a value both configs hold and that differs is still refused."""
+    run_dir = tmp_path / "run"
+    with pytest.raises(RunInterrupted):
+        train(compose_train(SMOKE + ["trainer.max_epochs=2"] + _signal_at(1), run_dir=run_dir))
+    state = _state(run_dir)
+    del state["hyper_parameters"]["config"]["protocol"]["bn_batches"]
+    torch.save(state, run_dir / "checkpoints" / "last.ckpt")
+
+    with pytest.raises(ConfigError, match=r"holds a different job \(optimizer.lr: 0.01 there, 0.05 now"):
+        train(compose_train(SMOKE + ["trainer.max_epochs=2", "optimizer.lr=0.05"], run_dir=run_dir))
+    with caplog.at_level(logging.INFO, logger="binexp"):
+        finished = train(compose_train(SMOKE + ["trainer.max_epochs=2"], run_dir=run_dir))
+    assert "CONTINUING run" in caplog.text and "(step 2)" in caplog.text
+    assert finished["trainer/global_step"] == 8
+
+
 def test_an_interrupted_sweep_rerun_with_its_sweep_dir_skips_finished_jobs(tmp_path):
     """`binexp train -m ...` twice with the same hydra.sweep.dir: job 0 finished and is skipped (said so in the
     log), job 1 had been killed and continues from its checkpoint."""
