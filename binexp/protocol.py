@@ -8,6 +8,11 @@
   the trained statistics, and the copy is saved as `checkpoints/bn_reestimated.ckpt`, so `binexp export <run>
   ckpt=bn_reestimated` deploys it. Where the step form changes what a BN sees (SBN's sign(P) in place of tanh(nu P)
   for latent weights still near 0), the statistics gathered in training no longer fit it.
+- `binary_fixed_bn` (`protocol.bn_bits` > 0, networks with BinaryBN layers): `binary` with each BinaryBN's threshold
+  T as a `bn_bits`-bit fixed-point code (SBN Sec. 4.3: "we represent it as a fixed-point 8-bit integer ... no negative
+  effect"), the fraction bits per layer from the largest BN input over `bn_range_batches` training batches; and
+  `fixed_bn_flips`, the share of BinaryBN outputs over the test set that differ from the float form. Per layer in
+  `fixed_bn.json` in the run directory.
 - `binary_weights` (Section 4.4, optional): every weight but the first layer's thresholded to +-1 and frozen,
   biases and the method's other parameters (ABR slopes) finetuned, then tested in step mode; that network is
   saved as `checkpoints/binary_weights.ckpt`, so `binexp export <run> ckpt=binary_weights` deploys it.
@@ -23,10 +28,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -35,8 +42,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from binexp.binarize.base import BinaryWeights, evaluating, step_mode
+from binexp.binarize.binary_bn import BinaryBN, binary_bn_layers, fixed_point_outputs, input_ranges
 from binexp.binarize.functional import binary_sign
 from binexp.distributed import gather_in_order, sum_over_shards
+from binexp.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +66,15 @@ class ProtocolConfig:
     binary_weights_epochs: int = 0  # Section 4.4: > 0 runs it (bias and slopes finetuned this many epochs)
     binary_weights_lr: float = 1e-3  # Adam
     bn_batches: int = 0  # > 0: protocol/binary_bn_reestimated, BN statistics from this many training batches
+    bn_bits: int = 8  # > 0: protocol/binary_fixed_bn, BinaryBN thresholds as codes of this many bits; 0: off
+    bn_range_batches: int = 10  # training batches whose BN inputs set each layer's fixed-point range
+
+    def __post_init__(self) -> None:
+        if self.bn_bits != 0 and not 2 <= self.bn_bits <= 32:
+            raise ConfigError(f"protocol.bn_bits={self.bn_bits}: allowed are 0 (off) or 2..32 bits per threshold code")
+        if self.bn_bits and self.bn_range_batches < 1:
+            raise ConfigError(f"protocol.bn_range_batches={self.bn_range_batches}: allowed is a count >= 1 "
+                              "(training batches that set the fixed-point range; protocol.bn_bits=0 turns it off)")
 
 
 def protocol_config(run_cfg: DictConfig) -> ProtocolConfig:
@@ -122,6 +140,29 @@ def bn_reestimated_network(net: nn.Module, train: Iterable, count: int) -> nn.Mo
 def bn_reestimated_accuracy(net: nn.Module, train: Iterable, test: Iterable, count: int) -> float:
     """Step-form accuracy once the BN statistics are re-estimated in step mode, on a copy of `net` (left as it is)."""
     return accuracy(bn_reestimated_network(net, train, count), test, step=True)
+
+
+def fixed_point_bn(net: nn.Module, train: Iterable, test: Iterable, bits: int, range_batches: int
+                   ) -> tuple[float, dict[str, dict[str, Any]]]:
+    """Step-form test accuracy with every BinaryBN threshold as a `bits`-bit fixed-point code, each layer's
+    fraction bits from the largest input it sees over the first `range_batches` of `train` (the network in step
+    mode, eval), rounded towards the comparison where those inputs were all integers; and per layer: its fraction
+    bits, that range, whether its inputs were integers, and the test outputs that differ from the float form."""
+    layers = binary_bn_layers(net)
+    with evaluating(net, step=True), input_ranges(layers) as ranges:
+        for _, (x, _y) in zip(range(range_batches), train):
+            net(x)
+    seen = {name: (ranges[name].largest.item(), bool(ranges[name].integer)) for name in layers}
+    forms = {name: BinaryBN.from_batchnorm(m).quantize(bits, *seen[name]) for name, m in layers.items()}
+    with fixed_point_outputs(layers, forms) as counts:
+        acc = accuracy(net, test, step=True)
+    counts = sum_over_shards(counts, test).tolist()
+    per_layer = {
+        name: {"fraction_bits": forms[name].fraction_bits, "data_range": seen[name][0], "integer_inputs": seen[name][1],
+               "flips": flips, "values": values}
+        for name, (flips, values) in zip(layers, counts)
+    }
+    return acc, per_layer
 
 
 def classifier_inputs(net: nn.Module, batches: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
@@ -274,6 +315,15 @@ def run_protocol(net: nn.Module, method, dm, cfg: ProtocolConfig, seed: int = 0,
         out["protocol/binary_bn_reestimated"] = accuracy(reestimated, test, step=True)
         if save_to_run is not None:
             save_derived(reestimated, save_to_run, BN_REESTIMATED_KEY)
+    if cfg.bn_bits > 0 and binary_bn_layers(net):  # every rank the same range batches, so the same codes
+        train = dm.batches("train", train=True, device=_device(net), shard=False)
+        out["protocol/binary_fixed_bn"], per_layer = fixed_point_bn(net, train, test, cfg.bn_bits, cfg.bn_range_batches)
+        flips, values = (sum(layer[k] for layer in per_layer.values()) for k in ("flips", "values"))
+        out["protocol/fixed_bn_flips"] = flips / values
+        log.info("BinaryBN with %d-bit thresholds: %d of %d outputs differ (%s)", cfg.bn_bits, flips, values,
+                 ", ".join(f"{name} {layer['flips']}" for name, layer in per_layer.items()))
+        if save_to_run is not None:
+            (save_to_run / "fixed_bn.json").write_text(json.dumps({"bits": cfg.bn_bits, "layers": per_layer}, indent=2) + "\n")
     if cfg.finetune_epochs > 0:
         out["protocol/finetuned"] = finetuned_accuracy(net, dm, cfg, seed)
     if cfg.binary_weights_epochs > 0:

@@ -250,6 +250,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     dm = build_data(cfg)
     method = build_method(cfg)
     schedule = build_schedule(cfg, method)
+    protocol = protocol_config(cfg)  # checked before training, used after it
     module = build_module(cfg, dm, method)
     callbacks = build_callbacks(cfg, schedule, method, dm)
     trainer = build_trainer(cfg, callbacks, run_dir)
@@ -259,13 +260,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if launcher is not None:  # the other DDP ranks train this very config (resolved: same run_dir)
         launcher.rank_config = OmegaConf.to_yaml(cfg, resolve=True)
     try:
-        return _fit_test_evaluate(cfg, run_dir, dm, method, module, callbacks, trainer, ckpt, started)
+        return _fit_test_evaluate(cfg, run_dir, dm, method, module, callbacks, trainer, ckpt, protocol, started)
     finally:
         if launcher is not None:
             launcher.finish()
 
 
-def _fit_test_evaluate(cfg, run_dir, dm, method, module, callbacks, trainer, ckpt, started) -> dict[str, float]:
+def _fit_test_evaluate(cfg, run_dir, dm, method, module, callbacks, trainer, ckpt, protocol, started) -> dict[str, float]:
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)  # a signal raises RunInterrupted
 
     metrics = {
@@ -280,7 +281,6 @@ def _fit_test_evaluate(cfg, run_dir, dm, method, module, callbacks, trainer, ckp
     for cb in callbacks:
         if isinstance(cb, PhaseEvaluation):
             metrics.update(cb.results)
-    protocol = protocol_config(cfg)
     module.to(trainer.strategy.root_device)  # Lightning hands the model back on the CPU
     save_to_run = run_dir if trainer.is_global_zero else None
     metrics.update(run_protocol(module.net, method, dm, protocol, seed=dm.seed, save_to_run=save_to_run))

@@ -19,6 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from binexp.binarize.abr import ABR
+from binexp.binarize.hard import BinaryNet
 from binexp.callbacks.binarization import firing_matrix, measure
 from binexp.data.loader import DeviceBatches
 from binexp.data.synthetic import SyntheticData
@@ -31,7 +32,14 @@ from binexp.distributed import (
     sum_over_shards,
 )
 from binexp.models.lenet import LeNet
-from binexp.protocol import ProtocolConfig, accuracy, classifier_inputs, run_protocol
+from binexp.protocol import (
+    ProtocolConfig,
+    accuracy,
+    classifier_inputs,
+    fixed_point_bn,
+    reestimate_bn,
+    run_protocol,
+)
 from binexp.train import build_callbacks, build_data, build_method, build_schedule, build_trainer
 from tests.conftest import SMOKE, compose_train
 
@@ -120,9 +128,19 @@ def _net() -> tuple[torch.nn.Module, ABR]:
     return net, method
 
 
+def _binary_net(dm: SyntheticData) -> torch.nn.Module:
+    """A BNN LeNet whose BN statistics are its step form's, so its BinaryBN thresholds sit among their inputs."""
+    torch.manual_seed(0)
+    method = BinaryNet()
+    net = LeNet(method, (1, 28, 28), 10, channels=(6, 8), hidden=32, conv_act=True, batch_norm=True)
+    method.finalize(net)
+    return reestimate_bn(net, dm.batches("train", train=True, shard=False), count=3, step=True)
+
+
 def _evaluate_everything(dm: SyntheticData) -> dict:
     net, method = _net()
     test = dm.batches("test")
+    fixed_bn = fixed_point_bn(_binary_net(dm), dm.batches("train", train=True, shard=False), test, bits=4, range_batches=2)
     protocol = ProtocolConfig(finetune_epochs=2, binary_weights_epochs=1)
     features, labels = classifier_inputs(net, test)
     return {
@@ -132,6 +150,7 @@ def _evaluate_everything(dm: SyntheticData) -> dict:
         "features": features, "labels": labels,
         "firing": firing_matrix(net, test, dm.num_classes),
         "protocol": run_protocol(net, method, dm, protocol, seed=0),
+        "fixed_bn": fixed_bn,
         "shard": torch.cat([y for _, y in test]).tolist(),
         "rows": gather_in_order(torch.arange(test.rank, 301, test.world_size)[:, None].float(), test)[:, 0].tolist(),
     }
@@ -166,7 +185,11 @@ def test_two_gloo_ranks_give_one_processs_curves_protocol_and_firing_matrix(tmp_
         assert torch.equal(out["features"], single["features"]) and torch.equal(out["labels"], single["labels"])
         np.testing.assert_array_equal(out["firing"], single["firing"])
         assert out["protocol"] == single["protocol"]
+        assert out["fixed_bn"] == single["fixed_bn"]  # BinaryBN's fixed-point flips counted over both shards
     assert set(single["protocol"]) == {"protocol/regular", "protocol/binary", "protocol/finetuned", "protocol/binary_weights"}
+    fixed_layers = single["fixed_bn"][1]
+    assert sum(layer["flips"] for layer in fixed_layers.values()) > 0  # 4 bits: something to count
+    assert fixed_layers["features.2"]["values"] == 301 * 6 * 12 * 12  # every test image's conv1 outputs, once
 
 
 def test_a_shard_without_a_process_group_is_an_error_not_half_the_answer():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import pytest
@@ -82,7 +83,8 @@ def test_fixed_point_thresholds_count_their_disagreements():
     bn = random_bn(16, 0)
     x = torch.randn(16, 16, 6, 6, generator=torch.Generator().manual_seed(7)) * 2
     data_range = x.abs().max().item()
-    fixed = BinaryBN.from_batchnorm(bn).quantize(bits=8, data_range=data_range)
+    exact = BinaryBN.from_batchnorm(bn)
+    fixed = exact.quantize(bits=8, data_range=data_range)
     assert fixed.codes.dtype == torch.int8 and fixed.bits_per_channel == 9
     f = fixed.fraction_bits
     assert f == fraction_bits(data_range) and data_range * 2**f <= 127 < data_range * 2 ** (f + 1)  # the most that fit
@@ -90,7 +92,105 @@ def test_fixed_point_thresholds_count_their_disagreements():
     assert torch.equal(fixed(x)[:, :3], binary_sign(bn(x))[:, :3])  # the constant channels stay constant
     differ, total = disagreements(bn, [x, x[:4]], bits=8, data_range=data_range)
     assert total == x.numel() + x[:4].numel()
-    assert 0 < differ < 0.01 * total  # only values within half a code step of T can flip
+    assert 0 < differ < 0.01 * total
+    flipped = (exact(x) != fixed(x)).nonzero()[:, 1]  # the channel of each flipped value
+    distance = (x.transpose(0, 1).reshape(16, -1) - exact.threshold[:, None]).abs()
+    near = (distance <= 2.0 ** -(f + 1)).sum(1)  # values within half a code step of their channel's T
+    assert (torch.bincount(flipped, minlength=16) <= near).all() and near[flipped].min() > 0
+
+
+def test_fixed_point_thresholds_are_exact_on_inputs_of_their_grid():
+    """For integer inputs (a binary layer's sums) and f >= 0, codes rounded towards the comparison: the 8-bit form is
+    the float form exactly, for either sign of gamma; T's nearest code (the rounding for other inputs) flips values."""
+    g = torch.Generator().manual_seed(3)
+    bn = SignBatchNorm1d(16)
+    with torch.no_grad():  # T = mu - sigma * beta / gamma, within +-(60 + 10 * 3): thresholds of tens
+        bn.running_mean.copy_(torch.rand(16, generator=g) * 120 - 60)
+        bn.running_var.fill_(100.0)
+        bn.weight.copy_((1 + torch.rand(16, generator=g)) * torch.tensor([1.0, -1.0]).repeat(8))
+        bn.bias.copy_(torch.randn(16, generator=g).clamp(-3, 3))
+    bn.eval()
+    exact = BinaryBN.from_batchnorm(bn)
+    assert 10 < exact.threshold.abs().max() < 127 and exact.negative.sum() == 8
+    x = torch.arange(-300.0, 301.0).view(-1, 1).expand(-1, 16)  # every integer sum, each channel
+    fixed = exact.quantize(bits=8, data_range=300.0, integer_inputs=True)
+    assert fixed.fraction_bits >= 0
+    assert torch.equal(fixed(x), exact(x)) and torch.equal(exact(x), binary_sign(bn(x)))
+    nearest = exact.quantize(bits=8, data_range=300.0)
+    assert torch.equal(nearest.codes.double(), torch.round(exact.threshold * 2**nearest.fraction_bits))
+    assert (nearest(x) != exact(x)).any()
+
+
+@pytest.mark.parametrize("integer_inputs", [False, True])
+def test_thresholds_beyond_the_code_range_stay_constant_up_to_its_ends(integer_inputs):
+    """x >= T for T above every input: -1 even at the largest code's value (a clamped code would fire there)."""
+    bn = SignBatchNorm1d(4)
+    bn.eps = 0.0
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([200.0, 200.0, -200.0, -200.0]))
+        bn.running_var.fill_(1.0)
+        bn.weight.copy_(torch.tensor([1.0, -1.0, 1.0, -1.0]))
+        bn.bias.zero_()
+    exact = BinaryBN.from_batchnorm(bn)
+    fixed = exact.quantize(bits=8, data_range=127.0, integer_inputs=integer_inputs)
+    assert fixed.fraction_bits == 0
+    x = torch.arange(-127.0, 128.0).view(-1, 1).expand(-1, 4)  # every integer input within the data range
+    assert exact(x)[:, 0].eq(-1).all() and exact(x)[:, 1].eq(1).all()
+    assert exact(x)[:, 2].eq(1).all() and exact(x)[:, 3].eq(-1).all()
+    assert torch.equal(fixed(x), exact(x))
+
+
+def test_fixed_point_bn_puts_its_forms_into_the_network_and_counts_their_flips():
+    from binexp.binarize.base import evaluating
+    from binexp.binarize.binary_bn import binary_bn_layers
+    from binexp.protocol import accuracy, fixed_point_bn
+
+    cfg = compose_train(SMOKE + ["method=bnn", "architecture.batch_norm=true", "architecture.conv_act=true"])
+    torch.manual_seed(0)
+    net = build_model(cfg.architecture, build(cfg.method), (1, 28, 28), 10)
+    g = torch.Generator().manual_seed(1)
+    train = [(torch.randn(32, 1, 28, 28, generator=g), torch.randint(0, 10, (32,), generator=g)) for _ in range(3)]
+    test = [(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g)) for _ in range(2)]
+    reestimate_bn(net, train, count=3, step=True)  # statistics of the step form, so thresholds sit among its inputs
+    layers = binary_bn_layers(net)
+    assert list(layers) == ["features.2", "features.6", "classifier.2"]  # conv1, conv2, fc1; fc2's output BN is not one
+
+    acc, per_layer = fixed_point_bn(net, train, test, bits=3, range_batches=2)
+
+    # by hand: each layer's range over the first two training batches, its 3-bit form substituted with a hook
+    seen = {name: [] for name in layers}
+    hooks = [m.register_forward_pre_hook(lambda _m, a, n=name: seen[n].append(a[0])) for name, m in layers.items()]
+    with evaluating(net, step=True):
+        for x, _ in train[:2]:
+            net(x)
+    for h in hooks:
+        h.remove()
+    largest = {n: max(x.abs().max().item() for x in seen[n]) for n in layers}
+    integer = {n: all(torch.equal(x, x.round()) for x in seen[n]) for n in layers}
+    assert integer == {"features.2": False, "features.6": True, "classifier.2": True}  # the image; sums of +-1 products
+    forms = {n: BinaryBN.from_batchnorm(m).quantize(3, largest[n], integer[n]) for n, m in layers.items()}
+    flips = dict.fromkeys(layers, 0)
+    outputs = dict.fromkeys(layers, 0)
+
+    def substitute(name, out, inputs):
+        fixed = forms[name](inputs[0])
+        flips[name] += int((fixed != out).sum())
+        outputs[name] += out.numel()
+        return fixed
+
+    hooks = [m.register_forward_hook(lambda _m, a, o, n=name: substitute(n, o, a)) for name, m in layers.items()]
+    try:
+        by_hand = accuracy(net, test, step=True)
+    finally:
+        for h in hooks:
+            h.remove()
+
+    assert acc == by_hand
+    for name in layers:
+        assert per_layer[name] == {"fraction_bits": forms[name].fraction_bits, "data_range": largest[name],
+                                   "integer_inputs": integer[name], "flips": flips[name], "values": outputs[name]}, name
+    assert sum(flips.values()) > 0  # 3 bits are too few to be exact here
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in layers.values())  # it removed its own hooks
 
 
 def test_fraction_bits_fit_the_range():
@@ -309,6 +409,14 @@ SBN_SMOKE = SMOKE + [
 ]
 
 
+def test_bad_fixed_point_settings_fail_before_training(tmp_path):
+    with pytest.raises(ConfigError, match=r"protocol.bn_bits=1: allowed are 0 \(off\) or 2..32 bits"):
+        train(compose_train(SBN_SMOKE + ["protocol.bn_bits=1"], run_dir=tmp_path / "bits"))
+    with pytest.raises(ConfigError, match=r"protocol.bn_range_batches=0: allowed is a count >= 1"):
+        train(compose_train(SBN_SMOKE + ["protocol.bn_range_batches=0"], run_dir=tmp_path / "range"))
+    assert not any((tmp_path / name / "checkpoints").exists() for name in ("bits", "range"))
+
+
 def nu_buffers(state: dict) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k.endswith(".nu")}
 
@@ -316,9 +424,15 @@ def nu_buffers(state: dict) -> dict[str, torch.Tensor]:
 def test_sbn_run_binarizes_and_a_resumed_run_has_the_same_nu(tmp_path):
     straight_dir = tmp_path / "straight"
     metrics = train(compose_train(SBN_SMOKE, run_dir=straight_dir))
-    for key in ("test/acc", "protocol/regular", "protocol/binary", "protocol/binary_bn_reestimated"):
+    for key in ("test/acc", "protocol/regular", "protocol/binary", "protocol/binary_bn_reestimated",
+                "protocol/binary_fixed_bn"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["size/binary_params"] > 0
+    fixed = json.loads((straight_dir / "fixed_bn.json").read_text())  # BinaryBN with 8-bit thresholds, per layer
+    assert fixed["bits"] == 8 and list(fixed["layers"]) == ["features.2", "features.6", "classifier.2"]
+    assert all(layer["values"] > 0 and 0 <= layer["flips"] <= layer["values"] for layer in fixed["layers"].values())
+    assert metrics["protocol/fixed_bn_flips"] == (sum(layer["flips"] for layer in fixed["layers"].values())
+                                                  / sum(layer["values"] for layer in fixed["layers"].values()))
     rows = list(csv.DictReader((straight_dir / "binarization.csv").open()))
     layers = [r["layer"] for r in rows if r["step"] == "0"]
     assert layers == ["conv1.weight", "conv1.act", "conv2.weight", "conv2.act", "fc1.weight", "fc1.act", "fc2.weight"]

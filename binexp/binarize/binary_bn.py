@@ -19,9 +19,12 @@ so for float32 inputs `s*I >= threshold` is the exact sign of the real-valued BN
 included. PyTorch's float32 BN rounds its own output; the two could only differ where |O| is within float32
 rounding of 0 — never at exact ties (tests build them from dyadic parameters).
 
-Deployed form (`FixedPointBinaryBN`): T per channel as an 8-bit fixed-point code q = round(T * 2^f), with f fraction
-bits per layer chosen from the thresholds' range, plus the sign bit of gamma: 9 bits per channel against BN's
-4 x 32 (the paper's Table 2). `disagreements` counts where it departs from the float form.
+Deployed form (`FixedPointBinaryBN`): T per channel as an 8-bit fixed-point code q (T ~ q * 2^-f), with f fraction
+bits per layer chosen from the data range, plus the sign bit of gamma: 9 bits per channel against BN's 4 x 32 (the
+paper's Table 2, and its Sec. 4.3: "in practice we represent it as a fixed-point 8-bit integer"). Where a layer's
+inputs are integers (a binary layer's sums) and f >= 0, q is T rounded towards the comparison, and the fixed form is
+still exact; elsewhere q is T's nearest code, and the two forms can differ only within half a code step of T.
+`disagreements` counts where it departs from the float form; `fixed_point_outputs` puts it into a network.
 
 `SignBatchNorm1d/2d` are BN layers whose step form (step mode, eval) is BinaryBN: methods with binary activations
 build them, and `link_to_activations` marks those that feed a sign activation of the same layer name.
@@ -29,8 +32,9 @@ build them, and `link_to_activations` marks those that feed a sign activation of
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -88,12 +92,17 @@ class BinaryBN:
         fires = values * _per_channel(s.to(values.dtype), x) >= _per_channel(bound, x)
         return _plus_minus_one(fires, x.dtype)
 
-    def quantize(self, bits: int = 8, data_range: float | None = None) -> FixedPointBinaryBN:
+    def quantize(self, bits: int = 8, data_range: float | None = None,
+                 integer_inputs: bool = False) -> FixedPointBinaryBN:
         """The deployed form: T as a `bits`-bit fixed-point code per channel plus the sign bit of gamma.
 
         The layer's fraction bits f are the most that keep its largest finite |T| (at most `data_range`, the largest
         |input| seen, when given: thresholds beyond every input saturate without changing an output) in range.
-        Constant channels (gamma = 0) take the code range's ends, so they stay constant for inputs within it.
+        With `integer_inputs` (a binary layer's sums) and f >= 0, every input lies on the code grid of 2^-f, and each
+        code is s*T rounded up on it (s = sign(gamma)): s*x >= s*code*2^-f exactly where s*x >= s*T, for every such
+        x. Otherwise each code is T's nearest, which moves T by at most half a step and favours neither output.
+        A channel whose comparison has one outcome for every |x| up to the largest code's value (gamma = 0, or T
+        beyond it; that covers the data range) keeps it there.
         """
         finite = self.threshold[torch.isfinite(self.threshold)].abs()
         max_abs = finite.max().item() if finite.numel() else 0.0
@@ -101,12 +110,18 @@ class BinaryBN:
             max_abs = min(max_abs, data_range)
         f = fraction_bits(max_abs, bits)
         low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-        codes = torch.round(torch.nan_to_num(self.threshold, posinf=high * 2.0 ** -f, neginf=low * 2.0 ** -f) * 2.0**f)
-        codes = codes.clamp(low, high)
+        scaled = self.threshold * 2.0**f  # +-inf for gamma = 0 stay infinite until the clamp
+        if integer_inputs and f >= 0:
+            s = _plus_minus_one(~self.negative, torch.float64)
+            codes = s * torch.ceil(s * scaled)
+        else:
+            codes = torch.round(scaled)
         negative = self.negative.clone()
-        # always -1: +1 would need x <= low * 2^-f, below the code range (a +inf threshold cannot be coded)
-        always_off = self.threshold == math.inf
-        codes[always_off], negative[always_off] = low, True
+        # x >= T with T above the code range: -1 for every |x| <= high * 2^-f. A code of `high` would fire at its top,
+        # so the channel becomes x <= low * 2^-f, below it. Every other out-of-range code clamps correctly.
+        never = ~negative & (codes > high)
+        codes = codes.clamp(low, high)
+        codes[never], negative[never] = low, True
         return FixedPointBinaryBN(codes=codes.to(torch.int8 if bits <= 8 else torch.int32), negative=negative,
                                   fraction_bits=f, bits=bits)
 
@@ -155,6 +170,64 @@ def disagreements(bn: nn.modules.batchnorm._BatchNorm, batches: Iterable[torch.T
         differ += int((exact(x) != fixed(x)).sum().item())
         total += x.numel()
     return differ, total
+
+
+def binary_bn_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """name -> each BN of `model` whose step form is BinaryBN (it feeds a sign activation), in network order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, _BinaryBNStepForm) and m.feeds_sign}
+
+
+@dataclass(frozen=True)
+class InputRange:
+    largest: torch.Tensor  # 0-d: the largest |input| seen
+    integer: torch.Tensor  # 0-d bool: every input seen was an integer (a binary layer's sums)
+
+
+@contextlib.contextmanager
+def input_ranges(layers: dict[str, nn.Module]) -> Iterator[dict[str, InputRange]]:
+    """While open, what each of `layers` sees as input, per name (tensors on the inputs' device: no step waits)."""
+    ranges: dict[str, InputRange] = {}
+
+    def recorder(name: str):
+        def record(_module, args) -> None:
+            x = args[0].detach()
+            seen = InputRange(x.abs().max(), (x == x.round()).all())
+            if name in ranges:
+                seen = InputRange(torch.maximum(ranges[name].largest, seen.largest), ranges[name].integer & seen.integer)
+            ranges[name] = seen
+        return record
+
+    handles = [m.register_forward_pre_hook(recorder(name)) for name, m in layers.items()]
+    try:
+        yield ranges
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def fixed_point_outputs(layers: dict[str, nn.Module], forms: dict[str, FixedPointBinaryBN]) -> Iterator[torch.Tensor]:
+    """While open, each of `layers` in its BinaryBN form (step mode, eval) outputs its fixed-point form's values
+    instead, so the network downstream runs on them. Yields (len(layers), 2) int64 counts, one row per layer in
+    `layers`' order: outputs that differ from the float form, outputs compared."""
+    counts = torch.zeros(len(layers), 2, dtype=torch.int64, device=next(iter(layers.values())).running_mean.device)
+
+    def substitute(row: int, form: FixedPointBinaryBN):
+        def hook(module, args, out):
+            if module.training or not module.step:  # only the BinaryBN form has a fixed-point version
+                return None
+            fixed = form(args[0])
+            counts[row, 0] += (fixed != out).sum()
+            counts[row, 1] += out.numel()
+            return fixed
+        return hook
+
+    handles = [m.register_forward_hook(substitute(i, forms[name])) for i, (name, m) in enumerate(layers.items())]
+    try:
+        yield counts
+    finally:
+        for h in handles:
+            h.remove()
 
 
 class _BinaryBNStepForm:

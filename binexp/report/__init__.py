@@ -124,7 +124,7 @@ DEFAULT_METRICS = (
     "test/acc", "val/acc", "test/loss",
     # the evaluation protocol (binexp.protocol): ABR's Table 1/2 columns
     "protocol/phase1_regular", "protocol/phase1_binary", "protocol/regular", "protocol/binary", "protocol/binary_bn_reestimated", "protocol/finetuned",
-    "protocol/binary_weights",
+    "protocol/binary_weights", "protocol/binary_fixed_bn", "protocol/fixed_bn_flips",
     "size/bytes_binary", "size/bytes_float",
 )
 
