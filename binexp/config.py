@@ -102,7 +102,7 @@ class TrainerConfig:
     use_distributed_sampler: bool = False  # DeviceBatches shards by rank itself
     fast_dev_run: Any = False
     detect_anomaly: bool = False
-    profiler: Optional[str] = None
+    profiler: Any = None  # simple | advanced | pytorch, as Lightning takes them; null: binexp.profiling.NoProfiler
     plugins: Any = None
 
 

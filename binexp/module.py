@@ -45,6 +45,15 @@ class Classifier(pl.LightningModule):
         self._train_totals: Optional[torch.Tensor] = None
         self._train_images = 0
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets _current_fx_name before and after every hook it calls, about 50 times a training step. It is
+        # a plain string, which needs none of nn.Module.__setattr__'s parameter, buffer and submodule checks; they
+        # were a sixth of Lightning's per-step host time on a step with no compute (docs/RESULTS.md).
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def on_fit_start(self) -> None:
         # Lightning turns a progress-bar metric into a Python number every step, which waits for the GPU;
         # with no bar on screen (batch jobs, benchmarks) the step loss stays on the device.

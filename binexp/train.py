@@ -35,6 +35,7 @@ from binexp.hparams import log_hparams
 from binexp.models import build_model
 from binexp.module import Classifier
 from binexp.optim import build_optimizer
+from binexp.profiling import NoProfiler
 from binexp.protocol import PhaseEvaluation, protocol_config, run_protocol
 from binexp.schedules import Schedule
 from binexp.size import model_size
@@ -113,6 +114,8 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path) 
     chosen = strategy_for(strategy, cfg.trainer.get("devices", 1), int(cfg.trainer.get("num_nodes", 1)))
     if chosen is not strategy:
         extra["strategy"] = chosen
+    if cfg.trainer.get("profiler") is None:
+        extra["profiler"] = NoProfiler()
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir), **extra)
 
 

@@ -132,6 +132,7 @@ def find_syncs(cfg, device: torch.device, steps: int, warmup: int, precision: st
 def lightning_loop(cfg, device: torch.device, steps: int, warmup: int, precision: str,
                    extra_callbacks: list[pl.Callback] = ()) -> tuple[float, float]:
     from binexp.callbacks.guards import FiniteLossGuard, GracefulStop
+    from binexp.profiling import NoProfiler
 
     dm = build_data(cfg)
     module = build_module(cfg, dm, build_method(cfg))
@@ -141,6 +142,7 @@ def lightning_loop(cfg, device: torch.device, steps: int, warmup: int, precision
         precision="bf16-mixed" if precision == "bf16" else "32-true", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
         callbacks=[timer, *extra_callbacks, FiniteLossGuard(), GracefulStop()], log_every_n_steps=50, use_distributed_sampler=False,
+        profiler=NoProfiler(),  # as binexp's own trainer
     )
     trainer.fit(module, datamodule=dm)
     return (timer.end - timer.starts[0]) / steps, median_step(timer.starts)

@@ -179,3 +179,38 @@ def test_step_loss_is_read_back_for_the_progress_bar_only_when_a_bar_is_shown(tm
     trainer.fit(module, datamodule=dm)
     assert ("train/loss_step" in trainer.progress_bar_metrics) is bar
     assert "train/loss_step" in trainer.callback_metrics
+
+
+@pytest.mark.parametrize(("choice", "profiler"), [(None, "NoProfiler"), ("simple", "SimpleProfiler")])
+def test_the_trainer_profiles_only_when_asked(tmp_path, choice, profiler):
+    from binexp.train import build_callbacks, build_data, build_method, build_schedule, build_trainer
+
+    overrides = [] if choice is None else [f"trainer.profiler={choice}"]
+    cfg = compose_train(SMOKE + overrides, run_dir=tmp_path)
+    method = build_method(cfg)
+    callbacks = build_callbacks(cfg, build_schedule(cfg, method), method, build_data(cfg))
+    trainer = build_trainer(cfg, callbacks, tmp_path)
+    assert type(trainer.profiler).__name__ == profiler
+    with trainer.profiler.profile("a hook"), trainer.profiler.profile("a nested hook"):
+        pass
+    if choice is None:  # one shared do-nothing context for every hook, nothing recorded
+        assert trainer.profiler.profile("a") is trainer.profiler.profile("b")
+        assert trainer.profiler.summary() == ""
+
+
+def test_lightnings_hook_name_bypasses_module_attribute_checks_and_nothing_else_does(tmp_path, monkeypatch):
+    from binexp.train import build_data, build_method, build_module
+
+    cfg = compose_train(SMOKE, run_dir=tmp_path)
+    module = build_module(cfg, build_data(cfg), build_method(cfg))
+    extra, checked = torch.nn.Linear(2, 2), []
+    module_setattr = torch.nn.Module.__setattr__
+    monkeypatch.setattr(torch.nn.Module, "__setattr__",
+                        lambda self, name, value: (checked.append(name), module_setattr(self, name, value)))
+    module._current_fx_name = "training_step"  # Lightning, around every hook
+    module.extra = extra
+    assert checked == ["extra"]
+    assert module._current_fx_name == "training_step" and module.__dict__["_current_fx_name"] == "training_step"
+    assert "extra" in dict(module.named_children()) and "extra.weight" in dict(module.named_parameters())
+    with pytest.raises(TypeError, match="cannot assign"):  # nn.Module's checks still guard the rest
+        module.extra = 3.0
