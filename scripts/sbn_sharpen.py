@@ -5,7 +5,8 @@ statistics, re-estimates the BN statistics at that nu on training batches (no gr
 If accuracy falls with nu even with fresh BN statistics, training has to repair what sharpening breaks; if the run
 itself then ends below these numbers, its updates at those nu did harm. The last line is the deployed network
 (sign weights and activations, BinaryBN), first with the saved BN statistics, then with them re-estimated on the
-deployed network itself.
+deployed network itself. The two lines before it switch only the weights (sign(P), activations still tanh) or only
+the activations (sign(x), weights still tanh(nu P)) to their step form, to say which of the two the switch costs.
 
     python scripts/sbn_sharpen.py <run dir> --ckpt best --nu 10 30 100 1000
 """
@@ -15,9 +16,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from torch import nn
+
+from binexp.binarize.sbn import ScaledTanh, SoftBinaryConv2d, SoftBinaryLinear
 from binexp.callbacks.schedule import write_buffers
 from binexp.evaluate import load_trained
 from binexp.protocol import accuracy, bn_reestimated_accuracy, reestimate_bn
+
+
+def partial_step_accuracy(net: nn.Module, test: list, kinds: tuple[type, ...]) -> float:
+    """Test accuracy with only the layers of `kinds` in their step form (BN stays float BN + sign)."""
+    layers = [m for m in net.modules() if isinstance(m, kinds)]
+    for m in layers:
+        m.step = True
+    try:
+        return accuracy(net, test)
+    finally:
+        for m in layers:
+            m.step = False
 
 
 def main() -> None:
@@ -45,6 +61,9 @@ def main() -> None:
         reestimate_bn(net, train, len(train))
         print(f"{nu:8.3g}{100 * as_saved:12.2f}{100 * accuracy(net, test):16.2f}")
     net.load_state_dict(saved)
+    weights_only = partial_step_accuracy(net, test, (SoftBinaryConv2d, SoftBinaryLinear))
+    print(f"sign weights only (tanh activations): {100 * weights_only:.2f}")
+    print(f"sign activations only (tanh weights): {100 * partial_step_accuracy(net, test, (ScaledTanh,)):.2f}")
     print(f"step mode (sign, BinaryBN): saved BN {100 * accuracy(net, test, step=True):.2f}, "
           f"BN re-estimated in step mode {100 * bn_reestimated_accuracy(net, train, test, len(train)):.2f}")
 

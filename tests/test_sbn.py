@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -397,9 +399,37 @@ def test_bn_reestimated_accuracy_leaves_the_trained_network_as_it_was():
     net = soft_linear_then_bn().eval()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     batches = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(2)]
-    assert 0.0 <= bn_reestimated_accuracy(net, batches, batches, count=2) <= 1.0
+    x_test = torch.randn(32, 4)
+    with torch.no_grad():  # the step form with BN statistics of its own outputs, written out by hand
+        outputs = [x @ binary_sign(net[0].weight).T for x, _ in batches]
+        mean, var = torch.cat(outputs).mean(0), torch.stack([o.var(0) for o in outputs]).mean(0)
+        normed = (x_test @ binary_sign(net[0].weight).T - mean) / torch.sqrt(var + net[1].eps)
+        expected = net[2](normed * net[1].weight + net[1].bias).argmax(1)
+        assert not torch.equal(expected, net(x_test).argmax(1))
+    assert bn_reestimated_accuracy(net, batches, [(x_test, expected)], count=2) == 1.0
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
+
+
+def test_sharpen_script_switches_only_the_weights_or_only_the_activations():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import sbn_sharpen
+
+    torch.manual_seed(0)
+    method = SBN(base="bnn")
+    soft, act, head = method.linear("fc", 6, 16, bias=False), ScaledTanh("fc"), torch.nn.Linear(16, 3)
+    bn = torch.nn.BatchNorm1d(16)
+    net = torch.nn.Sequential(soft, bn, act, head).eval()
+    x = torch.randn(64, 6)
+    with torch.no_grad():  # the predictions of each partly binary form, written out by hand
+        sign_weights = head(torch.tanh(bn(x @ binary_sign(soft.weight).T))).argmax(1)
+        sign_activations = head(binary_sign(bn(x @ torch.tanh(soft.weight).T))).argmax(1)
+        assert not torch.equal(sign_weights, net(x).argmax(1))  # nu = 1: the switch matters
+    kinds_w, kinds_a = (SoftBinaryConv2d, SoftBinaryLinear), (ScaledTanh,)
+    assert sbn_sharpen.partial_step_accuracy(net, [(x, sign_weights)], kinds_w) == 1.0
+    assert sbn_sharpen.partial_step_accuracy(net, [(x, sign_activations)], kinds_a) == 1.0
+    assert sbn_sharpen.partial_step_accuracy(net, [(x, sign_weights)], kinds_a) < 1.0
+    assert not soft.step and not act.step  # back in the training form after
 
 # ---- runs -------------------------------------------------------------------------------------------------------
 SBN_SMOKE = SMOKE + [
