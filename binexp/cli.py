@@ -23,6 +23,12 @@ TASKS = {
 }
 
 
+def _fail(message: str) -> None:
+    """A command line binexp cannot start from: the message, no traceback, exit status 2 (as for bad config)."""
+    print(f"binexp: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _print_help() -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -34,6 +40,12 @@ def _print_help() -> None:
     Console().print(table)
 
 
+def _config_groups() -> set[str]:
+    from importlib.resources import files
+
+    return {p.name for p in files("binexp.conf").iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__")}
+
+
 def _resume_args(args: list[str]) -> list[str]:
     """`resume=<dir>` re-composes the run's saved config (not today's defaults) into the same directory."""
     value = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
@@ -42,9 +54,15 @@ def _resume_args(args: list[str]) -> list[str]:
     run_dir = Path(value).resolve()
     saved = run_dir / ".hydra" / "config.yaml"
     if not saved.exists():
-        raise SystemExit(f"resume={value}: {saved} not found; resume takes a run directory made by `binexp train`")
-    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        _fail(f"resume={value}: {saved} not found; resume takes a run directory made by `binexp train`")
     rest = [a for a in args if not a.startswith("resume=")]
+    groups = _config_groups()
+    for arg in rest:
+        name, sep, _ = arg.partition("=")
+        if sep and name in groups:
+            _fail(f"{arg}: resume={value} continues the run's own config, whose group choices are fixed; override "
+                  f"its keys instead ({name}.<key>=<value>), or start a new run")
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     return [
         "--config-dir", str(saved.parent), "--config-name", "config",
         f"resume={run_dir}", f"hydra.run.dir={run_dir}", f"hydra.output_subdir=.hydra/resumed-{stamp}",
@@ -52,11 +70,23 @@ def _resume_args(args: list[str]) -> list[str]:
     ]
 
 
+def _check_eval_args(args: list[str]) -> None:
+    """`run=` names a run directory that exists, checked before Hydra makes `<run>/eval/<time>/` in it."""
+    if any(a in ("-h", "--help", "--hydra-help", "--info") or a.startswith("--cfg") for a in args):
+        return
+    value = next((a.split("=", 1)[1] for a in args if a.startswith("run=")), None)
+    if value is None:
+        _fail("eval needs run=<run dir>, a directory made by `binexp train`")
+    saved = Path(value) / ".hydra" / "config.yaml"
+    if not saved.exists():
+        _fail(f"run={value}: {saved} not found; `run` takes a directory made by `binexp train`")
+
+
 def _hydra_task(config_name: str, fn):
     import hydra
 
     from binexp.config import register_configs
-    from binexp.errors import BinexpError
+    from binexp.errors import user_error
 
     register_configs()
 
@@ -64,7 +94,11 @@ def _hydra_task(config_name: str, fn):
     def app(cfg):
         try:
             return fn(cfg)
-        except BinexpError as err:  # a user-fixable problem: its message, no traceback
+        except Exception as raised:
+            err = user_error(raised)
+            if err is None:
+                raise
+            # a user-fixable problem: its message, no traceback
             logging.getLogger("binexp").error("%s", err)
             print(f"binexp: error: {err}", file=sys.stderr)
             raise SystemExit(err.exit_code) from None
@@ -74,12 +108,15 @@ def _hydra_task(config_name: str, fn):
 
 def _run_plain(task: str, args: list[str]) -> None:
     """Tasks that read a run or an artifact rather than compose a config: errors print without a traceback."""
-    from binexp.errors import BinexpError
+    from binexp.errors import user_error
     from binexp.export.commands import main_export, main_verify
 
     try:
         (main_export if task == "export" else main_verify)(args)
-    except BinexpError as err:
+    except Exception as raised:
+        err = user_error(raised)
+        if err is None:
+            raise
         print(f"binexp: error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
 
@@ -91,8 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     task, rest = argv[0], argv[1:]
     if task not in TASKS:
-        print(f"binexp: unknown task {task!r}; tasks: {', '.join(TASKS)}", file=sys.stderr)
-        raise SystemExit(2)
+        _fail(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
     if task == "report":
         from binexp.report import main as report_main
 
@@ -109,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from binexp.evaluate import evaluate
 
+        _check_eval_args(rest)
         app = _hydra_task("eval", evaluate)
     sys.argv = [f"binexp {task}", *rest]
     app()

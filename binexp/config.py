@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from binexp.binarize.abr import ABRConfig
 from binexp.binarize.fp import FloatConfig
@@ -24,7 +25,9 @@ from binexp.data.cifar10 import CIFAR10Config
 from binexp.data.imagefolder import ImageFolderConfig
 from binexp.data.mnist import MNISTConfig
 from binexp.data.synthetic import SyntheticConfig
+from binexp.errors import ConfigError
 from binexp.evaluate import EvalConfig
+from binexp.hydra_output import launch_subdir
 from binexp.models.cifar_quick import CifarQuickConfig
 from binexp.models.densenet import DenseNetConfig
 from binexp.models.lenet import LeNetConfig
@@ -170,6 +173,8 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("floordiv", lambda a, b: int(a) // int(b))
     if not OmegaConf.has_resolver("add"):
         OmegaConf.register_new_resolver("add", lambda *xs: sum(xs))
+    if not OmegaConf.has_resolver("binexp_output_subdir"):
+        OmegaConf.register_new_resolver("binexp_output_subdir", launch_subdir)
     _registered = True
 
 
@@ -179,3 +184,50 @@ def compose_train(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_module("binexp.conf", version_base="1.3"):
         return compose("train", overrides=overrides)
+
+
+def _schema_of(cfg: DictConfig, key: str) -> tuple[Any, str]:
+    """The structured schema that types `key` and the key's path inside it."""
+    group, _, rest = key.partition(".")
+    target = OmegaConf.select(cfg, f"{group}._target_") if rest else None
+    schema = next((c for c in SCHEMAS.get(group, {}).values() if getattr(c, "_target_", None) == target), None)
+    return (schema, rest) if schema is not None and group != "trainer" else (TrainConfig, key)
+
+
+def _has_path(tree: Any, key: str) -> bool:
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
+
+
+def check_override_keys(cfg: DictConfig, overrides: list[str], what: str) -> None:
+    """Each dotted `key=value` of `overrides`, about to be merged into a saved run config (`what`), names a key that
+    config has or binexp's schema has (a run saved by an older binexp may lack a newer key); a typo would
+    otherwise be merged in and never read."""
+    saved = OmegaConf.to_container(cfg, resolve=False)
+    for item in overrides:
+        key = item.partition("=")[0]
+        schema, path = _schema_of(cfg, key)
+        if _has_path(saved, key) or _has_path(OmegaConf.to_container(OmegaConf.structured(schema)), path):
+            continue
+        parent = key.rpartition(".")[0]
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        keys = ", ".join(sorted(map(str, node))) if OmegaConf.is_dict(node) else "none"
+        raise ConfigError(f"{key}: not a key of {what} (keys under {parent or 'the top level'}: {keys})")
+
+
+def check_override_types(cfg: DictConfig, overrides: list[str]) -> None:
+    """A resume composes the run's saved config, which carries no schema; its `key=value` overrides are typed
+    here as a fresh composition would type them, so `trainer.max_epochs=abc` fails naming the key."""
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if not sep or key.startswith(("+", "~", "hydra.")) or key == "resume":
+            continue
+        schema, path = _schema_of(cfg, key)
+        node = OmegaConf.structured(schema)
+        try:
+            OmegaConf.update(node, path, OmegaConf.select(cfg, key), merge=True)
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"{key}: {str(err).splitlines()[0]}") from None

@@ -34,3 +34,16 @@ class RunInterrupted(BinexpError):
     """A run stopped on a signal after saving a resumable checkpoint."""
 
     exit_code = 130
+
+
+def user_error(err: BaseException) -> BinexpError | None:
+    """The BinexpError that `err` is or was raised from: Hydra's instantiate wraps what a constructor raises
+    (`method.scope=foo` fails inside ABR's), and its message should reach the user as it was written."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, BinexpError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

@@ -79,7 +79,11 @@ def load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
 
     cfg = load_run_config(run_dir)
     if overrides:
+        from binexp.config import check_override_keys, check_override_types
+
+        check_override_keys(cfg, overrides, f"the config of {run_dir}")
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        check_override_types(cfg, overrides)
     path = find_checkpoint(run_dir, ckpt)
     dm = build_data(cfg)
     module = build_module(cfg, dm, build_method(cfg))

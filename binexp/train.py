@@ -28,10 +28,12 @@ from binexp.binarize.base import Method
 from binexp.builder import build
 from binexp.callbacks.binarization import CSV_NAME
 from binexp.callbacks.schedule import ScheduleCallback
+from binexp.config import check_override_types
 from binexp.data.datamodule import ImageData
 from binexp.distributed import launcher_of, quiet_other_ranks, strategy_for
 from binexp.errors import ConfigError
 from binexp.hparams import log_hparams
+from binexp.hydra_output import adopt_launch_record, launch_overrides
 from binexp.models import build_model
 from binexp.module import Classifier
 from binexp.optim import build_optimizer
@@ -244,9 +246,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     started = time.time()
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("resume"):
+        check_override_types(cfg, launch_overrides())
     state, found = existing_run(cfg, run_dir)
     if state == "finished":
         return found
+    if state == "new" and not cfg.get("resume"):
+        adopt_launch_record(run_dir)
     if cfg.get("seed") is not None:  # seed 0 is a seed
         pl.seed_everything(cfg.seed, workers=True)
 

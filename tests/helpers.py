@@ -7,16 +7,26 @@ import torch
 
 
 class PoisonWeightsAtStep(pl.Callback):
-    """Make the network's weights non-finite at a given step, as a diverging run would."""
+    """Make the network's weights non-finite at a given step, as a diverging run would: before that step's batch
+    (its loss is NaN), or with `after`, once the optimizer step that brings the count to `step` is done (the
+    losses so far were all finite)."""
 
-    def __init__(self, step: int):
-        self.step = step
+    def __init__(self, step: int, after: bool = False):
+        self.step, self.after = step, after
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+    def _poison(self, trainer, pl_module) -> None:
         if trainer.global_step == self.step:
             with torch.no_grad():
                 for p in pl_module.parameters():
                     p.fill_(float("nan"))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if not self.after:
+            self._poison(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.after:
+            self._poison(trainer, pl_module)
 
 
 class ShiftBiasesAtStep(pl.Callback):

@@ -16,8 +16,9 @@ from binexp.binarize.base import step_mode
 from binexp.builder import build
 from binexp.callbacks.binarization import TrainingCollapsed, clear_units, firing_matrix, measure
 from binexp.errors import ConfigError
+from binexp.evaluate import load_trained
 from binexp.models import build_model
-from binexp.protocol import FrozenSignConv2d, FrozenSignLinear, freeze_sign_weights
+from binexp.protocol import FrozenSignConv2d, FrozenSignLinear, accuracy, freeze_sign_weights
 from binexp.schedules import Progress, TwoPhase
 from binexp.train import train
 from tests.conftest import SMOKE, compose_train
@@ -129,6 +130,17 @@ def test_scope_picks_the_binarized_activations(scope, expected):
     relus = [m for m in net.modules() if type(m) is torch.nn.ReLU]
     assert len(relus) == 4 - len(expected)
 
+
+def test_fp_thresholds_only_its_scopes_relus_to_a_unit_step_in_step_mode():
+    from binexp.binarize.fp import FloatReLU, ThresholdableReLU
+
+    net = build_model(compose_train(["architecture=cifar_quick"]).architecture, FloatReLU(scope="last"), (3, 32, 32), 10)
+    (fc1,) = [m for m in net.modules() if isinstance(m, ThresholdableReLU)]
+    assert fc1.layer_name == "fc1" and len([m for m in net.modules() if type(m) is torch.nn.ReLU]) == 3
+    x = torch.tensor([-2.0, -0.0, 0.0, 1e-6, 3.5])
+    assert torch.equal(fc1(x), torch.tensor([0.0, 0.0, 0.0, 1e-6, 3.5]))
+    with step_mode(net):
+        assert torch.equal(fc1(x), torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0]))  # 1[x > 0]: zero stays off
 
 def test_unknown_scope_names_are_refused_with_the_allowed_ones():
     arch = compose_train(["architecture=cifar_quick"]).architecture
@@ -252,6 +264,11 @@ def test_fp_baseline_reports_the_same_protocol(tmp_path):
     metrics = train(compose_train(SMOKE + ["method.scope=last"], run_dir=run_dir))
     assert {"protocol/regular", "protocol/binary", "protocol/finetuned"} <= set(metrics)
     assert "protocol/phase1_regular" not in metrics and not (run_dir / "binarization.csv").exists()
+    _, dm, module, _ = load_trained(run_dir, "last")  # the protocol ran on the last weights
+    test = dm.batches("test")
+    assert metrics["protocol/regular"] == accuracy(module.net, test) == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert metrics["protocol/binary"] == accuracy(module.net, test, step=True)  # ReLU -> 1[x > 0]
+    assert metrics["protocol/binary"] != metrics["protocol/regular"]
 
 
 def section_4_4_net() -> nn.Module:

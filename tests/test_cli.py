@@ -32,6 +32,22 @@ def test_unknown_task_is_refused():
     assert out.returncode == 2 and "unknown task 'fly'" in out.stderr
 
 
+def test_eval_and_resume_without_a_run_directory_say_so_and_create_nothing(tmp_path):
+    out = binexp("eval", cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr == "binexp: error: eval needs run=<run dir>, a directory made by `binexp train`\n"
+    missing = tmp_path / "nope"
+    for args in (["eval", f"run={missing}"], ["train", f"resume={missing}"]):
+        out = binexp(*args, cwd=tmp_path)
+        assert out.returncode == 2, args
+        assert f"{missing}/.hydra/config.yaml not found" in out.stderr and "Traceback" not in out.stderr
+    assert list(tmp_path.iterdir()) == []  # no eval/<time>/ folder inside a directory that was never a run
+
+def test_a_config_error_raised_while_instantiating_reaches_the_user_as_written(tmp_path):
+    out = binexp("train", "dataset=synthetic", "debug=smoke", "method=abr", "method.scope=foo",
+                 f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.endswith("binexp: error: method.scope='foo': allowed are all, last or a list of activation names\n")
+
 def test_train_help_shows_the_config_groups(tmp_path):
     out = binexp("train", "--help", cwd=tmp_path)
     assert out.returncode == 0
@@ -61,11 +77,16 @@ def test_train_resume_and_eval_from_the_command_line(tmp_path):
     assert "run directory" in out.stdout
     original = (run / ".hydra" / "config.yaml").read_text()
 
+    out = binexp("train", f"resume={run}", "trainer.max_epochs=abc", cwd=tmp_path)  # typed as a new run would be
+    assert out.returncode == 2 and out.stderr.endswith(
+        "binexp: error: trainer.max_epochs: Value 'abc' of type 'str' could not be converted to Integer\n")
+    out = binexp("train", f"resume={run}", "trainer=cpu", cwd=tmp_path)
+    assert out.returncode == 2 and "trainer=cpu: resume=" in out.stderr and "(trainer.<key>=<value>)" in out.stderr
     out = binexp("train", f"resume={run}", "trainer.max_epochs=2", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads((run / "metrics.json").read_text())["trainer/global_step"] == 8
     assert (run / ".hydra" / "config.yaml").read_text() == original
-    assert len(list((run / ".hydra").glob("resumed-*/config.yaml"))) == 1
+    assert len(list((run / ".hydra").glob("resumed-*/config.yaml"))) == 2  # the refused max_epochs=abc launch's too
 
     out = binexp("eval", f"run={run}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]

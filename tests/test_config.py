@@ -12,6 +12,7 @@ from omegaconf.errors import ConfigAttributeError, ValidationError
 from binexp.builder import build
 from binexp.models import build_model
 from binexp.optim import build_optimizer
+from binexp.schedules import Progress
 from tests.conftest import compose_train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -36,23 +37,95 @@ def test_every_method_builds_every_architecture_and_runs_forward(arch, method):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize(
-    "group", ["dataset", "schedule", "optimizer", "lr_scheduler", "trainer", "logger", "callbacks", "debug", "experiment"]
-)
-def test_every_option_of_every_group_composes_and_instantiates(group):
-    for option in options(group):
-        overrides = [f"{group}={option}"]
-        if group not in ("experiment",):
-            overrides.append("dataset=synthetic" if group != "dataset" else f"dataset={option}")
-        cfg = compose_train(sorted(set(overrides)), run_dir=Path("/tmp/unused"))
-        if group in ("dataset", "schedule"):
-            assert build(cfg[group]) is not None
-        elif group == "optimizer":
-            opt = build_optimizer(cfg.optimizer)[0](params=[torch.nn.Parameter(torch.zeros(1))])
-            assert opt.param_groups[0]["lr"] == cfg.optimizer.lr
-        elif group == "lr_scheduler":
-            opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-            assert build(cfg.lr_scheduler.scheduler)(optimizer=opt) is not None
+DATA_CLASSES = {"cifar10": "CIFAR10Data", "imagefolder": "ImageFolderData", "mnist": "MNISTData",
+                "synthetic": "SyntheticData"}
+
+
+@pytest.mark.parametrize("option", options("dataset"))
+def test_every_dataset_option_builds_its_data_module(option):
+    cfg = compose_train([f"dataset={option}"])
+    assert type(build(cfg.dataset)).__name__ == DATA_CLASSES[option]
+
+
+@pytest.mark.parametrize("option", options("schedule"))
+def test_every_schedule_option_builds_the_schedule_it_names(option):
+    schedule = build(compose_train([f"schedule={option}", "dataset=synthetic"]).schedule)
+    assert type(schedule).__name__ == {"constant": "Constant", "exp_nu": "ExponentialNu", "two_phase": "TwoPhase"}[option]
+    assert set(schedule.values(Progress(step=0, steps_per_epoch=10, max_epochs=10))) == set(schedule.provides)
+
+
+@pytest.mark.parametrize("option", options("optimizer"))
+def test_every_optimizer_option_builds_with_its_lr(option):
+    cfg = compose_train([f"optimizer={option}", "dataset=synthetic"])
+    opt = build_optimizer(cfg.optimizer)[0](params=[torch.nn.Parameter(torch.zeros(1))])
+    assert type(opt).__name__ == {"adam": "Adam", "sgd": "SGD"}[option]
+    assert opt.param_groups[0]["lr"] == cfg.optimizer.lr
+
+
+@pytest.mark.parametrize("option", options("lr_scheduler"))
+def test_every_lr_scheduler_option_builds_and_steps(option):
+    cfg = compose_train([f"lr_scheduler={option}", "dataset=synthetic"])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = build(cfg.lr_scheduler.scheduler)(optimizer=opt)
+    assert scheduler.get_last_lr() == [0.1]
+    opt.step()
+    scheduler.step()
+    assert len(scheduler.get_last_lr()) == 1 and 0.0 < scheduler.get_last_lr()[0] <= 0.1
+
+
+def built_trainer(cfg, run_dir: Path):
+    from binexp.train import build_callbacks, build_data, build_method, build_schedule, build_trainer
+
+    method = build_method(cfg)
+    return build_trainer(cfg, build_callbacks(cfg, build_schedule(cfg, method), method, build_data(cfg)), run_dir)
+
+
+@pytest.mark.parametrize("option", options("trainer"))
+def test_every_trainer_option_builds_a_trainer(option, tmp_path):
+    cpu = ["trainer.accelerator=cpu"] if option == "gpu" else []  # what gpu.yaml sets besides runs on a CPU
+    cfg = compose_train([f"trainer={option}", "dataset=synthetic", *cpu], run_dir=tmp_path)
+    trainer = built_trainer(cfg, tmp_path)
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+    assert (type(trainer.strategy).__name__ == "DDPStrategy") == (option == "ddp")
+    assert (trainer.precision == "bf16-mixed") == (option == "gpu")
+    assert (trainer.progress_bar_callback is None) == (option == "cluster")
+
+
+@pytest.mark.parametrize("option", options("logger"))
+def test_every_logger_option_writes_into_the_run_directory(option, tmp_path):
+    cfg = compose_train([f"logger={option}", "dataset=synthetic"], run_dir=tmp_path)
+    (logger,) = built_trainer(cfg, tmp_path).loggers
+    assert type(logger).__name__ == {"csv": "CSVLogger", "tensorboard": "TensorBoardLogger"}[option]
+    assert Path(logger.log_dir) == tmp_path / {"csv": "csv", "tensorboard": "tb"}[option]
+
+
+def test_the_callbacks_option_keeps_last_and_best_checkpoints(tmp_path):
+    assert options("callbacks") == ["default"]
+    cfg = compose_train(["callbacks=default", "dataset=synthetic"], run_dir=tmp_path)
+    checkpoints = built_trainer(cfg, tmp_path).checkpoint_callbacks
+    assert sorted((c.filename, c.monitor) for c in checkpoints) == [("best-{epoch:03d}-{step}", "val/acc"),
+                                                                     ("last", None)]
+
+
+def test_the_debug_option_is_a_few_cpu_batches(tmp_path):
+    assert options("debug") == ["smoke"]
+    trainer = built_trainer(compose_train(["debug=smoke", "dataset=synthetic"], run_dir=tmp_path), tmp_path)
+    assert (trainer.max_epochs, trainer.limit_train_batches, trainer.limit_val_batches) == (2, 4, 2)
+    assert type(trainer.accelerator).__name__ == "CPUAccelerator"
+
+
+@pytest.mark.parametrize("option", options("experiment"))
+def test_every_experiment_builds_its_network_schedule_and_optimizer(option):
+    from binexp.train import build_method, build_schedule
+
+    cfg = compose_train([f"experiment={option}"])
+    method = build_method(cfg)
+    build_schedule(cfg, method)  # raises if the method reads a value its schedule does not provide
+    shape = (1, 28, 28) if cfg.dataset.name == "mnist" else (3, 32, 32)
+    net = build_model(cfg.architecture, method, shape, num_classes=10)
+    assert net(torch.randn(2, *shape)).shape == (2, 10)
+    opt = build_optimizer(cfg.optimizer)[0](params=net.parameters())
+    assert opt.param_groups[0]["lr"] == cfg.optimizer.lr
 
 
 def test_architectures_bring_their_reference_recipe():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -10,10 +12,19 @@ from PIL import Image
 from binexp.data.cifar10 import CIFAR10Data
 from binexp.data.errors import DatasetNotFoundError
 from binexp.data.imagefolder import ImageFolderData
-from binexp.data.loader import DeviceBatches, InputNorm, host_to, image_mean, random_crop
+from binexp.data.loader import (
+    DeviceBatches,
+    InputNorm,
+    channel_stats,
+    host_to,
+    image_mean,
+    random_crop,
+    random_flip,
+)
 from binexp.data.mnist import MNISTData
-from binexp.data.split import Split, balanced_subset, stratified_holdout
+from binexp.data.split import Split, balanced_subset, interleave_classes, stratified_holdout
 from binexp.data.synthetic import SyntheticData
+from binexp.errors import ConfigError
 
 
 def toy_split(n: int = 100, classes: int = 10) -> Split:
@@ -119,6 +130,24 @@ def test_random_crop_cuts_windows_of_the_zero_padded_image():
     assert torch.equal(random_crop(x, 0, g), x)
 
 
+
+def test_random_flip_mirrors_each_image_left_to_right_or_leaves_it():
+    x = torch.randint(0, 255, (256, 2, 3, 4), dtype=torch.uint8)
+    out = random_flip(x, torch.Generator().manual_seed(0))
+    mirrored = [torch.equal(out[i], x[i, :, :, [3, 2, 1, 0]]) for i in range(256)]
+    kept = [torch.equal(out[i], x[i]) for i in range(256)]
+    assert all(m != k for m, k in zip(mirrored, kept))  # each image one or the other (random pixels: never both)
+    assert 100 < sum(mirrored) < 156  # about half, from a fair coin per image
+
+
+def test_channel_stats_are_the_mean_and_population_std_per_channel_in_units_of_one_over_255():
+    x = torch.zeros(3, 2, 2, 2, dtype=torch.uint8)
+    x[:, 0] = 255  # channel 0: all 1.0
+    x[0, 1], x[1, 1], x[2, 1] = 0, 51, 102  # channel 1: 0.0, 0.2, 0.4 in equal shares
+    mean, std = channel_stats(x, chunk=2)  # chunks split the images: the sums carry over
+    assert mean == pytest.approx([1.0, 0.2])
+    assert std == pytest.approx([0.0, (0.08 / 3) ** 0.5], abs=1e-5)  # population std: divides by n
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_augmentation_batches_are_the_same_on_the_gpu_and_queue_no_blocking_copy():
     split = toy_split(64)
@@ -202,6 +231,7 @@ def test_cifar10_is_read_from_the_image_folder_copy(shared_data, tmp_path):
     assert (len(dm.splits["train"]), len(dm.splits["test"])) == (45000, 10000)
     assert tuple(dm.image_shape) == (3, 32, 32) and dm.num_classes == 10
     assert torch.bincount(dm.splits["test"].labels).tolist() == [1000] * 10
+    assert dm.splits["test"].labels[:20].tolist() == list(range(10)) * 2  # classes interleaved, not sorted
     assert list(tmp_path.glob("imagefolder-*.pt")), "decoded images are cached"
 
 
@@ -214,17 +244,41 @@ def test_image_folder_source(tmp_path):
     dm = ImageFolderData(folder=str(tmp_path / "imgs"), root=str(tmp_path), cache_dir=None, val_size=2)
     dm.setup()
     assert dm.num_classes == 2 and len(dm.splits["train"]) == 10 and len(dm.splits["test"]) == 4
-    assert dm.splits["test"].images[2, 0, 0, 0] == 40  # class 1, first image
+    assert dm.splits["test"].images[:, 0, 0, 0].tolist() == [0, 40, 1, 41]  # cat 0, dog 0, cat 1, dog 1
+    assert dm.splits["test"].labels.tolist() == [0, 1, 0, 1]
 
 
-def test_missing_dataset_offline_says_where_it_looked_and_what_to_set(tmp_path):
+def test_interleaved_classes_keep_each_class_in_order_and_mix_every_prefix():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    out = interleave_classes(Split(torch.arange(9, dtype=torch.uint8).view(9, 1, 1, 1), labels))
+    assert out.labels.tolist() == [0, 1, 2, 0, 1, 2, 0, 2, 2]
+    assert out.images.flatten().tolist() == [0, 3, 5, 1, 4, 6, 2, 7, 8]
+
+
+def test_missing_dataset_offline_says_where_it_looked_and_what_to_set(tmp_path, monkeypatch):
+    import urllib.error
+
+    from torchvision.datasets import MNIST
+
+    def offline(self):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(MNIST, "download", offline)  # offline even on a machine that has a network
     dm = MNISTData(root=str(tmp_path / "nothing"), download=True)
-    with pytest.raises(DatasetNotFoundError) as err:
+    with pytest.raises(DatasetNotFoundError, match="no network") as err:
         dm.setup()
     text = str(err.value)
     assert str(tmp_path / "nothing" / "MNIST" / "raw") in text
     assert "dataset.root" in text and "BINEXP_DATA" in text
 
+
+@pytest.mark.parametrize(("key", "value", "allowed"), [
+    ("subset", -5, "null (every sample) or a count >= 1"), ("subset", 0, "null (every sample) or a count >= 1"),
+    ("val_size", -1, "a count >= 0"), ("batch_size", 0, "a count >= 1"), ("eval_batch_size", -2, "a count >= 1"),
+])
+def test_bad_sizes_name_the_key_and_the_allowed_values(key, value, allowed):
+    with pytest.raises(ConfigError, match=rf"^dataset\.{key}={value}: allowed is {re.escape(allowed)}$"):
+        SyntheticData(**{key: value})
 
 def test_missing_cifar_lists_both_layouts(tmp_path):
     dm = CIFAR10Data(root=str(tmp_path), download=False)

@@ -114,3 +114,45 @@ def test_cifar_quick_pools_round_up_as_caffe_or_down_as_pytorch(ceil, fc1_in):
     net = build_model(cfg.architecture, build(cfg.method), (3, 32, 32), num_classes=10)
     assert net.classifier[1].in_features == fc1_in
     assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def _fp(arch: str, init: str, dataset: str = "cifar10") -> nn.Module:
+    torch.manual_seed(0)
+    cfg = compose_train([f"architecture={arch}", f"architecture.init={init}", f"dataset={dataset}"])
+    shape = (1, 28, 28) if dataset == "mnist" else (3, 32, 32)
+    return build_model(cfg.architecture, build(cfg.method), shape, num_classes=10)
+
+
+def _layers(net: nn.Module) -> list[nn.Module]:
+    return [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def test_caffe_init_draws_cifar_quicks_fillers_and_zero_biases():
+    net = _fp("cifar_quick", "caffe")
+    stds = [layer.weight.std().item() for layer in _layers(net)]
+    assert stds == pytest.approx([1e-4, 1e-2, 1e-2, 1e-1, 1e-1], rel=0.06)  # 800 to 51 200 draws per layer
+    assert all(layer.bias.abs().max() == 0 for layer in _layers(net))
+
+
+@pytest.mark.parametrize("init", ["xavier", "kaiming"])
+def test_xavier_and_kaiming_init_every_layer_at_its_fan_with_zero_biases(init):
+    net = _fp("lenet", init, "mnist")
+    for layer in _layers(net):
+        fan_out, fan_in = layer.weight.shape[0], layer.weight[0].numel()
+        fan_out *= layer.weight[0, 0].numel()
+        w = layer.weight.detach()
+        if init == "xavier":  # uniform on +-sqrt(6 / (fan_in + fan_out))
+            bound = (6 / (fan_in + fan_out)) ** 0.5
+            assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
+        else:  # normal with std sqrt(2 / fan_in)
+            assert w.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.1)
+        assert layer.bias is None or layer.bias.abs().max() == 0
+
+
+def test_torch_init_leaves_pytorchs_defaults_and_caffe_needs_an_architecture_with_fillers():
+    default = _fp("cifar_quick", "torch")
+    torch.manual_seed(0)
+    plain = [nn.Conv2d(3, 32, 5, padding=2)]  # PyTorch's own first layer from the same seed
+    assert torch.equal(_layers(default)[0].weight, plain[0].weight)
+    with pytest.raises(ValueError, match="architecture.init=caffe: VGGSmall has no Caffe fillers; use xavier, kaiming or torch"):
+        _fp("vgg_small", "caffe")

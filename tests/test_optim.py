@@ -101,3 +101,46 @@ def test_a_scheduler_key_left_by_an_experiment_is_named_with_the_way_to_delete_i
     deleted = compose_train(["experiment=abr_table1_mnist", "lr_scheduler=caffe_inv", "~lr_scheduler.scheduler.at"])
     check_scheduler_keys(deleted.lr_scheduler.scheduler)
     assert "at" not in deleted.lr_scheduler.scheduler
+
+
+def lrs_over(scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int) -> list[float]:
+    lrs = [scheduler.get_last_lr()[0]]
+    for _ in range(steps):
+        scheduler.optimizer.step()
+        scheduler.step()
+        lrs.append(scheduler.get_last_lr()[0])
+    return lrs
+
+
+def test_caffe_inv_lr_follows_caffes_formula_per_iteration():
+    from binexp.builder import build
+
+    cfg = compose_train(["architecture=lenet", "dataset=synthetic"])  # LeNet's recipe: base 0.01, inv policy
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.lr)
+    lrs = lrs_over(build(cfg.lr_scheduler.scheduler)(optimizer=opt), 10_000)
+    assert cfg.lr_scheduler.interval == "step"
+    for it in (0, 1, 100, 10_000):
+        assert lrs[it] == pytest.approx(0.01 * (1 + 1e-4 * it) ** -0.75, rel=1e-12)
+    assert lrs[10_000] == pytest.approx(0.01 * 2 ** -0.75)
+
+
+@pytest.mark.parametrize(("epochs", "at", "milestones"), [(10, [0.8], [8]), (10, [0.5, 0.75], [5, 8]),
+                                                          (3, [0.1], [1]), (12, [0.5, 0.5], [6])])
+def test_multistep_at_puts_its_milestones_at_fractions_of_training(epochs, at, milestones):
+    from binexp.optim import MultiStepAt
+
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    lrs = lrs_over(MultiStepAt(opt, total_epochs=epochs, at=at, gamma=0.1), epochs)
+    drops = [e for e in range(1, epochs + 1) if lrs[e] < lrs[e - 1]]
+    assert drops == milestones
+    assert lrs[-1] == pytest.approx(0.1 ** len(milestones))
+
+
+def test_the_cifar_quick_recipe_divides_the_lr_by_ten_for_the_last_two_of_ten_epochs():
+    from binexp.builder import build
+
+    cfg = compose_train(["dataset=cifar10", "architecture=cifar_quick"])
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.lr)
+    lrs = lrs_over(build(cfg.lr_scheduler.scheduler)(optimizer=opt), cfg.trainer.max_epochs)
+    assert cfg.lr_scheduler.interval == "epoch"
+    assert lrs[:10] == pytest.approx([1e-3] * 8 + [1e-4] * 2)

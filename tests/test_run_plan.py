@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -89,10 +90,24 @@ def test_two_runs_at_once_then_packed_without_checkpoints_and_skipped_when_run_a
                               f"and its line now says '{SMOKE} seed=2'; give the changed line a new name or pass another --logs")
 
 
-def test_the_deadline_stops_a_run_with_a_resumable_checkpoint(tmp_path):
+class ClockThatJumpsOnceSaved:
+    """run_plan's clock, a day ahead once `path` exists: the deadline falls after the run's first checkpoint however
+    long the machine takes to start it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def monotonic(self) -> float:
+        return time.monotonic() + (86_400.0 if self.path.exists() else 0.0)
+
+    sleep, strftime = staticmethod(time.sleep), staticmethod(time.strftime)
+
+
+def test_the_deadline_stops_a_run_with_a_resumable_checkpoint(tmp_path, monkeypatch):
     plan = write_plan(tmp_path, f"long {SMOKE} trainer.max_epochs=100000\nlater {SMOKE}\n")
     logs = tmp_path / "logs"
-    assert run_plan.main([str(plan), "--logs", str(logs), "--jobs", "1", "--deadline", "30"]) == 1
+    monkeypatch.setattr(run_plan, "time", ClockThatJumpsOnceSaved(logs / "probe" / "long" / "checkpoints" / "last.ckpt"))
+    assert run_plan.main([str(plan), "--logs", str(logs), "--jobs", "1", "--deadline", "3600"]) == 1
     rows = {r["name"]: r for r in json.loads((logs / "probe" / "summary.json").read_text())}
     assert rows["long"]["status"] == "stopped (deadline)" and rows["long"]["rc"] != 0
     assert rows["later"]["status"] == "not started (deadline)" and not (logs / "probe" / "later").exists()

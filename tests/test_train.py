@@ -125,6 +125,26 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     assert not (run_dir / "metrics.json").exists()
 
 
+@pytest.mark.parametrize(("poison", "stopped_at", "kept_step"), [
+    (["+callbacks.poison.step=5"], 8, 4),  # loss NaN from step 6; the read-back every 10 steps would come too late
+    (["+callbacks.poison.step=4", "+callbacks.poison.after=true"], 4, None),  # weights NaN after epoch 0's last step
+])
+def test_a_non_finite_run_is_stopped_before_any_checkpoint_saves_it(tmp_path, poison, stopped_at, kept_step):
+    run_dir = tmp_path / "nan"
+    overrides = ["+callbacks.poison._target_=tests.helpers.PoisonWeightsAtStep", *poison, "trainer.max_epochs=2"]
+    with pytest.raises(NonFiniteLossError, match=f"non-finite by step {stopped_at} ") as err:
+        train(compose_train(SMOKE + overrides, run_dir=run_dir))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if kept_step is None:
+        assert "no checkpoint had been saved yet" in str(err.value) and not last.exists()
+    else:
+        kept = torch.load(last, weights_only=False)
+        assert kept["global_step"] == kept_step
+        assert all(torch.isfinite(v).all() for v in kept["state_dict"].values() if v.is_floating_point())
+    best = sorted(p.name for p in run_dir.glob("checkpoints/best-*.ckpt"))
+    assert best == ([] if kept_step is None else ["best-000-4.ckpt"])
+    assert not (run_dir / "metrics.json").exists()
+
 def eval_config(**values):
     from omegaconf import OmegaConf
 
@@ -135,7 +155,11 @@ def test_eval_reproduces_the_runs_test_accuracy(tmp_path):
     run_dir, metrics = run(tmp_path, [])
     result = evaluate(eval_config(run=str(run_dir), accelerator="cpu"))
     assert result["test/acc"] == metrics["test/acc"]
-    assert result["test/acc_step"] >= 0.0  # fp has a thresholded-ReLU step form
+    _, dm, module, _ = load_trained(run_dir, "last")
+    dm.setup("test")
+    stepped = accuracy(module.net, dm.test_dataloader(), step=True)  # fp's step form: thresholded ReLUs
+    assert result["test/acc_step"] == pytest.approx(stepped, abs=1e-6)
+    assert result["test/acc_step"] != pytest.approx(result["test/acc"], abs=1e-6)
     assert (run_dir / "eval-last.json").exists()
 
 
@@ -196,6 +220,8 @@ def test_the_trainer_profiles_only_when_asked(tmp_path, choice, profiler):
     if choice is None:  # one shared do-nothing context for every hook, nothing recorded
         assert trainer.profiler.profile("a") is trainer.profiler.profile("b")
         assert trainer.profiler.summary() == ""
+    else:
+        assert trainer.profiler.recorded_durations.keys() == {"a hook", "a nested hook"}
 
 
 def test_lightnings_hook_name_bypasses_module_attribute_checks_and_nothing_else_does(tmp_path, monkeypatch):

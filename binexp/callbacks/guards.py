@@ -16,15 +16,20 @@ log = logging.getLogger(__name__)
 
 
 class FiniteLossGuard(pl.Callback):
-    """Raise `NonFiniteLossError` once the training loss is NaN or inf.
+    """Raise `NonFiniteLossError` once the training loss is NaN or inf, before a checkpoint can save its weights.
 
     The check accumulates on the device and reads back every `check_every_n_steps` steps, so a GPU run
-    does not synchronise each step. The error keeps the last good checkpoint (nothing is saved after it).
+    does not synchronise each step. It also reads back, and checks that every parameter is finite, wherever
+    Lightning may save a checkpoint or training ends: when validation starts (ModelCheckpoint saves at its end),
+    at the end of each training epoch (where it saves when there is no validation; checkpoint callbacks run
+    after this one) and at the end of training, before the test. So the last checkpoint is a good one, and a
+    diverged run never reaches its metrics.
     """
 
     def __init__(self, check_every_n_steps: int = 10):
         self.check_every_n_steps = max(1, check_every_n_steps)
         self._bad: torch.Tensor | None = None
+        self._last_loss: torch.Tensor | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -32,17 +37,34 @@ class FiniteLossGuard(pl.Callback):
             return
         bad = ~torch.isfinite(loss.detach())
         self._bad = bad if self._bad is None else (self._bad | bad)
-        if trainer.global_step % self.check_every_n_steps:
-            return
-        found = self._bad
+        self._last_loss = loss.detach()
+        if trainer.global_step % self.check_every_n_steps == 0:
+            self._check(trainer, pl_module, parameters=False)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:  # not a test's or trainer.validate's
+            self._check(trainer, pl_module, parameters=True)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._check(trainer, pl_module, parameters=True)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._check(trainer, pl_module, parameters=True)
+
+    def _check(self, trainer, pl_module, parameters: bool) -> None:
+        found = self._bad if self._bad is not None else torch.zeros((), dtype=torch.bool, device=pl_module.device)
+        if parameters:
+            found = found | ~torch.stack([torch.isfinite(p.detach()).all() for p in pl_module.parameters()]).all()
         if trainer.world_size > 1:  # one rank's inf must stop them all at the same step, or the others hang
             found = trainer.strategy.reduce(found.float(), reduce_op="max") > 0
         if bool(found):
             ckpt = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
             kept = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint had been saved yet"
+            loss = "nan" if self._last_loss is None else f"{self._last_loss.item()}"
+            what = "training loss or weights" if parameters else "training loss"
             raise NonFiniteLossError(
-                f"training loss became {loss.item()} by step {trainer.global_step} (epoch {trainer.current_epoch}); "
-                f"stopped, {kept}. Try a lower optimizer.lr, or check the inputs (dataset.normalize)."
+                f"{what} became non-finite by step {trainer.global_step} (epoch {trainer.current_epoch}; last loss "
+                f"{loss}); stopped, {kept}. Try a lower optimizer.lr, or check the inputs (dataset.normalize)."
             )
 
 

@@ -16,6 +16,7 @@ import torch
 
 from binexp.data.loader import DeviceBatches, InputNorm, Normalize, channel_stats, image_mean
 from binexp.data.split import Split, balanced_subset, stratified_holdout
+from binexp.errors import ConfigError
 
 
 @dataclass
@@ -48,6 +49,11 @@ class ImageData(pl.LightningDataModule):
         augment: Optional[dict] = None, seed: Optional[int] = 0, channels_last: bool = False,
     ):
         super().__init__()
+        for key, value, least in (("subset", subset, 1), ("val_size", val_size, 0), ("batch_size", batch_size, 1),
+                                  ("eval_batch_size", eval_batch_size, 1)):
+            if value is not None and value < least:
+                allowed = "null (every sample) or a count >= 1" if key == "subset" else f"a count >= {least}"
+                raise ConfigError(f"dataset.{key}={value}: allowed is {allowed}")
         self.root, self.download = root, download
         self.subset, self.val_size = subset, val_size
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size

@@ -2,7 +2,10 @@
 
 Class names are the sorted folder names, images within a class are read in file-name order. The decoded
 uint8 tensors are cached under `cache_dir` (keyed by the folder and its file list), so only the first run
-pays for decoding JPEGs.
+pays for decoding JPEGs. The test split is served with its classes interleaved (the first image of each class,
+then the second, ...): in file order it would be sorted by class, and a prefix of it (`trainer.limit_test_batches`
+in a smoke run, `binexp verify limit=N`) would hold one class only. The whole set's accuracy does not depend on
+the order; the training split is shuffled anyway, and its subsets and hold-outs are drawn per class.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 
 from binexp.data.datamodule import DataConfig, ImageData
 from binexp.data.errors import not_found
-from binexp.data.split import Split
+from binexp.data.split import Split, interleave_classes
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,7 @@ def read_image_folder(folder: Path, cache_dir: Optional[str]) -> tuple[Split, Sp
     cache = Path(cache_dir) / f"imagefolder-{key.hexdigest()[:16]}.pt" if cache_dir else None
     if cache is not None and cache.exists():
         saved = torch.load(cache, weights_only=True)
-        return Split(*saved["train"]), Split(*saved["test"]), classes
+        return Split(*saved["train"]), interleave_classes(Split(*saved["test"])), classes
     log.info("decoding %s (once; cached in %s)", folder, cache)
     train, test = _decode_all(listing["train"][1]), _decode_all(listing["test"][1])
     if cache is not None:
@@ -82,7 +85,7 @@ def read_image_folder(folder: Path, cache_dir: Optional[str]) -> tuple[Split, Sp
         tmp = cache.with_suffix(f".tmp{os.getpid()}")
         torch.save({"train": (train.images, train.labels), "test": (test.images, test.labels)}, tmp)
         tmp.replace(cache)
-    return train, test, classes
+    return train, interleave_classes(test), classes
 
 
 def has_image_folder(folder: Path) -> bool:

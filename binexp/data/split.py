@@ -49,3 +49,15 @@ def stratified_holdout(split: Split, n: int, num_classes: int, seed: int) -> tup
     mask = torch.ones(len(split), dtype=torch.bool)
     mask[val_index] = False
     return split.take(torch.nonzero(mask).flatten()), split.take(val_index)
+
+
+def interleave_classes(split: Split) -> Split:
+    """The first image of every class, then the second of every class, and so on (order within a class kept),
+    so that any prefix of the split holds every class in about equal shares."""
+    labels = split.labels
+    rank = torch.zeros_like(labels)
+    for c in labels.unique():
+        where = labels == c
+        rank[where] = torch.arange(int(where.sum()), device=labels.device)
+    order = torch.argsort(rank * (int(labels.max()) + 1 if len(labels) else 1) + labels, stable=True)
+    return Split(split.images[order], labels[order])

@@ -160,6 +160,13 @@ def _key_values(items: list[str], allowed: tuple[str, ...], dotted_prefix: str |
     return plain, dotted
 
 
+def _count(opts: dict[str, str], key: str) -> int:
+    value = opts[key]
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{key}={value}: allowed is a whole number >= 1")
+    return int(value)
+
+
 def _print_rows(title: str, rows: list[tuple[str, str]]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -198,8 +205,8 @@ def main_verify(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     opts, dataset = _key_values(args.options, VERIFY_KEYS, dotted_prefix="dataset.")
     result = verify_artifact(
-        args.artifact, opts.get("run"), opts.get("ckpt"), int(opts["limit"]) if "limit" in opts else None,
-        int(opts.get("batch_size", 500)), dataset, opts.get("dataset"),
+        args.artifact, opts.get("run"), opts.get("ckpt"), _count(opts, "limit") if "limit" in opts else None,
+        _count(opts, "batch_size") if "batch_size" in opts else 500, dataset, opts.get("dataset"),
     )
     rows = [
         ("test samples", str(result["samples"])),
