@@ -66,6 +66,7 @@ def _resume_args(args: list[str]) -> list[str]:
     return [
         "--config-dir", str(saved.parent), "--config-name", "config",
         f"resume={run_dir}", f"hydra.run.dir={run_dir}", f"hydra.output_subdir=.hydra/resumed-{stamp}",
+        "hydra.job.name=train",  # the log goes on in train.log (the saved config has no hydra section)
         *rest,
     ]
 

@@ -82,8 +82,12 @@ def test_train_resume_and_eval_from_the_command_line(tmp_path):
         "binexp: error: trainer.max_epochs: Value 'abc' of type 'str' could not be converted to Integer\n")
     out = binexp("train", f"resume={run}", "trainer=cpu", cwd=tmp_path)
     assert out.returncode == 2 and "trainer=cpu: resume=" in out.stderr and "(trainer.<key>=<value>)" in out.stderr
+    log_before = (run / "train.log").read_text()
     out = binexp("train", f"resume={run}", "trainer.max_epochs=2", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
+    log_after = (run / "train.log").read_text()  # the resumed run logs on in the same file
+    assert log_after.startswith(log_before) and "HParams" in log_after[len(log_before):]
+    assert not (run / "cli.log").exists()
     assert json.loads((run / "metrics.json").read_text())["trainer/global_step"] == 8
     assert (run / ".hydra" / "config.yaml").read_text() == original
     assert len(list((run / ".hydra").glob("resumed-*/config.yaml"))) == 2  # the refused max_epochs=abc launch's too

@@ -97,6 +97,8 @@ def test_two_sweeps_under_one_folder_keep_their_jobs_apart_in_numeric_order(tmp_
     rows = (tmp_path / "out" / "report.csv").read_text().splitlines()
     assert [row.split(",")[1] for row in rows] == ["method.t_clip", "0.5", "2.0", "10", "null"]
     assert written == [tmp_path / "out" / "report.csv"]  # "null" is not a number: no accuracy-vs-t_clip plot
+    with pytest.raises(SystemExit, match=r"--metrics test/accc: in no run's metrics.json; they hold .*test/acc"):
+        report([tmp_path / "sweeps"], out=tmp_path / "out", metrics=["test/acc", "test/accc"])
 
 
 def test_runs_that_are_siblings_keep_their_folder_names(tmp_path):

@@ -170,6 +170,12 @@ def report(paths: list[Path], out: Path | None = None, metrics: list[str] | None
     out.mkdir(parents=True, exist_ok=True)
     keys = varying_overrides(runs)
     runs = in_override_order(runs, keys)
+    finished = [r for r in runs if r.metrics]
+    unknown = [m for m in metrics or [] if finished and not any(m in r.metrics for r in finished)]
+    if unknown:
+        known = sorted({k for r in finished for k in r.metrics})
+        raise SystemExit(f"binexp report: --metrics {' '.join(unknown)}: in no run's metrics.json; they hold "
+                         f"{', '.join(known)}")
     metrics = metrics or [m for m in DEFAULT_METRICS if any(m in r.metrics for r in runs)]
     print_table(runs, keys, metrics)
     written = [write_csv(runs, out, keys, metrics)]
