@@ -268,10 +268,14 @@ def test_section_4_4_binary_weight_network_is_saved_and_exports_its_weights_as_b
     assert type(layers[0]) is nn.Conv2d  # the first layer keeps its float weights
     assert all(set(m.weight.unique().tolist()) <= {-1.0, 1.0} and not m.weight.requires_grad for m in layers[1:])
     assert accuracy(module.net, dm.batches("test"), step=True) == metrics["protocol/binary_weights"]
-    out, sizes = export_run(run_dir, "binary_weights")
+    last, _ = export_run(run_dir)
+    out, sizes = export_run(run_dir, "binary_weights")  # beside the last checkpoint's export, not over it
+    assert (last.name, out.name) == ("model.safetensors", "model-binary_weights.safetensors") and last.exists()
     assert sizes["binary_layers_ratio"] == pytest.approx(1 / 32, rel=0.02)
+    assert json.loads((out.parent / "model-binary_weights.size.json").read_text()) == sizes
     result = verify_artifact(out)
     assert result["differing_predictions"] == 0 and sum(result["differing_activations"].values()) == 0
+    assert json.loads((out.parent / "model-binary_weights.verify.json").read_text()) == json.loads(json.dumps(result))
 
 
 def test_export_and_verify_from_the_command_line(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """`binexp export <run dir>` and `binexp verify <artifact>`.
 
     binexp export logs/train/runs/<time>                  # -> <run>/export/model.safetensors + export-size.json
+    binexp export <run> ckpt=binary_weights               # -> <run>/export/model-binary_weights.safetensors + ...size.json
     binexp export <run> ckpt=best out=model.safetensors
     binexp verify <run>/export/model.safetensors dataset.root=/data   # exported vs trained, whole test set
 
@@ -77,11 +78,25 @@ def export_run(run_dir: Path, ckpt: str = "last", out: Path | None = None) -> tu
         "source": {"run_dir": str(run_dir.resolve()), "checkpoint": str(path.resolve()), "checkpoint_sha256": _sha256_file(path)},
     }
     manifest, tensors = artifact.manifest_and_tensors(ops, input_name, output_name, info)
-    out = out or run_dir / "export" / "model.safetensors"
+    out = out or default_artifact(run_dir, ckpt)
     file_bytes = artifact.write(out, manifest, tensors)
     sizes = size_table(net, manifest, tensors, file_bytes)
-    (out.parent / "export-size.json").write_text(json.dumps(sizes, indent=2) + "\n")
+    sidecar(out, "size").write_text(json.dumps(sizes, indent=2) + "\n")
     return out, sizes
+
+
+def default_artifact(run_dir: Path, ckpt: str) -> Path:
+    """export/model.safetensors for the last checkpoint; export/model-<checkpoint>.safetensors for any other, so
+    exporting a run's binary_weights network does not overwrite the export of its last one."""
+    name = "model.safetensors" if ckpt == "last" else f"model-{Path(ckpt).stem}.safetensors"
+    return run_dir / "export" / name
+
+
+def sidecar(artifact_path: Path, kind: str) -> Path:
+    """The json beside an artifact: export-size.json / verify.json for model.safetensors, <stem>.<kind>.json else."""
+    if artifact_path.name == "model.safetensors":
+        return artifact_path.parent / {"size": "export-size.json", "verify": "verify.json"}[kind]
+    return artifact_path.with_name(f"{artifact_path.stem}.{kind}.json")
 
 
 def _bits(activation: torch.Tensor, sem: str) -> torch.Tensor:
@@ -140,7 +155,7 @@ def verify_artifact(path: Path, run: str | None = None, ckpt: str | None = None,
         "accuracy_trained_step": correct_net / seen, "accuracy_exported": correct_runtime / seen,
         "differing_activations": differ, "activations_compared": values,
     }
-    (path.parent / "verify.json").write_text(json.dumps(result, indent=2) + "\n")
+    sidecar(path, "verify").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
