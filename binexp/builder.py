@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
+
+from binexp.errors import ConfigError
 
 DESCRIPTIVE_KEYS = ("name",)
 
@@ -14,4 +17,22 @@ def build(node: DictConfig, drop: tuple[str, ...] = (), **kwargs: Any) -> Any:
     spec = OmegaConf.to_container(node, resolve=True)
     for key in (*DESCRIPTIVE_KEYS, *drop):
         spec.pop(key, None)
+    _check_parameters(node, spec, kwargs)
     return instantiate(spec, _convert_="all", **kwargs)
+
+
+def _check_parameters(node: DictConfig, spec: dict, given: dict) -> None:
+    """A key the target does not take (added with `+key=...`, or a typo an experiment carried) fails naming the
+    full key and the parameters the target has, not as a TypeError inside Hydra's instantiate."""
+    target = spec.get("_target_")
+    try:
+        params = inspect.signature(get_object(target)).parameters if isinstance(target, str) else None
+    except (ValueError, TypeError, ImportError):  # a target without a Python signature: instantiate decides
+        return
+    if params is None or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in spec if not str(k).startswith("_") and k not in params and k not in given]
+    if unknown:
+        full_key = node._get_full_key(unknown[0]) if isinstance(node, DictConfig) else unknown[0]
+        takes = [name for name in params if name not in ("self", *given)]
+        raise ConfigError(f"{full_key}: not a parameter of {target} (it takes {', '.join(takes)})")

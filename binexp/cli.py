@@ -8,9 +8,12 @@ read existing runs and take plain arguments.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from datetime import datetime
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 CONFIG_PATH = "pkg://binexp.conf"
 
@@ -69,6 +72,42 @@ def _resume_args(args: list[str]) -> list[str]:
         "hydra.job.name=train",  # the log goes on in train.log (the saved config has no hydra section)
         *rest,
     ]
+
+
+def _check_override_keys(args: list[str]) -> None:
+    """A dotted override of a key no config has fails with the keys that are there. Hydra's own message names the
+    key but suggests `+key=...`, which only moves the error to instantiation. The overrides are composed once
+    here, each sweep at its first value; any other composition error is left for Hydra to report."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException, OverrideParseException
+
+    from binexp.config import compose_train
+
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
+        return  # --help, --cfg, --config-dir, ...: Hydra's own business
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    except OverrideParseException:
+        return
+    trial = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line
+             for o in parsed if not o.key_or_group.startswith("hydra")]
+    try:
+        compose_train(trial)
+    except ConfigCompositionException as err:
+        match = re.match(r"Could not override '([^']+)'.\nTo append to your config use", str(err))
+        if match is None:
+            return
+        key = match[1]
+        try:
+            cfg = compose_train([t for t in trial if t.partition("=")[0] != key])
+        except ConfigCompositionException:
+            return
+        parent = key.rpartition(".")[0]
+        while parent and not OmegaConf.is_dict(OmegaConf.select(cfg, parent)):
+            parent = parent.rpartition(".")[0]  # the deepest part of the key that is there
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        keys = ", ".join(sorted(str(k) for k in node if not str(k).startswith("_")))
+        _fail(f"{key}: no such key (the keys under {parent or 'the top level'}: {keys})")
 
 
 def _check_eval_args(args: list[str]) -> None:
@@ -141,7 +180,10 @@ def main(argv: list[str] | None = None) -> None:
     if task == "train":
         from binexp.train import train
 
-        rest = _resume_args(rest)
+        if any(a.startswith("resume=") for a in rest):
+            rest = _resume_args(rest)
+        else:
+            _check_override_keys(rest)
         app = _hydra_task("train", train)
     else:
         from binexp.evaluate import evaluate

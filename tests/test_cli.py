@@ -55,6 +55,19 @@ def test_train_help_shows_the_config_groups(tmp_path):
         assert line in out.stdout
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["method=ste", "method.tclip=0.5"],
+     "method.tclip: no such key (the keys under method: binarize_first, binarize_last, name, scaling, t_clip)"),
+    (["-m", "method=ste", "method.tclip=0.25,0.5"],  # a sweep is checked at its first value, before any job starts
+     "method.tclip: no such key (the keys under method: binarize_first, binarize_last, name, scaling, t_clip)"),
+    (["traner.max_epochs=3"], "traner.max_epochs: no such key (the keys under the top level: architecture, "),
+    (["method=ste", "+method.tclip=0.5", "dataset=synthetic"],  # added with +: refused when the method is built
+     "method.tclip: not a parameter of binexp.binarize.ste.STE (it takes t_clip, scaling, binarize_first, binarize_last)"),
+])
+def test_an_unknown_key_names_the_keys_that_are_there(tmp_path, args, message):
+    out = binexp("train", *args, f"hydra.run.dir={tmp_path / 'r'}", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    assert out.returncode == 2 and f"binexp: error: {message}" in out.stderr and "Traceback" not in out.stderr
+
 def test_unknown_option_fails_with_the_allowed_options(tmp_path):
     out = binexp("train", "dataset=nope", cwd=tmp_path)
     assert out.returncode != 0
