@@ -6,7 +6,8 @@ produced its checkpoints and metrics, even when binexp then skips the job or ref
 `conf/hydra/default.yaml` therefore sets `hydra.output_subdir` through `launch_subdir`: `.hydra` for a fresh
 directory, `.hydra/rerun-<time>` when `.hydra/config.yaml` is already there. Only when the re-run then trains
 from scratch (`existing_run=restart`, or the old run had not saved anything) does its record replace the old one
-(`adopt_launch_record`). `resume=` keeps its own `.hydra/resumed-<time>` (binexp.cli).
+(`adopt_launch_record`). `resume=` keeps its own `.hydra/resumed-<time>` (binexp.cli). A launch that does not
+train (refused with a config error, or skipped because the run finished) removes its record again.
 """
 
 from __future__ import annotations
@@ -17,41 +18,66 @@ from pathlib import Path
 
 RECORD = ".hydra"
 RECORD_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
+LAUNCH_PREFIXES = (f"{RECORD}/rerun-", f"{RECORD}/resumed-")  # a launch's own record beside the run's
+
+_chosen: dict[str, str] = {}  # output dir -> this launch's subdir: Hydra resolves it more than once
 
 
 def launch_subdir(output_dir: str) -> str:
     """The `hydra.output_subdir` of a launch into `output_dir` (the resolver `binexp_output_subdir`)."""
-    record = Path(output_dir) / RECORD
-    if not (record / "config.yaml").exists():
-        return RECORD
-    name = f"rerun-{datetime.now().strftime('%Y-%m-%d_%H-%M-%S')}"
-    count = 1
-    while (record / (name if count == 1 else f"{name}-{count}")).exists():  # two re-runs within a second
-        count += 1
-    return f"{RECORD}/{name if count == 1 else f'{name}-{count}'}"
+    key = str(Path(output_dir).resolve())
+    if key not in _chosen:
+        record = Path(key) / RECORD
+        name = f"rerun-{datetime.now().strftime('%Y-%m-%d_%H-%M-%S')}"
+        count = 1
+        while (record / (name if count == 1 else f"{name}-{count}")).exists():  # two re-runs within a second
+            count += 1
+        rerun = f"{RECORD}/{name if count == 1 else f'{name}-{count}'}"
+        _chosen[key] = rerun if (record / "config.yaml").exists() else RECORD
+    return _chosen[key]
 
 
-def adopt_launch_record(run_dir: Path) -> None:
-    """Make this launch's record the run's own (`.hydra/`): called when a re-run trains from scratch."""
+def launch_record(run_dir: Path) -> Path | None:
+    """Where this launch's record went (`.hydra`, `.hydra/rerun-<time>` or `.hydra/resumed-<time>`); None when
+    Hydra is not running (a test, a child rank). A later launch into the same directory decides afresh."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
         subdir = HydraConfig.get().output_subdir
-    except ValueError:  # Hydra not running: a test or a child rank wrote no record of its own
-        return
-    if not str(subdir or "").startswith(f"{RECORD}/rerun-"):
+    except ValueError:
+        return None
+    _chosen.pop(str(run_dir.resolve()), None)
+    return run_dir / subdir if subdir else None
+
+
+def adopt_launch_record(run_dir: Path, record: Path | None) -> None:
+    """Make a re-run's record the run's own (`.hydra/`): called when the re-run trains from scratch."""
+    if record is None or not _is_launch_record(run_dir, record):
         return
     for name in RECORD_FILES:
-        source = run_dir / subdir / name
-        if source.exists():
-            shutil.copyfile(source, run_dir / RECORD / name)
+        if (record / name).exists():
+            shutil.copyfile(record / name, run_dir / RECORD / name)
 
 
-def launch_overrides() -> list[str]:
-    """This launch's command-line overrides; none when Hydra is not running (a test, a child rank)."""
+def discard_launch_record(run_dir: Path, record: Path | None) -> None:
+    """A launch that did not train (refused, or skipped as finished) leaves no record of its own."""
+    if record is not None and _is_launch_record(run_dir, record):
+        shutil.rmtree(record, ignore_errors=True)
+
+
+def _is_launch_record(run_dir: Path, record: Path) -> bool:
+    try:
+        return str(record.relative_to(run_dir)).startswith(LAUNCH_PREFIXES)
+    except ValueError:
+        return False
+
+
+def launch_overrides() -> list[str] | None:
+    """This launch's command-line overrides; None when Hydra is not running (a test composed the config itself,
+    a child rank got its resolved config)."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
         return list(HydraConfig.get().overrides.task)
     except ValueError:
-        return []
+        return None

@@ -14,6 +14,7 @@ import inspect
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,9 @@ from binexp.callbacks.schedule import ScheduleCallback
 from binexp.config import check_override_types
 from binexp.data.datamodule import ImageData
 from binexp.distributed import launcher_of, quiet_other_ranks, strategy_for
-from binexp.errors import ConfigError
+from binexp.errors import BinexpError, ConfigError
 from binexp.hparams import log_hparams
-from binexp.hydra_output import adopt_launch_record, launch_overrides
+from binexp.hydra_output import adopt_launch_record, discard_launch_record, launch_overrides, launch_record
 from binexp.models import build_model
 from binexp.module import Classifier
 from binexp.optim import build_optimizer
@@ -128,7 +129,34 @@ def last_checkpoint(run_dir: Path) -> Path:
     return ckpt
 
 
+def continue_last_launch(cfg: DictConfig, ckpt: Path, run_dir: Path) -> None:
+    """`resume=`: train for as long as the launch that saved last.ckpt asked (an earlier resume may have extended
+    the run), unless this launch sets trainer.max_epochs / max_steps itself; the schedules follow that length.
+    A finished run with nothing left to train is refused rather than tested again over its metrics."""
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    overrides = launch_overrides()
+    if overrides is not None:  # a config composed by the caller (a test, a script) is taken as it is
+        given = {o.partition("=")[0].lstrip("+") for o in overrides}
+        before = saved.get("hyper_parameters", {}).get("config", {}).get("trainer", {})
+        for key in ("max_epochs", "max_steps"):
+            if f"trainer.{key}" not in given and key in before:
+                cfg.trainer[key] = before[key]
+    epochs = saved["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
+    steps = saved["global_step"]
+    max_epochs, max_steps = cfg.trainer.max_epochs, cfg.trainer.max_steps
+    done = (max_epochs is not None and max_epochs != -1 and epochs >= max_epochs) or (max_steps != -1 and steps >= max_steps)
+    if done and (run_dir / "metrics.json").exists():
+        raise ConfigError(
+            f"resume={cfg.resume}: the run has trained its trainer.max_epochs={max_epochs} (trainer.max_steps="
+            f"{max_steps}): {epochs} epochs, {steps} steps in last.ckpt; pass a larger trainer.max_epochs (or "
+            f"max_steps) to train on, or `binexp eval run=...` to evaluate it"
+        )
+
+
 EXISTING_RUN = ("continue", "restart")
+# what `existing_run=restart` clears besides metrics.json and the checkpoints: its curves would mix with the new
+# run's (TensorBoard reads every event file in tb/), its derived files would describe the old network
+EARLIER_RESULTS = (CSV_NAME, "tb", "csv", "fixed_bn.json", "firing_matrix.npy", "firing_units.json", "export", "eval")
 # what makes two jobs the same job: a re-run into a directory that holds another job's results is refused
 JOB_KEYS = ("dataset", "architecture", "method", "schedule", "optimizer", "lr_scheduler", "protocol", "seed",
             "trainer.max_epochs", "trainer.max_steps")
@@ -183,8 +211,12 @@ def existing_run(cfg: DictConfig, run_dir: Path) -> tuple[str, Any]:
         return "new", None
     if mode == "restart":
         log.warning("existing_run=restart: %s held an earlier run; training from scratch over it", run_dir)
-        for old in (metrics_path, run_dir / CSV_NAME, *run_dir.glob("checkpoints/*.ckpt")):
-            old.unlink(missing_ok=True)
+        for old in (metrics_path, *(run_dir / name for name in EARLIER_RESULTS), *run_dir.glob("checkpoints/*.ckpt"),
+                    *run_dir.glob("eval-*.json")):
+            if old.is_dir():
+                shutil.rmtree(old)
+            else:
+                old.unlink(missing_ok=True)
         return "new", None
     saved = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt.exists() else None
     if saved is not None:
@@ -246,25 +278,31 @@ def train(cfg: DictConfig) -> dict[str, float]:
     started = time.time()
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.get("resume"):
-        check_override_types(cfg, launch_overrides())
-    state, found = existing_run(cfg, run_dir)
-    if state == "finished":
-        return found
+    record = launch_record(run_dir)
+    try:
+        if cfg.get("resume"):
+            check_override_types(cfg, launch_overrides() or [])
+            continue_last_launch(cfg, last_checkpoint(Path(cfg.resume)), run_dir)
+        state, found = existing_run(cfg, run_dir)
+        if state == "finished":
+            discard_launch_record(run_dir, record)
+            return found
+        if cfg.get("seed") is not None:  # seed 0 is a seed
+            pl.seed_everything(cfg.seed, workers=True)
+        dm = build_data(cfg)
+        method = build_method(cfg)
+        schedule = build_schedule(cfg, method)
+        protocol = protocol_config(cfg)  # checked before training, used after it
+        module = build_module(cfg, dm, method)
+        callbacks = build_callbacks(cfg, schedule, method, dm)
+        trainer = build_trainer(cfg, callbacks, run_dir)
+        ckpt = last_checkpoint(Path(cfg.resume)) if cfg.get("resume") else found
+    except BinexpError:
+        discard_launch_record(run_dir, record)  # refused before training: this launch leaves no trace
+        raise
     if state == "new" and not cfg.get("resume"):
-        adopt_launch_record(run_dir)
-    if cfg.get("seed") is not None:  # seed 0 is a seed
-        pl.seed_everything(cfg.seed, workers=True)
-
-    dm = build_data(cfg)
-    method = build_method(cfg)
-    schedule = build_schedule(cfg, method)
-    protocol = protocol_config(cfg)  # checked before training, used after it
-    module = build_module(cfg, dm, method)
-    callbacks = build_callbacks(cfg, schedule, method, dm)
-    trainer = build_trainer(cfg, callbacks, run_dir)
+        adopt_launch_record(run_dir, record)
     quiet_other_ranks(trainer.global_rank)
-    ckpt = last_checkpoint(Path(cfg.resume)) if cfg.get("resume") else found
     launcher = launcher_of(trainer)
     if launcher is not None:  # the other DDP ranks train this very config (resolved: same run_dir)
         launcher.rank_config = OmegaConf.to_yaml(cfg, resolve=True)

@@ -103,7 +103,12 @@ def test_train_resume_and_eval_from_the_command_line(tmp_path):
     assert not (run / "cli.log").exists()
     assert json.loads((run / "metrics.json").read_text())["trainer/global_step"] == 8
     assert (run / ".hydra" / "config.yaml").read_text() == original
-    assert len(list((run / ".hydra").glob("resumed-*/config.yaml"))) == 2  # the refused max_epochs=abc launch's too
+    assert len(list((run / ".hydra").glob("resumed-*/config.yaml"))) == 1  # the refused launches left none
+
+    finished = (run / "metrics.json").read_text()
+    out = binexp("train", f"resume={run}", cwd=tmp_path)  # its last launch's 2 epochs are done
+    assert out.returncode == 2 and "the run has trained its trainer.max_epochs=2" in out.stderr
+    assert (run / "metrics.json").read_text() == finished
 
     out = binexp("eval", f"run={run}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]

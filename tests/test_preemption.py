@@ -30,6 +30,14 @@ def _signal_at(step: int, name: str = "SIGTERM") -> list[str]:
             f"+callbacks.signal.signal_name={name}"]
 
 
+def tb_scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
 def _state(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
 
@@ -139,36 +147,25 @@ def test_a_finished_run_is_skipped_when_rerun_into_its_directory(tmp_path, caplo
     assert _state(run_dir)["global_step"] == 8
 
 
-def test_only_a_rerun_that_trains_from_scratch_takes_over_the_runs_config_record(tmp_path, monkeypatch):
-    """Hydra writes a re-run's config to .hydra/rerun-<time> (binexp.hydra_output); .hydra/ keeps the record of
-    the run whose results the directory holds, unless the re-run trains over them."""
+def test_a_launch_into_a_run_directory_decides_its_record_folder_once(tmp_path):
+    """Hydra resolves hydra.output_subdir more than once per launch: every time the same folder, until binexp has
+    read it (launch_record); the next launch decides afresh."""
     from types import SimpleNamespace
 
     from hydra.core.hydra_config import HydraConfig
 
-    from binexp.hydra_output import launch_subdir
+    from binexp.hydra_output import launch_record, launch_subdir
 
     run_dir = tmp_path / "run"
-    assert launch_subdir(str(run_dir)) == ".hydra"
+    assert launch_subdir(str(run_dir)) == launch_subdir(str(run_dir)) == ".hydra"
     train(compose_train(SMOKE + ["trainer.max_epochs=1"], run_dir=run_dir))
+    assert launch_subdir(str(run_dir)) == ".hydra"  # decided before the run wrote its record
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(HydraConfig, "get", staticmethod(lambda: SimpleNamespace(output_subdir=launch_subdir(str(run_dir)))))
+        assert launch_record(run_dir) == run_dir / ".hydra"
     first = launch_subdir(str(run_dir))
-    assert re.fullmatch(r"\.hydra/rerun-\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", first)
-    (run_dir / first).mkdir()
-    second = launch_subdir(str(run_dir))  # within the same second: first + "-2"
-    assert second.startswith(".hydra/rerun-") and second != first
-    original = (run_dir / ".hydra" / "config.yaml").read_text()
-    launch = run_dir / ".hydra" / "rerun-x"
-    compose_train(SMOKE + ["trainer.max_epochs=1", "optimizer.lr=0.05"], run_dir=launch)  # as Hydra would write it
-    (launch / ".hydra" / "config.yaml").rename(launch / "config.yaml")
-    running = SimpleNamespace(output_subdir=".hydra/rerun-x", mode=None, runtime=SimpleNamespace(choices={}),
-                              overrides=SimpleNamespace(task=["optimizer.lr=0.05", "existing_run=restart"]))
-    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: running))
+    assert re.fullmatch(r"\.hydra/rerun-\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", first) and launch_subdir(str(run_dir)) == first
 
-    with pytest.raises(ConfigError, match="holds a different job"):
-        train(compose_train(SMOKE + ["trainer.max_epochs=1", "optimizer.lr=0.05"], run_dir=run_dir))
-    assert (run_dir / ".hydra" / "config.yaml").read_text() == original
-    train(compose_train(SMOKE + ["trainer.max_epochs=1", "optimizer.lr=0.05", "existing_run=restart"], run_dir=run_dir))
-    assert (run_dir / ".hydra" / "config.yaml").read_text() == (launch / "config.yaml").read_text() != original
 
 def test_a_run_started_before_a_config_key_existed_continues(tmp_path, caplog):
     """A checkpoint whose saved config lacks a key the schema has now (an older binexp) is the same job: rerun into
@@ -215,5 +212,12 @@ def test_an_interrupted_sweep_rerun_with_its_sweep_dir_skips_finished_jobs(tmp_p
     out = subprocess.run(changed, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "holds a different job (optimizer.lr: 0.01 there, 0.02 now)" in out.stderr
     assert {p: p.read_bytes() for p in (sweep / "0" / ".hydra").glob("*.yaml")} == record  # the run's own record
-    launches = sorted((sweep / "0" / ".hydra").glob("rerun-*/overrides.yaml"))  # the skipping re-run's, this one's
-    assert len(launches) == 2 and "optimizer.lr=0.02" in launches[-1].read_text()
+    assert not list((sweep / "0" / ".hydra").glob("rerun-*"))  # neither the skipping nor the refused launch stays
+
+    out = subprocess.run([*changed, "existing_run=restart"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "optimizer.lr=0.02" in (sweep / "0" / ".hydra" / "overrides.yaml").read_text()  # trained over: its record
+    assert "lr: 0.02" in (sweep / "0" / ".hydra" / "config.yaml").read_text()
+    steps = [s for s, _ in tb_scalars(sweep / "0" / "tb", "train/loss_epoch")]
+    assert steps == [3, 7]  # the new run's two epochs only: the old run's events were cleared

@@ -120,3 +120,14 @@ def test_a_key_one_run_leaves_at_its_default_shows_the_configs_value(tmp_path):
     assert [r.value("seed") for r in runs] == ["0", "1"]
     assert runs[0].value("method") == "" and runs[0].value("nope.key") == ""
     assert Run(tmp_path / "2", {}, {}, config).value("method.t_clip") == "null"
+
+
+def test_a_resumed_runs_settings_are_its_first_launchs_with_each_resumes_on_top(tmp_path):
+    from binexp.report import load_run
+
+    run = _finished_run(tmp_path / "run", "0.5", 0.4)
+    for stamp, items in [("2026-12-06_10-00-00", ["trainer.max_epochs=4"]),
+                         ("2026-12-06_11-00-00", ["trainer.max_epochs=6", "method.t_clip=0.75"])]:
+        (run / ".hydra" / f"resumed-{stamp}").mkdir()
+        OmegaConf.save(OmegaConf.create([f"resume={run}", *items]), run / ".hydra" / f"resumed-{stamp}" / "overrides.yaml")
+    assert load_run(run).overrides == {"method.t_clip": "0.75", "trainer.max_epochs": "6"}

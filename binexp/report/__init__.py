@@ -63,11 +63,11 @@ def load_run(path: Path) -> Run:
     metrics_file = path / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
     overrides: dict[str, str] = {}
-    over_file = path / ".hydra" / "overrides.yaml"
-    if over_file.exists():
-        for item in OmegaConf.load(over_file) or []:
+    # the first launch's overrides, then each resume's on top (binexp keeps a record only of launches that trained)
+    for over_file in [path / ".hydra" / "overrides.yaml", *sorted(path.glob(".hydra/resumed-*/overrides.yaml"))]:
+        for item in (OmegaConf.load(over_file) or []) if over_file.exists() else []:
             key, _, value = str(item).partition("=")
-            if not key.startswith("hydra."):
+            if not key.startswith("hydra.") and key != "resume":
                 overrides[key.lstrip("+~")] = value
     cfg_file = path / ".hydra" / "config.yaml"
     config = OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=False) if cfg_file.exists() else None
