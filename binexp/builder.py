@@ -26,13 +26,26 @@ def _check_parameters(node: DictConfig, spec: dict, given: dict) -> None:
     full key and the parameters the target has, not as a TypeError inside Hydra's instantiate."""
     target = spec.get("_target_")
     try:
-        params = inspect.signature(get_object(target)).parameters if isinstance(target, str) else None
+        params = _parameters(get_object(target)) if isinstance(target, str) else None
     except (ValueError, TypeError, ImportError):  # a target without a Python signature: instantiate decides
         return
-    if params is None or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    if params is None:
         return
     unknown = [k for k in spec if not str(k).startswith("_") and k not in params and k not in given]
     if unknown:
         full_key = node._get_full_key(unknown[0]) if isinstance(node, DictConfig) else unknown[0]
         takes = [name for name in params if name not in ("self", *given)]
         raise ConfigError(f"{full_key}: not a parameter of {target} (it takes {', '.join(takes)})")
+
+
+def _parameters(target: Any) -> list[str] | None:
+    """The keyword parameters `target` takes; a class passing **kwargs on to its base's __init__ (a dataset's to
+    ImageData's) takes those of the chain up to the first __init__ without **kwargs. None: it takes anything."""
+    inits = [c.__dict__["__init__"] for c in target.__mro__ if "__init__" in c.__dict__] if inspect.isclass(target) else [target]
+    names: list[str] = []
+    for init in inits:
+        params = inspect.signature(init).parameters
+        names += [n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n not in names]
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return names
+    return None

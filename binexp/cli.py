@@ -89,8 +89,11 @@ def _check_override_keys(args: list[str]) -> None:
         parsed = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
     except OverrideParseException:
         return
+    # as Hydra composes a sweep before its jobs: swept groups at their default option; swept keys at their first
+    # value (Hydra leaves them out there, but each job sets them)
+    swept_groups = {o.key_or_group for o in parsed if o.is_sweep_override() and "." not in o.key_or_group}
     trial = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line
-             for o in parsed if not o.key_or_group.startswith("hydra")]
+             for o in parsed if not o.key_or_group.startswith("hydra") and o.key_or_group not in swept_groups]
     try:
         compose_train(trial)
     except ConfigCompositionException as err:
@@ -107,6 +110,11 @@ def _check_override_keys(args: list[str]) -> None:
             parent = parent.rpartition(".")[0]  # the deepest part of the key that is there
         node = OmegaConf.select(cfg, parent) if parent else cfg
         keys = ", ".join(sorted(str(k) for k in node if not str(k).startswith("_")))
+        group = key.partition(".")[0]
+        if group in swept_groups:
+            value = next(t for t in trial if t.partition("=")[0] == key).partition("=")[2]
+            _fail(f"{key}: the default {group} has no such key (its keys: {keys}), and a sweep is composed with it "
+                  f"before its jobs; give a key of the swept options as a one-value sweep: '{key}=choice({value})'")
         _fail(f"{key}: no such key (the keys under {parent or 'the top level'}: {keys})")
 
 

@@ -119,7 +119,8 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path) 
         extra["strategy"] = chosen
     if cfg.trainer.get("profiler") is None:
         extra["profiler"] = NoProfiler()
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir), **extra)
+    return build(cfg.trainer, drop=tuple(extra), callbacks=callbacks, logger=loggers or False,
+                 default_root_dir=str(run_dir), **extra)
 
 
 def last_checkpoint(run_dir: Path) -> Path:

@@ -61,6 +61,9 @@ def test_train_help_shows_the_config_groups(tmp_path):
     (["-m", "method=ste", "method.tclip=0.25,0.5"],  # a sweep is checked at its first value, before any job starts
      "method.tclip: no such key (the keys under method: binarize_first, binarize_last, name, scaling, t_clip)"),
     (["traner.max_epochs=3"], "traner.max_epochs: no such key (the keys under the top level: architecture, "),
+    (["-m", "method=bnn,xnor", "method.binarize_first=false"],  # Hydra composes a sweep with method=fp first
+     "method.binarize_first: the default method has no such key (its keys: name, scope), and a sweep is composed "
+     "with it before its jobs; give a key of the swept options as a one-value sweep: 'method.binarize_first=choice(false)'"),
     (["method=ste", "+method.tclip=0.5", "dataset=synthetic"],  # added with +: refused when the method is built
      "method.tclip: not a parameter of binexp.binarize.ste.STE (it takes t_clip, scaling, binarize_first, binarize_last)"),
 ])

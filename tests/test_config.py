@@ -183,3 +183,17 @@ def test_enum_value_lists_the_allowed_values():
 def test_seed_zero_is_kept():
     assert compose_train(["seed=0"]).seed == 0
     assert compose_train(["seed=null"]).seed is None
+
+
+def test_a_key_added_with_plus_that_the_target_does_not_take_names_the_key_and_the_parameters(tmp_path):
+    from binexp.errors import ConfigError
+
+    cfg = compose_train(["dataset=synthetic", "+dataset.foo=1", "+method.bar=2", "+trainer.baz=3"], run_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"^dataset.foo: not a parameter of binexp.data.synthetic.SyntheticData "
+                                          r"\(it takes image_shape, num_classes, .*, subset, val_size, batch_size"):
+        build(cfg.dataset)  # SyntheticData passes **kwargs to ImageData: the chain's parameters count
+    with pytest.raises(ConfigError, match=r"^method.bar: not a parameter of binexp.binarize.fp.FloatReLU \(it takes scope\)$"):
+        build(cfg.method)
+    del cfg.dataset.foo, cfg.method.bar
+    with pytest.raises(ConfigError, match=r"^trainer.baz: not a parameter of pytorch_lightning.Trainer \(it takes accelerator, "):
+        built_trainer(cfg, tmp_path)
