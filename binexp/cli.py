@@ -134,7 +134,7 @@ def _hydra_task(config_name: str, fn):
     import hydra
 
     from binexp.config import register_configs
-    from binexp.errors import user_error
+    from binexp.errors import NonFiniteLossError, user_error
 
     register_configs()
 
@@ -149,9 +149,25 @@ def _hydra_task(config_name: str, fn):
             # a user-fixable problem: its message, no traceback
             logging.getLogger("binexp").error("%s", err)
             print(f"binexp: error: {err}", file=sys.stderr)
+            if isinstance(err, NonFiniteLossError) and _in_sweep():
+                _DIVERGED.append(str(cfg.get("run_dir")))  # a diverging job is a sweep's result, not its end
+                return None
             raise SystemExit(err.exit_code) from None
 
     return app
+
+
+_DIVERGED: list[str] = []  # run directories of this sweep's jobs that stopped on a non-finite loss
+
+
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
 
 
 def _run_plain(task: str, args: list[str]) -> None:
@@ -200,6 +216,16 @@ def main(argv: list[str] | None = None) -> None:
         app = _hydra_task("eval", evaluate)
     sys.argv = [f"binexp {task}", *rest]
     app()
+    if _DIVERGED:
+        _fail_diverged()
+
+
+def _fail_diverged() -> None:
+    from binexp.errors import NonFiniteLossError
+
+    print(f"binexp: error: {len(_DIVERGED)} job(s) of the sweep stopped on a non-finite loss (the others ran): "
+          f"{', '.join(_DIVERGED)}", file=sys.stderr)
+    raise SystemExit(NonFiniteLossError.exit_code)
 
 
 if __name__ == "__main__":

@@ -171,3 +171,12 @@ def test_report_tabulates_a_sweep(tmp_path):
     lines = (tmp_path / "sweep" / "report.csv").read_text().splitlines()
     assert lines[0].split(",")[:2] == ["run", "optimizer.lr"]
     assert sorted(line.split(",")[1] for line in lines[1:]) == ["0.01", "0.05"]
+
+
+def test_a_diverging_job_does_not_stop_the_sweep_but_the_sweep_exits_non_zero(tmp_path):
+    sweep = tmp_path / "sweep"
+    out = binexp("train", "-m", "dataset=synthetic", "debug=smoke", "optimizer.lr=1e12,0.01", f"hydra.sweep.dir={sweep}",
+                 cwd=tmp_path)
+    assert out.returncode == 3
+    assert f"1 job(s) of the sweep stopped on a non-finite loss (the others ran): {sweep / '0'}" in out.stderr
+    assert not (sweep / "0" / "metrics.json").exists() and (sweep / "1" / "metrics.json").exists()
