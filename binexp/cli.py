@@ -92,8 +92,11 @@ def _check_override_keys(args: list[str]) -> None:
     # as Hydra composes a sweep before its jobs: swept groups at their default option; swept keys at their first
     # value (Hydra leaves them out there, but each job sets them)
     swept_groups = {o.key_or_group for o in parsed if o.is_sweep_override() and "." not in o.key_or_group}
-    trial = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line
-             for o in parsed if not o.key_or_group.startswith("hydra") and o.key_or_group not in swept_groups]
+    try:
+        trial = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override()
+                 else o.input_line for o in parsed if not o.key_or_group.startswith("hydra") and o.key_or_group not in swept_groups]
+    except Exception:  # a sweep without a first value to try (interval(...), an empty range): Hydra's business
+        return
     try:
         compose_train(trial)
     except ConfigCompositionException as err:
@@ -161,13 +164,16 @@ _DIVERGED: list[str] = []  # run directories of this sweep's jobs that stopped o
 
 
 def _in_sweep() -> bool:
+    """A multirun whose jobs run in this process (Hydra's basic launcher): only then can the sweep's end report
+    its diverged jobs; a cluster launcher's job must fail itself."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     try:
-        return HydraConfig.get().mode == RunMode.MULTIRUN
+        hc = HydraConfig.get()
     except ValueError:
         return False
+    return hc.mode == RunMode.MULTIRUN and str(hc.launcher.get("_target_", "")).endswith(".BasicLauncher")
 
 
 def _run_plain(task: str, args: list[str]) -> None:
@@ -187,6 +193,7 @@ def _run_plain(task: str, args: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _DIVERGED.clear()
     if not argv or argv[0] in ("-h", "--help", "help"):
         _print_help()
         return

@@ -169,7 +169,7 @@ def main() -> None:
     from omegaconf import OmegaConf
 
     from binexp.config import register_configs
-    from binexp.errors import BinexpError, RunInterrupted
+    from binexp.errors import BinexpError, NonFiniteLossError, RunInterrupted
     from binexp.train import train
 
     text = os.environ.get(RANK_CONFIG_ENV)
@@ -181,9 +181,9 @@ def main() -> None:
     register_configs()
     try:
         train(OmegaConf.create(text))
-    except RunInterrupted:
-        # rank zero reports the stop and the resume command; a non-zero exit here would make Lightning's
-        # process observer kill rank zero before it does
+    except (RunInterrupted, NonFiniteLossError):
+        # rank zero reports the stop (and the resume command); a non-zero exit here would make Lightning's
+        # process observer kill rank zero before it does, and with it a sweep's later jobs
         raise SystemExit(0) from None
     except BinexpError as err:
         print(f"binexp (rank {rank}): error: {err}", file=sys.stderr)

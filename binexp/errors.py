@@ -45,5 +45,5 @@ def user_error(err: BaseException) -> BinexpError | None:
         if isinstance(current, BinexpError):
             return current
         seen.add(id(current))
-        current = current.__cause__ or current.__context__
+        current = current.__cause__  # `raise ... from`: a wrapper; a mere __context__ is another failure
     return None

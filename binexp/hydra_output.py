@@ -51,12 +51,16 @@ def launch_record(run_dir: Path) -> Path | None:
 
 
 def adopt_launch_record(run_dir: Path, record: Path | None) -> None:
-    """Make a re-run's record the run's own (`.hydra/`): called when the re-run trains from scratch."""
+    """Make a re-run's record the run's own (`.hydra/`): called when the re-run trains from scratch. The earlier
+    run's launch records (its resumes, its re-runs) go with it."""
     if record is None or not _is_launch_record(run_dir, record):
         return
     for name in RECORD_FILES:
         if (record / name).exists():
             shutil.copyfile(record / name, run_dir / RECORD / name)
+    for old in [*run_dir.glob(f"{RECORD}/rerun-*"), *run_dir.glob(f"{RECORD}/resumed-*")]:
+        if old != record:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def discard_launch_record(run_dir: Path, record: Path | None) -> None:

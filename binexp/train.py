@@ -32,7 +32,7 @@ from binexp.callbacks.schedule import ScheduleCallback
 from binexp.config import check_override_types
 from binexp.data.datamodule import ImageData
 from binexp.distributed import launcher_of, quiet_other_ranks, strategy_for
-from binexp.errors import BinexpError, ConfigError
+from binexp.errors import ConfigError, user_error
 from binexp.hparams import log_hparams
 from binexp.hydra_output import adopt_launch_record, discard_launch_record, launch_overrides, launch_record
 from binexp.models import build_model
@@ -136,22 +136,38 @@ def continue_last_launch(cfg: DictConfig, ckpt: Path, run_dir: Path) -> None:
     A finished run with nothing left to train is refused rather than tested again over its metrics."""
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
     overrides = launch_overrides()
+    extended = False
     if overrides is not None:  # a config composed by the caller (a test, a script) is taken as it is
         given = {o.partition("=")[0].lstrip("+") for o in overrides}
         before = saved.get("hyper_parameters", {}).get("config", {}).get("trainer", {})
         for key in ("max_epochs", "max_steps"):
             if f"trainer.{key}" not in given and key in before:
                 cfg.trainer[key] = before[key]
+            extended = extended or (f"trainer.{key}" in given and cfg.trainer[key] != before.get(key))
     epochs = saved["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
     steps = saved["global_step"]
     max_epochs, max_steps = cfg.trainer.max_epochs, cfg.trainer.max_steps
     done = (max_epochs is not None and max_epochs != -1 and epochs >= max_epochs) or (max_steps != -1 and steps >= max_steps)
+    # a checkpoint saved at a validation's end may count its epoch as not yet processed: a run with metrics that
+    # this launch does not lengthen is finished all the same
+    done = done or (overrides is not None and not extended)
     if done and (run_dir / "metrics.json").exists():
         raise ConfigError(
             f"resume={cfg.resume}: the run has trained its trainer.max_epochs={max_epochs} (trainer.max_steps="
             f"{max_steps}): {epochs} epochs, {steps} steps in last.ckpt; pass a larger trainer.max_epochs (or "
             f"max_steps) to train on, or `binexp eval run=...` to evaluate it"
         )
+
+
+def clear_earlier_run(run_dir: Path) -> None:
+    """`existing_run=restart`, once the new run's config has been built without error: the earlier run's results go."""
+    log.warning("existing_run=restart: %s held an earlier run; training from scratch over it", run_dir)
+    for old in (run_dir / "metrics.json", *(run_dir / name for name in EARLIER_RESULTS),
+                *run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("eval-*.json")):
+        if old.is_dir():
+            shutil.rmtree(old)
+        else:
+            old.unlink(missing_ok=True)
 
 
 EXISTING_RUN = ("continue", "restart")
@@ -197,7 +213,8 @@ def _job_label(run_dir: Path) -> str:
 
 
 def existing_run(cfg: DictConfig, run_dir: Path) -> tuple[str, Any]:
-    """What a run finds in its directory: ("new", None), ("finished", metrics) or ("unfinished", last.ckpt).
+    """What a run finds in its directory: ("new", None), ("finished", metrics), ("unfinished", last.ckpt) or, with
+    `existing_run=restart` over earlier results, ("restart", None): cleared by the caller once its config built.
 
     A run directory holds results before the run starts only when a job is re-run into it: a sweep re-run with
     the old `hydra.sweep.dir`, a requeued cluster job, `hydra.run.dir=<old run>`. `existing_run=continue`
@@ -211,14 +228,7 @@ def existing_run(cfg: DictConfig, run_dir: Path) -> tuple[str, Any]:
     if cfg.get("resume") or not (metrics_path.exists() or ckpt.exists()):
         return "new", None
     if mode == "restart":
-        log.warning("existing_run=restart: %s held an earlier run; training from scratch over it", run_dir)
-        for old in (metrics_path, *(run_dir / name for name in EARLIER_RESULTS), *run_dir.glob("checkpoints/*.ckpt"),
-                    *run_dir.glob("eval-*.json")):
-            if old.is_dir():
-                shutil.rmtree(old)
-            else:
-                old.unlink(missing_ok=True)
-        return "new", None
+        return "restart", None
     saved = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt.exists() else None
     if saved is not None:
         before = job_identity(saved.get("hyper_parameters", {}).get("config", {}))
@@ -298,10 +308,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks = build_callbacks(cfg, schedule, method, dm)
         trainer = build_trainer(cfg, callbacks, run_dir)
         ckpt = last_checkpoint(Path(cfg.resume)) if cfg.get("resume") else found
-    except BinexpError:
+    except Exception as raised:
+        err = user_error(raised)  # a constructor's ConfigError comes wrapped by Hydra's instantiate
+        if err is None:
+            raise
         discard_launch_record(run_dir, record)  # refused before training: this launch leaves no trace
-        raise
-    if state == "new" and not cfg.get("resume"):
+        raise err from None
+    if state == "restart":
+        clear_earlier_run(run_dir)
+    if state in ("new", "restart") and not cfg.get("resume"):
         adopt_launch_record(run_dir, record)
     quiet_other_ranks(trainer.global_rank)
     launcher = launcher_of(trainer)

@@ -96,6 +96,8 @@ def test_train_resume_and_eval_from_the_command_line(tmp_path):
     out = binexp("train", f"resume={run}", "trainer.max_epochs=abc", cwd=tmp_path)  # typed as a new run would be
     assert out.returncode == 2 and out.stderr.endswith(
         "binexp: error: trainer.max_epochs: Value 'abc' of type 'str' could not be converted to Integer\n")
+    out = binexp("train", f"resume={run}", "trainer.max_epochs=3", "method.scope=foo", cwd=tmp_path)
+    assert out.returncode == 2 and "method.scope='foo': allowed are" in out.stderr  # raised inside instantiate
     out = binexp("train", f"resume={run}", "trainer=cpu", cwd=tmp_path)
     assert out.returncode == 2 and "trainer=cpu: resume=" in out.stderr and "(trainer.<key>=<value>)" in out.stderr
     log_before = (run / "train.log").read_text()

@@ -142,6 +142,10 @@ def test_a_finished_run_is_skipped_when_rerun_into_its_directory(tmp_path, caplo
     with pytest.raises(ConfigError, match="existing_run='again': allowed are continue, restart"):
         train(compose_train(SMOKE + ["trainer.max_epochs=1", "existing_run=again"], run_dir=run_dir))
 
+    kept = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match="dataset.batch_size=0"):  # refused: the earlier run's results stay
+        train(compose_train(SMOKE + ["existing_run=restart", "dataset.batch_size=0"], run_dir=run_dir))
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == kept
     restarted = train(compose_train(SMOKE + ["trainer.max_epochs=2", "existing_run=restart"], run_dir=run_dir))
     assert restarted["trainer/global_step"] == 8  # from scratch: 2 epochs, not 1 + 1
     assert _state(run_dir)["global_step"] == 8
@@ -166,6 +170,20 @@ def test_a_launch_into_a_run_directory_decides_its_record_folder_once(tmp_path):
     first = launch_subdir(str(run_dir))
     assert re.fullmatch(r"\.hydra/rerun-\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", first) and launch_subdir(str(run_dir)) == first
 
+
+def test_a_run_trained_over_keeps_only_the_record_of_the_launch_that_did_it(tmp_path):
+    from binexp.hydra_output import adopt_launch_record, discard_launch_record
+
+    run_dir = tmp_path / "run"
+    for folder in (".hydra", ".hydra/resumed-1", ".hydra/rerun-1", ".hydra/rerun-2"):
+        (run_dir / folder).mkdir(parents=True)
+        (run_dir / folder / "config.yaml").write_text(folder)
+    adopt_launch_record(run_dir, run_dir / ".hydra" / "rerun-2")
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == ".hydra/rerun-2"
+    assert sorted(p.name for p in (run_dir / ".hydra").iterdir()) == ["config.yaml", "rerun-2"]
+    discard_launch_record(run_dir, run_dir / ".hydra")  # never the run's own record
+    discard_launch_record(run_dir, run_dir / ".hydra" / "rerun-2")
+    assert sorted(p.name for p in (run_dir / ".hydra").iterdir()) == ["config.yaml"]
 
 def test_a_run_started_before_a_config_key_existed_continues(tmp_path, caplog):
     """A checkpoint whose saved config lacks a key the schema has now (an older binexp) is the same job: rerun into

@@ -145,6 +145,17 @@ def test_a_non_finite_run_is_stopped_before_any_checkpoint_saves_it(tmp_path, po
     assert best == ([] if kept_step is None else ["best-000-4.ckpt"])
     assert not (run_dir / "metrics.json").exists()
 
+def test_a_signal_after_the_weights_went_non_finite_does_not_save_them(tmp_path):
+    run_dir = tmp_path / "nan"
+    overrides = ["+callbacks.poison._target_=tests.helpers.PoisonWeightsAtStep", "+callbacks.poison.step=5",
+                 "+callbacks.poison.after=true", "+callbacks.signal._target_=binexp.callbacks.guards.SignalAtStep",
+                 "+callbacks.signal.step=5", "+callbacks.signal.signal_name=SIGTERM", "trainer.max_epochs=2"]
+    with pytest.raises(NonFiniteLossError, match="stopping on a signal at step 6: the weights are non-finite"):
+        train(compose_train(SMOKE + overrides, run_dir=run_dir))
+    kept = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert kept["global_step"] == 4  # epoch 0's, not the poisoned step 6
+    assert all(torch.isfinite(v).all() for v in kept["state_dict"].values() if v.is_floating_point())
+
 def eval_config(**values):
     from omegaconf import OmegaConf
 

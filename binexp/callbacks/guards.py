@@ -15,6 +15,14 @@ from binexp.errors import NonFiniteLossError, RunInterrupted
 log = logging.getLogger(__name__)
 
 
+def weights_finite(trainer, pl_module) -> bool:
+    """Every parameter finite, on every rank (a collective: call it at the same step on all of them)."""
+    bad = ~torch.stack([torch.isfinite(p.detach()).all() for p in pl_module.parameters()]).all()
+    if trainer.world_size > 1:
+        bad = trainer.strategy.reduce(bad.float(), reduce_op="max") > 0
+    return not bool(bad)
+
+
 class FiniteLossGuard(pl.Callback):
     """Raise `NonFiniteLossError` once the training loss is NaN or inf, before a checkpoint can save its weights.
 
@@ -53,11 +61,9 @@ class FiniteLossGuard(pl.Callback):
 
     def _check(self, trainer, pl_module, parameters: bool) -> None:
         found = self._bad if self._bad is not None else torch.zeros((), dtype=torch.bool, device=pl_module.device)
-        if parameters:
-            found = found | ~torch.stack([torch.isfinite(p.detach()).all() for p in pl_module.parameters()]).all()
         if trainer.world_size > 1:  # one rank's inf must stop them all at the same step, or the others hang
             found = trainer.strategy.reduce(found.float(), reduce_op="max") > 0
-        if bool(found):
+        if bool(found) or (parameters and not weights_finite(trainer, pl_module)):
             ckpt = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
             kept = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint had been saved yet"
             loss = "nan" if self._last_loss is None else f"{self._last_loss.item()}"
@@ -138,6 +144,11 @@ class GracefulStop(pl.Callback):
     def _save_and_stop(self, trainer) -> None:
         run_dir = Path(trainer.default_root_dir)
         self.checkpoint = run_dir / "checkpoints" / "last.ckpt"
+        if not weights_finite(trainer, trainer.lightning_module):  # between FiniteLossGuard's read-backs
+            raise NonFiniteLossError(
+                f"stopping on a signal at step {trainer.global_step}: the weights are non-finite, so {self.checkpoint} "
+                f"was not overwritten. Try a lower optimizer.lr, or check the inputs (dataset.normalize)."
+            )
         trainer.save_checkpoint(self.checkpoint)
         self._hand_on_requeue(trainer)
         raise RunInterrupted(
