@@ -185,6 +185,16 @@ def test_a_run_trained_over_keeps_only_the_record_of_the_launch_that_did_it(tmp_
     discard_launch_record(run_dir, run_dir / ".hydra" / "rerun-2")
     assert sorted(p.name for p in (run_dir / ".hydra").iterdir()) == ["config.yaml"]
 
+def test_a_run_cut_by_max_steps_inside_an_epoch_resumes_at_its_next_batch(tmp_path):
+    """max_steps=6 stops in epoch 1 (4 batches an epoch); resumed to max_steps=10 it equals a run to 10 at once."""
+    cut = SMOKE + ["trainer.max_epochs=3", "trainer.deterministic=true"]
+    train(compose_train(cut + ["trainer.max_steps=6"], run_dir=tmp_path / "cut"))
+    assert _state(tmp_path / "cut")["global_step"] == 6 and not (tmp_path / "cut" / "checkpoints" / "last.ckpt.cut").exists()
+    resumed = train(compose_train(cut + ["trainer.max_steps=10", f"resume={tmp_path / 'cut'}"], run_dir=tmp_path / "cut"))
+    straight = train(compose_train(cut + ["trainer.max_steps=10"], run_dir=tmp_path / "straight"))
+    for key in ("trainer/global_step", "trainer/epochs", "test/acc", "test/loss"):
+        assert resumed[key] == straight[key], key
+
 def test_a_run_started_before_a_config_key_existed_continues(tmp_path, caplog):
     """A checkpoint whose saved config lacks a key the schema has now (an older binexp) is the same job: rerun into
     its directory, it continues; a value both configs hold and that differs is still refused."""

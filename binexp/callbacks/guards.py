@@ -74,6 +74,30 @@ class FiniteLossGuard(pl.Callback):
             )
 
 
+class CutEpochCheckpoint(pl.Callback):
+    """When `trainer.max_steps` ends training inside an epoch, last.ckpt holds the state after that step, so a
+    resume with a larger max_steps goes on with the cut epoch's next batch.
+
+    Lightning's epoch-end checkpoint would count the cut epoch as done, and a resume would skip the rest of it.
+    The state is saved when the last step ends (as GracefulStop does on a signal) to `last.ckpt.cut`, and moved
+    over last.ckpt when training ends, after the epoch-end checkpoints."""
+
+    def __init__(self):
+        self._cut: Path | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        max_steps = trainer.max_steps
+        if max_steps == -1 or trainer.global_step < max_steps or batch_idx + 1 >= trainer.num_training_batches:
+            return
+        self._cut = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt.cut"
+        trainer.save_checkpoint(self._cut)  # every rank reaches max_steps at the same step
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._cut is not None and trainer.is_global_zero and self._cut.exists():
+            self._cut.replace(self._cut.with_name("last.ckpt"))
+        self._cut = None
+
+
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
 # signals a cluster sends before the time limit to ask for a requeue: SIGUSR1 for Lightning's SLURM
 # auto-requeue (SLURMEnvironment.requeue_signal), SIGUSR2 for submitit
