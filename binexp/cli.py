@@ -166,14 +166,12 @@ _DIVERGED: list[str] = []  # run directories of this sweep's jobs that stopped o
 def _in_sweep() -> bool:
     """A multirun whose jobs run in this process (Hydra's basic launcher): only then can the sweep's end report
     its diverged jobs; a cluster launcher's job must fail itself."""
-    from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    try:
-        hc = HydraConfig.get()
-    except ValueError:
-        return False
-    return hc.mode == RunMode.MULTIRUN and str(hc.launcher.get("_target_", "")).endswith(".BasicLauncher")
+    from binexp.hydra_output import running_hydra
+
+    hc = running_hydra()
+    return hc is not None and hc.mode == RunMode.MULTIRUN and str(hc.launcher.get("_target_", "")).endswith(".BasicLauncher")
 
 
 def _run_plain(task: str, args: list[str]) -> None:

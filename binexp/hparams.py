@@ -20,6 +20,8 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from binexp.hydra_output import running_hydra
+
 log = logging.getLogger(__name__)
 
 GROUPS = ("dataset", "architecture", "method", "schedule", "optimizer", "lr_scheduler", "experiment")
@@ -38,14 +40,10 @@ def job_overrides(run_dir: Path) -> tuple[list[str], dict[str, str]]:
         overrides += [str(o) for o in OmegaConf.load(saved / "overrides.yaml") or []]
     if (saved / "hydra.yaml").exists():
         choices.update(OmegaConf.select(OmegaConf.load(saved / "hydra.yaml"), "hydra.runtime.choices", default={}))
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        hc = HydraConfig.get()
+    hc = running_hydra()
+    if hc is not None:
         overrides += [o for o in hc.overrides.task if o not in overrides]  # a resume's extra overrides
         choices.update(hc.runtime.choices)
-    except ValueError:  # Hydra not running: a test, a child rank
-        pass
     # a resume composes the saved config, which has no defaults list: its empty choices do not count
     return overrides, {k: str(v) for k, v in choices.items() if v is not None}
 

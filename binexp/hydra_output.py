@@ -15,10 +15,22 @@ from __future__ import annotations
 import shutil
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 RECORD = ".hydra"
 RECORD_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 LAUNCH_PREFIXES = (f"{RECORD}/rerun-", f"{RECORD}/resumed-")  # a launch's own record beside the run's
+
+def running_hydra() -> Any | None:
+    """The running Hydra job's `hydra` config; None when Hydra is not running (a test composed the config itself,
+    a DDP child rank got its resolved config)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return HydraConfig.get()
+    except ValueError:
+        return None
+
 
 _chosen: dict[str, str] = {}  # output dir -> this launch's subdir: Hydra resolves it more than once
 
@@ -40,12 +52,10 @@ def launch_subdir(output_dir: str) -> str:
 def launch_record(run_dir: Path) -> Path | None:
     """Where this launch's record went (`.hydra`, `.hydra/rerun-<time>` or `.hydra/resumed-<time>`); None when
     Hydra is not running (a test, a child rank). A later launch into the same directory decides afresh."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        subdir = HydraConfig.get().output_subdir
-    except ValueError:
+    hc = running_hydra()
+    if hc is None:
         return None
+    subdir = hc.output_subdir
     _chosen.pop(str(run_dir.resolve()), None)
     return run_dir / subdir if subdir else None
 
@@ -77,11 +87,6 @@ def _is_launch_record(run_dir: Path, record: Path) -> bool:
 
 
 def launch_overrides() -> list[str] | None:
-    """This launch's command-line overrides; None when Hydra is not running (a test composed the config itself,
-    a child rank got its resolved config)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:
-        return None
+    """This launch's command-line overrides; None when Hydra is not running."""
+    hc = running_hydra()
+    return None if hc is None else list(hc.overrides.task)

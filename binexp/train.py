@@ -34,7 +34,13 @@ from binexp.data.datamodule import ImageData
 from binexp.distributed import launcher_of, quiet_other_ranks, strategy_for
 from binexp.errors import ConfigError, user_error
 from binexp.hparams import log_hparams
-from binexp.hydra_output import adopt_launch_record, discard_launch_record, launch_overrides, launch_record
+from binexp.hydra_output import (
+    adopt_launch_record,
+    discard_launch_record,
+    launch_overrides,
+    launch_record,
+    running_hydra,
+)
 from binexp.models import build_model
 from binexp.module import Classifier
 from binexp.optim import build_optimizer
@@ -201,14 +207,9 @@ def job_identity(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _job_label(run_dir: Path) -> str:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        hc = HydraConfig.get()
-        if hc.mode is not None and hc.mode.name == "MULTIRUN":
-            return f"job {hc.job.num} ({' '.join(hc.overrides.task) or 'no overrides'})"
-    except ValueError:  # Hydra not running: a test or a child rank
-        pass
+    hc = running_hydra()
+    if hc is not None and hc.mode is not None and hc.mode.name == "MULTIRUN":
+        return f"job {hc.job.num} ({' '.join(hc.overrides.task) or 'no overrides'})"
     return f"run {run_dir}"
 
 
@@ -314,7 +315,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             raise
         discard_launch_record(run_dir, record)  # refused before training: this launch leaves no trace
         raise err from None
-    if state == "restart":
+    if state == "restart" and trainer.is_global_zero:  # a DDP child rank must not clear what rank zero writes
         clear_earlier_run(run_dir)
     if state in ("new", "restart") and not cfg.get("resume"):
         adopt_launch_record(run_dir, record)
