@@ -26,7 +26,7 @@ def _check_parameters(node: DictConfig, spec: dict, given: dict) -> None:
     full key and the parameters the target has, not as a TypeError inside Hydra's instantiate."""
     target = spec.get("_target_")
     try:
-        params = _parameters(get_object(target)) if isinstance(target, str) else None
+        params = parameters_of(get_object(target)) if isinstance(target, str) else None
     except (ValueError, TypeError, ImportError):  # a target without a Python signature: instantiate decides
         return
     if params is None:
@@ -38,7 +38,7 @@ def _check_parameters(node: DictConfig, spec: dict, given: dict) -> None:
         raise ConfigError(f"{full_key}: not a parameter of {target} (it takes {', '.join(takes)})")
 
 
-def _parameters(target: Any) -> list[str] | None:
+def parameters_of(target: Any) -> list[str] | None:
     """The keyword parameters `target` takes; a class passing **kwargs on to its base's __init__ (a dataset's to
     ImageData's) takes those of the chain up to the first __init__ without **kwargs. None: it takes anything."""
     inits = [c.__dict__["__init__"] for c in target.__mro__ if "__init__" in c.__dict__] if inspect.isclass(target) else [target]

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -26,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 
 from binexp.binarize.base import Method
-from binexp.builder import build
+from binexp.builder import build, parameters_of
 from binexp.callbacks.binarization import CSV_NAME
 from binexp.callbacks.schedule import ScheduleCallback
 from binexp.config import check_override_types
@@ -77,9 +76,8 @@ def build_schedule(cfg: DictConfig, method: Method) -> Schedule:
 def check_scheduler_keys(node: DictConfig) -> None:
     """Name an `lr_scheduler.scheduler` key its class does not take (left behind, e.g., by an experiment that set
     one for another scheduler) before Lightning meets it as a TypeError."""
-    target = get_object(node._target_)
-    params = inspect.signature(target).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    params = parameters_of(get_object(node._target_))
+    if params is None:
         return
     unknown = [key for key in node if not str(key).startswith("_") and key not in params]
     if unknown:
