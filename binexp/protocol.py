@@ -308,6 +308,9 @@ def run_protocol(net: nn.Module, method, dm, cfg: ProtocolConfig, seed: int = 0,
     if not cfg.enabled or not has_step_form(net):
         return {}
     test = dm.batches("test", device=_device(net))
+    if len(test) == 0:  # trainer.limit_test_batches=0: no test, so no protocol either
+        log.info("protocol skipped: trainer.limit_test_batches leaves no test batches")
+        return {}
     out = {"protocol/regular": accuracy(net, test), "protocol/binary": accuracy(net, test, step=True)}
     if cfg.bn_batches > 0:  # every rank the same shuffled batches, so the statistics agree across ranks
         train = dm.batches("train", train=True, device=_device(net), shard=False)
@@ -345,6 +348,8 @@ class PhaseEvaluation(pl.Callback):
         for name, epochs in self.milestones.items():
             if trainer.current_epoch + 1 == epochs:
                 test = trainer.datamodule.batches("test")
+                if len(test) == 0:  # trainer.limit_test_batches=0
+                    continue
                 found = {
                     f"protocol/{name}_regular": accuracy(pl_module.net, test),
                     f"protocol/{name}_binary": accuracy(pl_module.net, test, step=True),

@@ -271,6 +271,17 @@ def test_fp_baseline_reports_the_same_protocol(tmp_path):
     assert metrics["protocol/binary"] != metrics["protocol/regular"]
 
 
+def test_the_protocol_uses_the_test_batches_test_acc_used(tmp_path):
+    # debug=smoke serves 2 test batches of 256; a limit of 1 must cut the protocol's test set as it cuts test/acc's
+    run_dir = tmp_path / "fp"
+    metrics = train(compose_train(SMOKE + ["method.scope=last", "trainer.limit_test_batches=1"], run_dir=run_dir))
+    _, dm, module, _ = load_trained(run_dir, "last")
+    first_batch = list(dm.batches("test"))[:1]
+    assert metrics["protocol/regular"] == accuracy(module.net, first_batch) == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert metrics["protocol/binary"] == accuracy(module.net, first_batch, step=True)
+    assert accuracy(module.net, dm.batches("test")) != metrics["protocol/regular"]  # the whole test set differs
+
+
 def section_4_4_net() -> nn.Module:
     """conv1 (float) -> ABR -> conv2 whose units have weights of +-0.5 and +-0.25 -> ABR -> classifier of +-0.1."""
     torch.manual_seed(0)

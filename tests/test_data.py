@@ -6,10 +6,12 @@ import re
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from PIL import Image
 
 from binexp.data.cifar10 import CIFAR10Data
+from binexp.data.datamodule import limit_to_count
 from binexp.data.errors import DatasetNotFoundError
 from binexp.data.imagefolder import ImageFolderData
 from binexp.data.loader import (
@@ -207,6 +209,28 @@ def test_datamodule_computes_the_mean_image_from_its_training_split_only():
     x, _ = next(iter(dm.batches("test")))
     test = dm.splits["test"].images[: len(x)].float()
     torch.testing.assert_close(x, test - 255 * expected.float(), rtol=0, atol=1e-4)  # float32 rounding of the shift
+
+
+def test_limit_to_count_reads_lightnings_limits():
+    assert [limit_to_count(6, limit) for limit in (2, 6, 60, 0, 0.5, 0.25, 1.0, 0.0)] == [2, 6, 6, 0, 3, 1, 6, 0]
+    with pytest.raises(TypeError, match="a batch limit is an int or a float, not True"):
+        limit_to_count(6, True)
+
+
+def test_batches_outside_lightnings_loops_honour_the_trainers_test_and_val_limits():
+    dm = SyntheticData(num_train=448, num_test=512, val_size=256, batch_size=64, eval_batch_size=100, seed=0)
+    whole_test = [y for _, y in dm.batches("test")]  # no trainer attached: the whole split
+    assert [len(y) for y in whole_test] == [100] * 5 + [12]
+    dm.trainer = pl.Trainer(limit_test_batches=2, limit_val_batches=0.5, limit_train_batches=1, accelerator="cpu",
+                            logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    test = dm.batches("test")
+    assert len(test) == 2
+    served = [y for _, y in test]
+    assert len(served) == 2 and all(torch.equal(a, b) for a, b in zip(served, whole_test))
+    assert len(dm.batches("val")) == 1  # int(3 batches * 0.5), as Lightning counts
+    assert len(dm.batches("train", train=True)) == 3  # the training split is the trainer's own business
+    # Lightning's loops get whole splits and cut them themselves: a fraction applied twice would shrink twice
+    assert (len(dm.test_dataloader()), len(dm.val_dataloader()), len(dm.train_dataloader())) == (6, 3, 3)
 
 
 def test_mnist_is_read_from_the_torchvision_layout(shared_data):

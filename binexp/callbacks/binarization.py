@@ -117,6 +117,8 @@ class BinarizationCurves(pl.Callback):
             return
         self._last_step = trainer.global_step
         test = trainer.datamodule.batches("test")  # this rank's shard; the counts are summed over ranks
+        if len(test) == 0:  # trainer.limit_test_batches=0
+            return
         stats = measure(pl_module.net, test, reduce=lambda t: sum_over_shards(t, test))
         if not stats:
             return
@@ -152,7 +154,7 @@ class BinarizationCurves(pl.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._record(trainer, pl_module)
-        if self.firing_matrix and activation_probes(pl_module.net):
+        if self.firing_matrix and activation_probes(pl_module.net) and len(trainer.datamodule.batches("test")):
             self._write_firing(trainer, pl_module)
 
     def _write_firing(self, trainer, pl_module) -> None:

@@ -40,6 +40,13 @@ class DataConfig:
     seed: Optional[int] = "${seed}"  # hold-out and batch order; null = a fresh random seed
 
 
+def limit_to_count(batches: int, limit: int | float) -> int:
+    """How many of `batches` Lightning's `limit_*_batches=limit` serves: an int is a count, a float a fraction."""
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)):
+        raise TypeError(f"a batch limit is an int or a float, not {limit!r}")
+    return min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+
+
 class ImageData(pl.LightningDataModule):
     name = "images"
 
@@ -105,8 +112,20 @@ class ImageData(pl.LightningDataModule):
     def batches(
         self, stage: str, train: bool = False, device: torch.device | str | None = None, shard: bool = True,
     ) -> DeviceBatches:
-        """Under DDP each rank gets its shard (`shard=False`: every rank the whole split, e.g. for a job that
-        every rank repeats identically instead of sharing the work)."""
+        """Batches for work outside Lightning's own loops (the protocol, the binarization curves). Under DDP each
+        rank gets its shard (`shard=False`: every rank the whole split, e.g. for a job that every rank repeats
+        identically instead of sharing the work). "val" and "test" honour the trainer's `limit_val_batches` /
+        `limit_test_batches` as Lightning does, so every number of a run comes from the batches its val/acc and
+        test/acc came from (and a smoke run's protocol does not walk the whole test set)."""
+        loader = self._loader(stage, train, device, shard)
+        limit = getattr(self.trainer, f"limit_{stage}_batches", None) if stage in ("val", "test") else None
+        if limit is not None:
+            loader.max_batches = limit_to_count(len(loader), limit)
+        return loader
+
+    def _loader(
+        self, stage: str, train: bool = False, device: torch.device | str | None = None, shard: bool = True,
+    ) -> DeviceBatches:
         self.setup()
         trainer = self.trainer
         if device is None:
@@ -119,11 +138,13 @@ class ImageData(pl.LightningDataModule):
             channels_last=self.channels_last,
         )
 
+    # Lightning's loops get whole splits and apply trainer.limit_*_batches themselves (a fraction applied twice
+    # would shrink the set twice)
     def train_dataloader(self) -> DeviceBatches:
-        return self.batches("train", train=True)
+        return self._loader("train", train=True)
 
     def val_dataloader(self) -> DeviceBatches | list:
-        return self.batches("val") if self.has_validation else []
+        return self._loader("val") if self.has_validation else []
 
     def test_dataloader(self) -> DeviceBatches:
-        return self.batches("test")
+        return self._loader("test")

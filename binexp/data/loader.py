@@ -138,7 +138,7 @@ class DeviceBatches:
     def __init__(
         self, split: Split, batch_size: int, norm: InputNorm, shuffle: bool = False, drop_last: bool = False,
         crop_padding: int = 0, flip: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
-        device: torch.device | str | None = None, channels_last: bool = False,
+        device: torch.device | str | None = None, channels_last: bool = False, max_batches: int | None = None,
     ):
         device = torch.device(device) if device is not None else split.images.device
         self.images = split.images.to(device)
@@ -147,6 +147,7 @@ class DeviceBatches:
         self.crop_padding, self.flip, self.seed = crop_padding, flip, seed
         self.rank, self.world_size = rank, world_size
         self.channels_last = channels_last
+        self.max_batches = max_batches  # serve only the first this many batches (None: all)
         self.scale, self.shift = norm.affine(device)
         self.epoch = 0
         self.batches_served = 0  # in the current epoch, the skipped ones of a resumed epoch included
@@ -158,7 +159,8 @@ class DeviceBatches:
 
     def __len__(self) -> int:
         n = self._shard_size()
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        batches = n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return batches if self.max_batches is None else min(batches, self.max_batches)
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
