@@ -1,4 +1,4 @@
-"""Memory and time of batch normalization + sign three ways (the SBN paper's Table 2 and Figure 2).
+"""Memory and time of batch normalization + sign in four forms (the SBN paper's Table 2 and Figure 2).
 
 - BN + sign: the float BN of eq. 8 (mu, sigma, gamma, beta: four float32 per channel = 128 bits), then sign.
 - shift-BN + sign: BinaryNet's shift-based BN, gamma and sigma rounded to powers of two, so the multiply and divide
@@ -7,8 +7,10 @@
   bit of gamma = 9 bits per channel); `BinaryBN (float)` is binexp's step form (a float32 T) on float32 maps.
 
 Each runs on a c x 256 x 256 feature map (the input of BN: the output of a binary convolution, integer-valued) for
-growing batch sizes, with random mu, sigma, gamma and beta. It prints a table of parameter bits, output bits and
-milliseconds per batch, and draws the time curves and the parameter memory against c as a PNG like Figure 2.
+growing batch sizes, with random mu, sigma, gamma and beta. It prints a table of parameter bits, output bits,
+milliseconds per batch and how many outputs of the first batch differ from BN + sign's (BinaryBN: none, it is exact
+on integer inputs; shift-BN: its rounding of gamma and sigma), and draws the time curves and the parameter memory
+against c as a PNG like Figure 2.
 
     python scripts/bench_bn.py --channels 64 --batches 1 2 4 8 16 32 --device cuda
     python scripts/bench_bn.py --channels 8 --batches 1 2 4 --repeats 3     # a quick check on a CPU
@@ -79,7 +81,7 @@ def shift_bn_sign(bn: torch.nn.BatchNorm2d) -> Callable[[torch.Tensor], torch.Te
 
 def binary_bn_int(bn: torch.nn.BatchNorm2d) -> Callable[[torch.Tensor], torch.Tensor]:
     """XNOR(I > T, gamma > 0) on integer inputs, T from its 8-bit code (ties go to +1, as sign(0) = +1)."""
-    fixed = BinaryBN.from_batchnorm(bn).quantize(bits=8, data_range=INPUT_RANGE)
+    fixed = BinaryBN.from_batchnorm(bn).quantize(bits=8, data_range=INPUT_RANGE, integer_inputs=True)
     # integer inputs: I >= T <=> I > ceil(T) - 1, and I <= T <=> not (I > floor(T)); pre-expanded once at load
     t = fixed.thresholds
     above = per_channel(torch.where(fixed.negative, torch.floor(t), torch.ceil(t) - 1).to(torch.int32))
@@ -92,8 +94,12 @@ def binary_bn_int(bn: torch.nn.BatchNorm2d) -> Callable[[torch.Tensor], torch.Te
 
 
 def binary_bn_float(bn: torch.nn.BatchNorm2d) -> Callable[[torch.Tensor], torch.Tensor]:
-    binary = BinaryBN.from_batchnorm(bn)
-    return binary
+    return BinaryBN.from_batchnorm(bn)
+
+
+def as_bits(out: torch.Tensor) -> torch.Tensor:
+    """A form's output as 1[output = +1]: the bool forms already are; the float step form gives +-1."""
+    return out if out.dtype == torch.bool else out > 0
 
 
 def timed(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repeats: int) -> float:
@@ -110,11 +116,14 @@ def timed(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repeats: 
     return statistics.median(times)
 
 
-def measure(channels: int, size: int, batches: list[int], repeats: int, device: torch.device) -> dict[str, list[float]]:
+def measure(channels: int, size: int, batches: list[int], repeats: int, device: torch.device
+            ) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Milliseconds per batch of each form, and how many outputs of the first batch differ from BN + sign's."""
     bn = random_bn(channels, device)
     forms = {"BN + sign": (bn_sign(bn), False), "shift-BN + sign": (shift_bn_sign(bn), True),
              "BinaryBN": (binary_bn_int(bn), True), "BinaryBN (float)": (binary_bn_float(bn), False)}
     results: dict[str, list[float]] = {name: [] for name in forms}
+    differing: dict[str, int] = {}
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for batch in batches:
@@ -122,20 +131,25 @@ def measure(channels: int, size: int, batches: list[int], repeats: int, device: 
             shape = (batch, channels, size, size)
             i = torch.randint(-INPUT_RANGE, INPUT_RANGE + 1, shape, generator=g, dtype=torch.int32).to(device)
             x = i.to(torch.float32)
+            if not differing:
+                reference = forms["BN + sign"][0](x)
+                differing = {name: int((as_bits(fn(i if integer else x)) != reference).sum())
+                             for name, (fn, integer) in forms.items()}
             for name, (fn, integer) in forms.items():
                 results[name].append(timed(fn, i if integer else x, repeats))
             del i, x
-    return results
+    return results, differing
 
 
-def table(results: dict[str, list[float]], batches: list[int], channels: int) -> str:
-    names = list(results)
+def table(results: dict[str, list[float]], differing: dict[str, int], batches: list[int], channels: int,
+          size: int) -> str:
+    values = batches[0] * channels * size * size
     lines = [f"| form | param bits / channel | param bits at c={channels} | output bits / value | "
-             + " | ".join(f"ms @ batch {b}" for b in batches) + " |",
-             "|---|---|---|---|" + "---|" * len(batches)]
-    for name in names:
+             + " | ".join(f"ms @ batch {b}" for b in batches) + f" | outputs differing from BN + sign (of {values}) |",
+             "|---|---|---|---|" + "---|" * (len(batches) + 1)]
+    for name in results:
         lines.append(f"| {name} | {PARAM_BITS[name]} | {PARAM_BITS[name] * channels} | {OUTPUT_BITS[name]} | "
-                     + " | ".join(f"{t:.2f}" for t in results[name]) + " |")
+                     + " | ".join(f"{t:.2f}" for t in results[name]) + f" | {differing[name]} |")
     return "\n".join(lines)
 
 
@@ -176,14 +190,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("bench_bn.png"))
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    results = measure(args.channels, args.size, args.batches, args.repeats, device)
+    for key in ("channels", "size", "repeats"):
+        if getattr(args, key) < 1:
+            parser.error(f"--{key} {getattr(args, key)}: allowed is a count >= 1")
+    if min(args.batches) < 1:
+        parser.error(f"--batches {' '.join(map(str, args.batches))}: allowed are batch sizes >= 1")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device {args.device}: allowed are cpu, cuda, cuda:N")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    results, differing = measure(args.channels, args.size, args.batches, args.repeats, device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"BN + sign on {args.channels} x {args.size} x {args.size} maps, {where}, median of {args.repeats} runs\n")
-    print(table(results, args.batches, args.channels))
+    print(table(results, differing, args.batches, args.channels, args.size))
     plot(results, args.batches, args.channels, args.size, args.out)
     print(f"\nfigure: {args.out}")
-
 
 if __name__ == "__main__":
     main()

@@ -1,16 +1,17 @@
 """CPU inference time of the packed runtime (binexp.export) against float32 PyTorch on the same network.
 
     python scripts/bench_infer.py                                  # vgg_small + bnn, batch 1 and 256
-    python scripts/bench_infer.py --arch lenet --method ste --shape 1 28 28 --batches 1 256
+    python scripts/bench_infer.py --arch lenet --method ste --shape 1 28 28 --batches 1 256 \
+        --override architecture.conv_act=true architecture.batch_norm=true   # Caffe's LeNet has no binary layer
     python scripts/bench_infer.py --out docs/figures/bench_infer.md
 
-The network has random weights and batch-norm statistics (timing does not depend on them). Per binary layer,
-"float32" is F.conv2d / F.linear of the same +-1 values; end to end it is the same architecture as a float32
-network (method=fp: float weights, ReLU) in eval mode, what the binary network replaces.
-Per binary layer it compares the packed layer (packing the input bits, windows of 64-bit words, xnor/and +
-popcount, integer sums) with F.conv2d / F.linear on the same +-1 values; end to end, the whole exported model
-with the whole network. Each time is the median of --repeats runs after one warm-up. Threads: torch's intra-op
-threads and the kernel's OpenMP threads are both the machine's cores unless OMP_NUM_THREADS says otherwise.
+The network has random weights and batch-norm statistics (timing does not depend on them). Per binary layer it
+compares the packed layer (packing the input bits, windows of 64-bit words, xnor/and + popcount, integer sums)
+with F.conv2d / F.linear on the same +-1 values; end to end, the whole exported model with the same architecture
+as a float32 network (method=fp: float weights, ReLU) in eval mode, what the binary network replaces. `--override`
+keys go to the binary network's config, and those under `architecture.` to the float32 one's too. Each time is the
+median of --repeats runs after one warm-up. Threads: torch's intra-op threads and the kernel's OpenMP threads are
+both the machine's cores unless OMP_NUM_THREADS says otherwise.
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ from binexp.export.runtime import StepModel  # noqa: E402
 from binexp.models import build_model  # noqa: E402
 
 
-def compose(arch: str, method: str, width: float):
+def compose(arch: str, method: str, width: float, overrides: list[str] = ()):
     from binexp.config import compose_train
 
     return compose_train([f"architecture={arch}", f"method={method}", "dataset=synthetic",
-                          f"architecture.width={width}", "run_dir=/tmp/unused"])
+                          f"architecture.width={width}", "run_dir=/tmp/unused", *overrides])
 
 
 def median_time(fn, repeats: int) -> float:
@@ -71,20 +72,36 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 256])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
+    parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. architecture.conv_act=true")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if min(args.batches) < 1 or args.width <= 0 or min(args.shape) < 1:
+        parser.error("--batches and --shape take counts >= 1, --width a number > 0")
 
-    cfg = compose(args.arch, args.method, args.width)
-    shape = tuple(args.shape)
-    net = build_model(cfg.architecture, build(cfg.method), shape, num_classes=10)
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from binexp.errors import ConfigError
+
+    try:
+        cfg = compose(args.arch, args.method, args.width, args.override)
+        shape = tuple(args.shape)
+        net = build_model(cfg.architecture, build(cfg.method), shape, num_classes=10)
+        # end to end, the float32 reference is the same architecture with float weights and ReLU (method=fp)
+        fp = compose(args.arch, "fp", args.width, [o for o in args.override if o.startswith("architecture.")])
+        float_net = build_model(fp.architecture, build(fp.method), shape, num_classes=10)
+    except (HydraException, OmegaConfBaseException, ConfigError) as e:
+        parser.error(str(e).split("\nConfig search path")[0].strip())  # Hydra appends its search path
     randomize(net)
-    # end to end, the float32 reference is the same architecture with float weights and ReLU (method=fp)
-    fp = compose(args.arch, "fp", args.width)
-    float_net = build_model(fp.architecture, build(fp.method), shape, num_classes=10)
     ops, inp, out = lower(net, shape)
     manifest, tensors = artifact.manifest_and_tensors(ops, inp, out, {})
     model = StepModel(manifest, tensors)
+    if not any(op["kind"].startswith("binary_") for op in manifest["ops"]):
+        parser.error(f"--arch {args.arch} --method {args.method}: the export has no binary layer to time (a layer is "
+                     "binary when its input is binary: e.g. Caffe's LeNet needs --override architecture.conv_act=true "
+                     "architecture.batch_norm=true)")
 
     rows = []
     for batch in args.batches:

@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # Reproduce the ABR paper's Tables 1 and 2, Section 4.4 and Figures 2 / 4 left with binexp, then tabulate.
 # cifar10_quick is small: a CIFAR-10 row (40 epochs) takes about 35 minutes on 2 CPU cores; MNIST rows about 20 (the ABR MNIST row, 48 epochs, about 40).
-#   BINEXP_DATA=../shared/data bash scripts/reproduce_abr.sh [mnist|cifar10|all]   (default: all)
+#   BINEXP_DATA=../shared/data bash scripts/reproduce_abr.sh [mnist|cifar10|all] [overrides for every run, e.g. trainer=gpu]
 # Each run lands in logs/abr/<name>/; `binexp report logs/abr` prints the table next to the paper's columns
 # (protocol/phase1_regular = "1st Phase", phase1_binary = "1st Binary", regular = "2nd Phase", binary = "2nd Binary",
-# finetuned = "Finetuned") and draws binarization curves for every run.
+# finetuned = "Finetuned") and draws the binarization curves of every ABR run.
 set -euo pipefail
 which=${1:-all}
+case $which in
+  mnist|cifar10|all) (( $# )) && shift ;;
+  *) echo "reproduce_abr.sh: first argument '$which': allowed are mnist, cifar10, all (then overrides)" >&2; exit 2 ;;
+esac
+extra=("$@")
 out=${BINEXP_LOGS:-logs}/abr
-run() { local name=$1; shift; binexp train "$@" hydra.run.dir="$out/$name" callbacks.rich_progress_bar=null; }
+run() {
+  local name=$1; shift
+  binexp train "$@" ${extra[@]+"${extra[@]}"} hydra.run.dir="$out/$name" callbacks.rich_progress_bar=null
+}
 
 if [[ $which == mnist || $which == all ]]; then
   run table1_mnist_baseline experiment=abr_table1_mnist_baseline

@@ -12,7 +12,7 @@ A plan is a text file, one run per line: a name, then the run's overrides. `#` s
 Each run lands in `<logs>/<plan>/<name>/` (its output in `<name>.out` beside it), without the rich progress bar
 (it draws nothing useful into a file). `--jobs N` runs N at a time (default: all at once, which is how one large GPU is kept
 busy by small networks). At `--deadline` seconds every run still going gets SIGTERM: binexp saves
-`checkpoints/last.ckpt` and exits. Running the plan again skips the runs whose directory holds metrics.json (and
+`checkpoints/last.ckpt` and exits (killed if it has not after `--grace` seconds). Running the plan again skips the runs whose directory holds metrics.json (and
 refuses one that finished with other overrides than its line has now), and binexp itself continues each stopped one
 from its last.ckpt (same batches and schedule state) in the same directory, refusing one whose job changed.
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -40,7 +41,8 @@ from omegaconf import OmegaConf
 
 LIGHT_FILES = ("metrics.json", "binarization.csv", "train.log", "eval-*.json", ".hydra/*.yaml", "tb/*", "*.png", "*.csv")
 SUMMARY_KEYS = ("test/acc", "protocol/binary", "protocol/binary_bn_reestimated", "val/acc_best")
-GRACE_S = 60  # after SIGTERM: time to finish the batch and write last.ckpt before SIGKILL
+GRACE_S = 60  # default --grace: after SIGTERM, time to finish the batch and write last.ckpt before SIGKILL
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 
 @dataclass
@@ -58,12 +60,14 @@ class PlannedRun:
 
 def read_plan(path: Path) -> list[PlannedRun]:
     runs, seen = [], set()
+    if not path.is_file():
+        raise SystemExit(f"run_plan.py: plan {path} not found (the plans are in scripts/plans/)")
     for number, line in enumerate(path.read_text().splitlines(), 1):
         words = shlex.split(line, comments=True)
         if not words:
             continue
         name, overrides = words[0], words[1:]
-        if "=" in name or "/" in name:
+        if not NAME.fullmatch(name):  # it names a folder: no '/', '..', '~lr_scheduler' (an override without a name)
             raise SystemExit(f"{path}:{number}: a line starts with the run's name (letters, digits, '.', '_', '-'), "
                              f"then its overrides; got {name!r}")
         if name in seen:
@@ -120,7 +124,8 @@ def finish(run: PlannedRun, stopped: bool) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {run.status} {run.name} after {run.wall_s:.0f} s", flush=True)
 
 
-def execute(runs: list[PlannedRun], binexp: list[str], jobs: int, deadline_s: float | None) -> None:
+def execute(runs: list[PlannedRun], binexp: list[str], jobs: int, deadline_s: float | None,
+            grace_s: float = GRACE_S) -> None:
     t0 = time.monotonic()
     waiting = [r for r in runs if r.status == "pending"]
     running: list[PlannedRun] = []
@@ -142,7 +147,7 @@ def execute(runs: list[PlannedRun], binexp: list[str], jobs: int, deadline_s: fl
         for r in [r for r in running if r.process.poll() is not None]:
             finish(r, stopped=stopping)
             running.remove(r)
-        if stopping and running and time.monotonic() - stop_sent > GRACE_S:
+        if stopping and running and time.monotonic() - stop_sent > grace_s:
             for r in running:
                 r.process.kill()
         time.sleep(0.5)
@@ -167,11 +172,17 @@ def pack(runs: list[PlannedRun], where: Path, logs: Path, archive: Path) -> int:
     return count
 
 
-def summarise(runs: list[PlannedRun], where: Path) -> None:
-    rows = [{"name": r.name, "status": r.status, "rc": r.rc, "wall_s": round(r.wall_s, 1),
-             **{k: r.metrics[k] for k in SUMMARY_KEYS if k in r.metrics}} for r in runs]
-    (where / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
-    for row in rows:
+def summarise(runs: list[PlannedRun], where: Path, plan_names: list[str]) -> None:
+    """summary.json holds a row for every run of the plan this or an earlier call ran (`--only` adds its rows to the
+    earlier ones); the rows of this call are printed."""
+    rows = {r.name: {"name": r.name, "status": r.status, "rc": r.rc, "wall_s": round(r.wall_s, 1),
+                     **{k: r.metrics[k] for k in SUMMARY_KEYS if k in r.metrics}} for r in runs}
+    where.mkdir(parents=True, exist_ok=True)
+    summary = where / "summary.json"
+    earlier = {row["name"]: row for row in json.loads(summary.read_text())} if summary.exists() else {}
+    kept = {name: rows.get(name, earlier.get(name)) for name in plan_names}
+    summary.write_text(json.dumps([row for row in kept.values() if row is not None], indent=2) + "\n")
+    for row in rows.values():
         values = "  ".join(f"{k}={100 * row[k]:.2f}" for k in SUMMARY_KEYS if k in row)
         print(f"{row['name']:<24} {row['status']:<22} {row['wall_s']:>7.0f} s  {values}")
 
@@ -182,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", help="run only these names of the plan")
     parser.add_argument("--jobs", type=int, default=0, help="runs at a time (0: all at once)")
     parser.add_argument("--deadline", type=float, help="seconds after the start at which unfinished runs are stopped")
+    parser.add_argument("--grace", type=float, default=GRACE_S,
+                        help=f"seconds a stopped run has to save last.ckpt before it is killed (default {GRACE_S})")
     parser.add_argument("--logs", type=Path, default=Path(os.environ.get("BINEXP_LOGS", "logs")) / "plans",
                         help="runs go to <logs>/<plan name>/<run name>")
     parser.add_argument("--pack", type=Path, help="write the runs' light files (no checkpoints) to this .tar.gz")
@@ -191,8 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.jobs < 0:
         parser.error(f"--jobs={args.jobs}: must be 0 (all at once) or more")
+    if args.deadline is not None and args.deadline <= 0:
+        parser.error(f"--deadline={args.deadline:g}: must be a number of seconds > 0")
+    if args.grace < 0:
+        parser.error(f"--grace={args.grace:g}: must be a number of seconds >= 0")
 
     runs = read_plan(args.plan)
+    plan_names = [r.name for r in runs]
     if args.only:
         unknown = sorted(set(args.only) - {r.name for r in runs})
         if unknown:
@@ -209,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         for run in runs:
             print(run.status if run.status != "pending" else shlex.join(command(binexp, run)))
         return 0
-    execute(runs, binexp, args.jobs or len(runs), args.deadline)
-    summarise(runs, where)
+    execute(runs, binexp, args.jobs or len(runs), args.deadline, args.grace)
+    summarise(runs, where, plan_names)
     if args.pack:
         print(f"packed {pack(runs, where, args.logs, args.pack)} files into {args.pack}")
     return 0 if all(r.status in ("done", "skipped (finished before)") for r in runs) else 1  # a stopped run is not done

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+from hydra.errors import HydraException
 
 from binexp.builder import build
 from binexp.callbacks.schedule import write_buffers
@@ -22,11 +23,14 @@ from binexp.models import build_model
 def gradient_norms(experiment: str, nus: list[float], batch: int, seed: int) -> dict[float, dict[str, float]]:
     cfg = compose_train([f"experiment={experiment}", "dataset=synthetic"])
     torch.manual_seed(seed)
-    net = build_model(cfg.architecture, build(cfg.method), (3, 32, 32), 10).train()
-    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    shape = (3, 32, 32) if cfg.dataset.name != "mnist" else (1, 28, 28)  # the experiment's own input
+    net = build_model(cfg.architecture, build(cfg.method), shape, 10).train()
+    x, y = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
     out = {}
     for nu in nus:
-        write_buffers(net, {"nu": nu})
+        if write_buffers(net, {"nu": nu}) == 0:
+            raise ValueError(f"experiment={experiment} (method={cfg.method.name}) has no nu to set: "
+                             "it is not an SBN experiment (sbn_table1_sbn_bc, _bnn, _bwn, _xnor are)")
         net.zero_grad()
         torch.nn.functional.cross_entropy(net(x), y).backward()
         out[nu] = {name: p.grad.norm().item() for name, p in net.named_parameters() if p.dim() > 1}
@@ -40,8 +44,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.batch < 1:
+        parser.error(f"--batch {args.batch}: allowed is a count >= 1")
     for experiment in args.experiment:
-        norms = gradient_norms(experiment, args.nu, args.batch, args.seed)
+        try:
+            norms = gradient_norms(experiment, args.nu, args.batch, args.seed)
+        except (HydraException, ValueError) as e:
+            parser.error(str(e).split("\nConfig search path")[0].strip())  # Hydra appends its search path
         layers = list(next(iter(norms.values())))
         print(f"{experiment}: gradient norm of each latent weight")
         print("nu".rjust(6) + "".join(name.removesuffix(".weight").rjust(14) for name in layers))

@@ -20,6 +20,7 @@ from torch import nn
 
 from binexp.binarize.sbn import ScaledTanh, SoftBinaryConv2d, SoftBinaryLinear
 from binexp.callbacks.schedule import write_buffers
+from binexp.errors import ConfigError
 from binexp.evaluate import load_trained
 from binexp.protocol import accuracy, bn_reestimated_accuracy, reestimate_bn
 
@@ -44,13 +45,21 @@ def main() -> None:
     parser.add_argument("--bn-batches", type=int, default=40, help="training batches for the BN statistics")
     parser.add_argument("--set", nargs="*", default=[], help="dotted overrides of the run's config, e.g. dataset.root=...")
     args = parser.parse_args()
+    if args.bn_batches < 1:
+        parser.error(f"--bn-batches {args.bn_batches}: allowed is a count >= 1 (BN statistics need a batch)")
 
-    _, dm, module, path = load_trained(args.run, args.ckpt, args.set)
+    try:
+        _, dm, module, path = load_trained(args.run, args.ckpt, args.set)
+    except ConfigError as e:
+        parser.error(str(e))
+    nus = [buf for name, buf in module.net.named_buffers() if name.rpartition(".")[2] == "nu"]
+    if not nus:
+        parser.error(f"{args.run} is not an SBN run: its network has no nu to sharpen")
     dm.setup("fit")
     net = module.net.eval()
     test = list(dm.test_dataloader())
     train = [batch for _, batch in zip(range(args.bn_batches), dm.train_dataloader())]
-    own = next(buf for name, buf in net.named_buffers() if name.rpartition(".")[2] == "nu").item()
+    own = nus[0].item()
     saved = {k: v.clone() for k, v in net.state_dict().items()}
     print(f"{path}: trained up to nu {own:.3g}")
     print("nu".rjust(8) + "saved BN".rjust(12) + "BN at this nu".rjust(16))

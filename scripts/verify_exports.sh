@@ -2,21 +2,30 @@
 # Export every method and check the exported model against the trained network on the full MNIST and CIFAR-10
 # test sets: 0 differing predictions is the bar. Training is short (a subset, few epochs): what is checked is that
 # the packed model computes what the trained network computes, not how good the network is.
-#   BINEXP_DATA=../shared/data bash scripts/verify_exports.sh [mnist|cifar10|all] [method regex]   (CPU, ~30 min)
+#   BINEXP_DATA=../shared/data bash scripts/verify_exports.sh [mnist|cifar10|all] [method regex]   (CPU, 30-40 min)
 # e.g. `bash scripts/verify_exports.sh cifar10 'abr|sbn.*'` re-checks only those methods.
 # Each run lands in logs/export-check/<dataset>-<arch>-<method>/ with export/verify.json; the summary table is
 # printed at the end and written to logs/export-check/summary.md.
 set -euo pipefail
 which=${1:-all}
 only=${2:-.*}
+case $which in
+  mnist|cifar10|all) ;;
+  *) echo "verify_exports.sh: first argument '$which': allowed are mnist, cifar10, all" >&2; exit 2 ;;
+esac
 out=${BINEXP_LOGS:-logs}/export-check
 mkdir -p "$out"
+failed=()
+checked=0
 check() {  # name, then train overrides
   local name=$1; shift
+  checked=$((checked + 1))
+  rm -f "$out/$name/export/verify.json"  # a failed step must not leave an earlier check's result in the table
   binexp train "$@" hydra.run.dir="$out/$name" callbacks.rich_progress_bar=null trainer.enable_model_summary=false \
-    protocol.enabled=false > "$out/$name.train.log" 2>&1 || { echo "training $name failed: $out/$name.train.log"; return; }
-  binexp export "$out/$name" > "$out/$name.export.log" 2>&1 || { echo "export $name failed: $out/$name.export.log"; return; }
-  binexp verify "$out/$name/export/model.safetensors" > "$out/$name.verify.log" 2>&1 || true
+    protocol.enabled=false > "$out/$name.train.log" 2>&1 || { failed+=("training $name: $out/$name.train.log"); return 0; }
+  binexp export "$out/$name" > "$out/$name.export.log" 2>&1 || { failed+=("export $name: $out/$name.export.log"); return 0; }
+  binexp verify "$out/$name/export/model.safetensors" > "$out/$name.verify.log" 2>&1 \
+    || { failed+=("verify $name: $out/$name.verify.log"); return 0; }
   echo "checked $name"
 }
 # abr's two phases and sbn's nu going 1 -> 1000 need two epochs at least
@@ -58,18 +67,27 @@ if [[ $which == cifar10 || $which == all ]]; then
       dataset.subset=2000 trainer.max_epochs=1
   fi
 fi
-python - "$out" <<'PY'
+if (( checked == 0 )); then
+  echo "verify_exports.sh: no method of $which matches '$only' (labels: fp abr ste bc bnn bwn xnor sbn sbn-xnor)" >&2
+  exit 2
+fi
+python - "$out" "${failed[@]}" <<'PY'
 import json, sys
 from pathlib import Path
-root = Path(sys.argv[1])
+root, failed = Path(sys.argv[1]), sys.argv[2:]
 lines = ["| run | test images | differing predictions | differing activations | acc. trained (step) | acc. exported | file / ideal |",
          "|---|---|---|---|---|---|---|"]
+differing = []
 for verify in sorted(root.glob("*/export/verify.json")):
     r, size = json.loads(verify.read_text()), json.loads((verify.parent / "export-size.json").read_text())
     acts = f"{sum(r['differing_activations'].values())} / {sum(r['activations_compared'].values())}"
     lines.append(f"| {verify.parents[1].name} | {r['samples']} | {r['differing_predictions']} | {acts} | "
                  f"{100 * r['accuracy_trained_step']:.2f} | {100 * r['accuracy_exported']:.2f} | {size['file_vs_ideal']:.3f} |")
-text = "\n".join(lines)
+    if r["differing_predictions"]:
+        differing.append(verify.parents[1].name)
+lines += [""] + [f"FAILED: {f}" for f in failed] + [f"DIFFERING PREDICTIONS: {name}" for name in differing]
+text = "\n".join(lines).rstrip()
 (root / "summary.md").write_text(text + "\n")
 print(text)
+sys.exit(1 if failed or differing else 0)  # 0 differing predictions is the bar
 PY

@@ -44,6 +44,8 @@ def test_every_shipped_plan_composes(plan):
 
 @pytest.mark.parametrize("text, message", [
     ("x=1 y=2\n", "probe.txt:1: a line starts with the run's name"),
+    ("~lr_scheduler x=1\n", "probe.txt:1: a line starts with the run's name"),
+    (".. x=1\n", "probe.txt:1: a line starts with the run's name"),
     ("a x=1\na x=2\n", "probe.txt:2: run name 'a' is used twice"),
     ("a hydra.run.dir=/tmp/x\n", "probe.txt:1: a plan's run sets neither hydra.run.dir"),
     ("# nothing\n", "no runs in the plan"),
@@ -51,6 +53,18 @@ def test_every_shipped_plan_composes(plan):
 def test_bad_plans_say_which_line_and_why(tmp_path, text, message):
     with pytest.raises(SystemExit, match=message):
         run_plan.read_plan(write_plan(tmp_path, text))
+
+
+def test_a_missing_plan_and_a_deadline_that_is_not_a_time_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit, match=f"run_plan.py: plan {tmp_path / 'nope.txt'} not found"):
+        run_plan.main([str(tmp_path / "nope.txt")])
+    plan = write_plan(tmp_path, f"a {SMOKE}\n")
+    for flag, value, message in (("--deadline", "0", "--deadline=0: must be a number of seconds > 0"),
+                                 ("--grace", "-1", "--grace=-1: must be a number of seconds >= 0")):
+        with pytest.raises(SystemExit) as err:
+            run_plan.main([str(plan), flag, value, "--logs", str(tmp_path / "logs")])
+        assert err.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "logs").exists()
 
 
 def test_only_names_the_runs_of_the_plan(tmp_path, capsys):
@@ -78,6 +92,9 @@ def test_two_runs_at_once_then_packed_without_checkpoints_and_skipped_when_run_a
     assert not any(n.endswith(".ckpt") for n in names)
 
     capsys.readouterr()
+    assert run_plan.main([str(plan), "--logs", str(logs), "--only", "b"]) == 0
+    rows = json.loads((logs / "probe" / "summary.json").read_text())  # --only keeps the other runs' rows
+    assert [(r["name"], r["status"]) for r in rows] == [("a", "done"), ("b", "skipped (finished before)")]
     assert run_plan.main([str(plan), "--logs", str(logs)]) == 0
     rows = json.loads((logs / "probe" / "summary.json").read_text())
     assert [r["status"] for r in rows] == ["skipped (finished before)"] * 2

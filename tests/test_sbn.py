@@ -411,6 +411,20 @@ def test_bn_reestimated_accuracy_leaves_the_trained_network_as_it_was():
 
 
 
+def test_bench_bn_times_forms_that_compute_bn_and_sign():
+    # its 8-bit BinaryBN takes integer inputs, where the thresholds rounded towards the comparison are exact
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import bench_bn
+
+    times, differing = bench_bn.measure(channels=64, size=16, batches=[2, 4], repeats=1, device=torch.device("cpu"))
+    assert {name: len(t) for name, t in times.items()} == dict.fromkeys(bench_bn.PARAM_BITS, 2)
+    assert differing["BN + sign"] == differing["BinaryBN"] == differing["BinaryBN (float)"] == 0
+    assert differing["shift-BN + sign"] > 0  # gamma and sigma rounded to powers of two: an approximation
+    bn = bench_bn.random_bn(64, torch.device("cpu"))
+    i = torch.arange(-bench_bn.INPUT_RANGE, bench_bn.INPUT_RANGE + 1, dtype=torch.int32).view(-1, 1, 1, 1).expand(-1, 64, 1, 1)
+    torch.testing.assert_close(bench_bn.binary_bn_int(bn)(i), bench_bn.bn_sign(bn)(i.float()), rtol=0, atol=0)
+
+
 def test_sharpen_script_switches_only_the_weights_or_only_the_activations():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     import sbn_sharpen
