@@ -19,9 +19,9 @@ CONFIG_PATH = "pkg://binexp.conf"
 
 TASKS = {
     "train": "train a model: binexp train [group=option] [key=value] (-m for sweeps, --help for groups)",
-    "eval": "evaluate a run's checkpoint on the test set: binexp eval run=<run dir> [ckpt=last|best|<path>] [protocol=true]",
+    "eval": "evaluate a run's checkpoint on the test set: binexp eval run=<run dir> [ckpt=last|best|binary_weights|bn_reestimated|<path>] [protocol=true]",
     "report": "tabulate and plot runs or sweeps: binexp report <run or multirun dir ...> [--out DIR]",
-    "export": "write a run's step-function model, bit-packed: binexp export <run dir> [ckpt=last|best|<path>] [out=<file>]",
+    "export": "write a run's step-function model, bit-packed: binexp export <run dir> [ckpt=last|best|binary_weights|bn_reestimated|<path>] [out=<file or dir>]",
     "verify": "check an export against the trained network on the test set: binexp verify <file> [dataset.root=...]",
 }
 
@@ -125,6 +125,16 @@ def _check_eval_args(args: list[str]) -> None:
     """`run=` names a run directory that exists, checked before Hydra makes `<run>/eval/<time>/` in it."""
     if any(a in ("-h", "--help", "--hydra-help", "--info") or a.startswith("--cfg") for a in args):
         return
+    from dataclasses import fields
+
+    from binexp.evaluate import EvalConfig
+
+    options = [f.name for f in fields(EvalConfig)]
+    for arg in args:
+        key = arg.partition("=")[0].lstrip("+~")
+        if not key.startswith("hydra.") and key.partition(".")[0] not in options:
+            _fail(f"{arg}: eval takes {', '.join(f'{o}=' for o in options)} (keys of the run's own config go in "
+                  f"'run_overrides=[\"key=value\"]')")
     value = next((a.split("=", 1)[1] for a in args if a.startswith("run=")), None)
     if value is None:
         _fail("eval needs run=<run dir>, a directory made by `binexp train`")

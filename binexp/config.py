@@ -211,6 +211,10 @@ def check_override_keys(cfg: DictConfig, overrides: list[str], what: str) -> Non
         key = item.partition("=")[0]
         schema, path = _schema_of(cfg, key)
         if _has_path(saved, key) or _has_path(OmegaConf.to_container(OmegaConf.structured(schema)), path):
+            node = OmegaConf.select(cfg, key)
+            if OmegaConf.is_dict(node) and not OmegaConf.is_dict(OmegaConf.select(OmegaConf.from_dotlist([item]), key)):
+                raise ConfigError(f"{item}: {key} is a config group whose option the run chose, and {what} keeps "
+                                  f"it; change its keys instead ({key}.<key>=<value>; keys: {', '.join(sorted(map(str, node)))})")
             continue
         parent = key.rpartition(".")[0]
         node = OmegaConf.select(cfg, parent) if parent else cfg

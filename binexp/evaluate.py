@@ -18,6 +18,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from binexp.binarize.base import step_mode
 from binexp.errors import ConfigError
@@ -56,6 +57,10 @@ def load_run_config(run_dir: Path) -> DictConfig:
 
 
 def find_checkpoint(run_dir: Path, which: str) -> Path:
+    derived = ", ".join(f"{name} ({when})" for name, when in DERIVED_CHECKPOINTS.items())
+    allowed = f"allowed: last, best, {derived}, or a checkpoint file"
+    if not which:
+        raise ConfigError(f"ckpt= is empty ({allowed})")
     ckpt_dir = run_dir / "checkpoints"
     if which == "last":
         path = ckpt_dir / "last.ckpt"
@@ -66,9 +71,12 @@ def find_checkpoint(run_dir: Path, which: str) -> Path:
         path = best[-1] if best else ckpt_dir / "best-*.ckpt"
     else:
         path = Path(which)
+        if not path.exists() and (run_dir / which).exists():  # relative to the run (checkpoints/epoch3.ckpt)
+            path = run_dir / which
+    if path.is_dir():
+        raise ConfigError(f"ckpt={which}: {path} is a directory ({allowed})")
     if not path.exists():
-        derived = ", ".join(f"{name} ({when})" for name, when in DERIVED_CHECKPOINTS.items())
-        raise ConfigError(f"ckpt={which}: {path} not found (allowed: last, best, {derived}, or a checkpoint path)")
+        raise ConfigError(f"ckpt={which}: {path} not found ({allowed})")
     return path
 
 
@@ -87,14 +95,57 @@ def load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
     path = find_checkpoint(run_dir, ckpt)
     dm = build_data(cfg)
     module = build_module(cfg, dm, build_method(cfg))
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # pickle, zip and I/O errors alike: the file is no checkpoint
+        raise ConfigError(f"ckpt={ckpt}: {path} is not a checkpoint torch can read ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    if not isinstance(saved, dict) or "state_dict" not in saved:
+        raise ConfigError(f"ckpt={ckpt}: {path} holds no state_dict; it is not a checkpoint of `binexp train`")
     if saved.get(BINARY_WEIGHTS_KEY):
         freeze_sign_weights(module.net)
-    module.load_state_dict(saved["state_dict"])
+    try:
+        module.load_state_dict(saved["state_dict"])
+    except RuntimeError as err:
+        detail = " ".join(line.strip() for line in str(err).splitlines()[1:3])
+        raise ConfigError(f"ckpt={ckpt}: {path} does not fit the network of {run_dir} (method={cfg.method.name}, "
+                          f"architecture={cfg.architecture.name}); was it saved by another run? {detail}") from None
     return cfg, dm, module, path
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
+    try:
+        return _evaluate(cfg)
+    except Exception as raised:
+        from binexp.errors import user_error
+
+        if user_error(raised) is not None:
+            _discard_eval_folder()
+        raise
+
+
+def _discard_eval_folder() -> None:
+    """A refused eval leaves no `<run>/eval/<time>/` folder (Hydra made it before binexp could check anything)."""
+    import shutil
+
+    from binexp.hydra_output import running_hydra
+
+    hc = running_hydra()
+    if hc is None:
+        return
+    folder = Path(hc.runtime.output_dir)
+    if folder.parent.name == "eval":
+        root = logging.getLogger()
+        for handler in list(root.handlers):  # Hydra's eval.log is open in it
+            if Path(getattr(handler, "baseFilename", "/")).parent == folder:
+                handler.close()
+                root.removeHandler(handler)
+        shutil.rmtree(folder, ignore_errors=True)
+        if not any(folder.parent.iterdir()):
+            folder.parent.rmdir()
+
+
+def _evaluate(cfg: DictConfig) -> dict[str, float]:
     from binexp.train import print_summary, scalar_metrics
 
     run_dir = Path(cfg.run)
@@ -102,10 +153,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(f"protocol=true with ckpt={cfg.ckpt}: the protocol starts from a trained run's "
                           f"checkpoint (allowed: last, best, or a checkpoint path)")
     run_cfg, dm, module, ckpt = load_trained(run_dir, cfg.ckpt, list(cfg.run_overrides))
-    trainer = pl.Trainer(
-        accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    )
+    # the run's own test limits, so eval's numbers are those of its metrics.json ('run_overrides=["trainer.
+    # limit_test_batches=1.0"]' tests a smoke run on the whole test set)
+    limits = {k: run_cfg.trainer[k] for k in ("limit_test_batches", "limit_val_batches") if run_cfg.trainer.get(k) is not None}
+    try:
+        trainer = pl.Trainer(
+            accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, **limits,
+        )
+    except (MisconfigurationException, ValueError) as err:  # Lightning's words for an accelerator it does not have
+        raise ConfigError(f"accelerator={cfg.accelerator}: {str(err).splitlines()[0]} (allowed: auto, cpu, gpu, "
+                          "and what Lightning names)") from None
     metrics = scalar_metrics(trainer.test(module, datamodule=dm, verbose=False)[0])
     if has_step_form(module.net):
         with step_mode(module.net):

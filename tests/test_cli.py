@@ -42,6 +42,21 @@ def test_eval_and_resume_without_a_run_directory_say_so_and_create_nothing(tmp_p
         assert f"{missing}/.hydra/config.yaml not found" in out.stderr and "Traceback" not in out.stderr
     assert list(tmp_path.iterdir()) == []  # no eval/<time>/ folder inside a directory that was never a run
 
+def test_a_refused_eval_says_why_and_leaves_no_folder_in_the_run(tmp_path):
+    from tests.test_train import run
+
+    run_dir, _ = run(tmp_path, [])
+    out = binexp("eval", f"run={run_dir}", "ckp=best", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr == ("binexp: error: ckp=best: eval takes run=, ckpt=, accelerator=, protocol=, run_overrides= "
+                          "(keys of the run's own config go in 'run_overrides=[\"key=value\"]')\n")
+    out = binexp("eval", f"run={run_dir}", "ckpt=checkpoints", "accelerator=cpu", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"binexp: error: ckpt=checkpoints: {run_dir / 'checkpoints'} is a directory (allowed: last, best, " in out.stderr
+    assert out.stderr.endswith(", or a checkpoint file)\n")
+    assert not (run_dir / "eval").exists()  # Hydra's eval/<time>/ folder of the refused launch is gone
+
+
 def test_a_config_error_raised_while_instantiating_reaches_the_user_as_written(tmp_path):
     out = binexp("train", "dataset=synthetic", "debug=smoke", "method=abr", "method.scope=foo",
                  f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)

@@ -14,6 +14,7 @@ from torch import nn
 from binexp.binarize.base import evaluating
 from binexp.builder import build
 from binexp.cli import main
+from binexp.errors import ConfigError
 from binexp.evaluate import load_trained
 from binexp.export import artifact
 from binexp.export.artifact import ArtifactError
@@ -312,3 +313,42 @@ def test_verify_refuses_a_checkpoint_that_is_not_the_exported_one(tmp_path):
     torch.save(state, run_dir / "checkpoints" / "last.ckpt")
     with pytest.raises(Exception, match="is not the checkpoint .* was exported from"):
         verify_artifact(path)
+
+
+def test_export_targets_and_the_checkpoints_it_reads_are_checked(tmp_path):
+    run_dir, _ = run(tmp_path, ["method=ste"])
+    last = run_dir / "checkpoints" / "last.ckpt"
+    out, _ = export_run(run_dir, str(last))  # the run's last.ckpt by its path: the same export as ckpt=last
+    assert out == run_dir / "export" / "model.safetensors"
+    (tmp_path / "exports").mkdir()
+    out, _ = export_run(run_dir, "last", tmp_path / "exports")  # a directory: the default name inside it
+    assert out == tmp_path / "exports" / "model.safetensors" and out.is_file()
+    before = last.read_bytes()
+    with pytest.raises(ConfigError, match=r"out=.*last.ckpt: an export is a .safetensors file \(e.g. out=.*last.safetensors\)"):
+        export_run(run_dir, "last", last)  # it would have overwritten the checkpoint it reads
+    assert last.read_bytes() == before
+    for ckpt, message in [("", "ckpt= is empty"), ("checkpoints", r"checkpoints is a directory \(allowed: last, best"),
+                          ("metrics.json", "metrics.json is not a checkpoint torch can read")]:
+        with pytest.raises(ConfigError, match=message):
+            export_run(run_dir, ckpt)  # a relative path is looked for in the run too
+    other, _ = run(tmp_path, ["method=ste", "architecture.width=2"], name="wide")
+    with pytest.raises(ConfigError, match=r"ckpt=.*wide/checkpoints/last.ckpt: .* does not fit the network of .*run "
+                                          r"\(method=ste, architecture=lenet\); was it saved by another run\?"):
+        export_run(run_dir, str(other / "checkpoints" / "last.ckpt"))
+
+
+def test_verify_finds_a_moved_run_and_refuses_a_run_of_another_network(tmp_path):
+    run_dir, _ = run(tmp_path, ["method=ste"])
+    export_run(run_dir)
+    abr, _ = run(tmp_path, ["method=abr"], name="abr")
+    with pytest.raises(ConfigError, match=r"run=.*abr trains abr on lenet, but .*model.safetensors is an export of ste "
+                                          r"on lenet: give the run it came from"):
+        verify_artifact(run_dir / "export" / "model.safetensors", run=str(abr))
+    moved = run_dir.rename(tmp_path / "moved")
+    result = verify_artifact(moved / "export" / "model.safetensors", limit=64)  # its run and checkpoint, found
+    assert result["checkpoint"] == str(moved / "checkpoints" / "last.ckpt") and result["differing_predictions"] == 0
+    with pytest.raises(ArtifactError, match=f"{moved}: a directory; verify takes an export file, e.g. "
+                                            f"{moved / 'export' / 'model.safetensors'}"):
+        artifact.read(moved)
+    with pytest.raises(ArtifactError, match="not a binexp export, or a truncated one"):
+        artifact.read(moved / "checkpoints" / "last.ckpt")

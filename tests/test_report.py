@@ -101,6 +101,30 @@ def test_two_sweeps_under_one_folder_keep_their_jobs_apart_in_numeric_order(tmp_
         report([tmp_path / "sweeps"], out=tmp_path / "out", metrics=["test/acc", "test/accc"])
 
 
+def test_report_refuses_a_missing_folder_an_unknown_metric_and_a_file_as_out_before_writing(tmp_path):
+    from binexp.report import report
+
+    _finished_run(tmp_path / "runs" / "a", "0.5", 0.4)
+    with pytest.raises(SystemExit, match=f"binexp report: {tmp_path / 'nope'}: no such directory"):
+        report([tmp_path / "nope", tmp_path / "runs"])  # a mistyped run is not just missing from the table
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit, match=f"--out {tmp_path / 'file'}: exists and is not a directory"):
+        report([tmp_path / "runs"], out=tmp_path / "file")
+    _unfinished_run(tmp_path / "unfinished" / "0")
+    with pytest.raises(SystemExit, match=r"--metrics bogus: in no run's metrics.json; they hold nothing yet"):
+        report([tmp_path / "unfinished"], out=tmp_path / "out", metrics=["bogus"])
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs" / "report.csv").exists()
+
+
+def test_a_run_reported_from_inside_its_folder_is_named_after_it(tmp_path, monkeypatch):
+    from binexp.report import find_runs
+
+    _finished_run(tmp_path / "ste_t05", "0.5", 0.4)
+    monkeypatch.chdir(tmp_path / "ste_t05")
+    [run] = find_runs([Path(".")])
+    assert run.name == "ste_t05" and run.file_stem == "ste_t05"
+
+
 def test_runs_that_are_siblings_keep_their_folder_names(tmp_path):
     from binexp.report import find_runs
 

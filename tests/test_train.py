@@ -174,6 +174,19 @@ def test_eval_reproduces_the_runs_test_accuracy(tmp_path):
     assert (run_dir / "eval-last.json").exists()
 
 
+def test_eval_tests_on_the_runs_own_test_batches_and_refuses_changing_its_groups(tmp_path):
+    run_dir, metrics = run(tmp_path, ["trainer.limit_test_batches=1"])  # one of the two test batches
+    result = evaluate(eval_config(run=str(run_dir), accelerator="cpu"))
+    assert result["test/acc"] == metrics["test/acc"]
+    whole = evaluate(eval_config(run=str(run_dir), accelerator="cpu", run_overrides=["trainer.limit_test_batches=1.0"]))
+    assert whole["test/acc"] != metrics["test/acc"]
+    with pytest.raises(ConfigError, match=r"method=bnn: method is a config group whose option the run chose, and the "
+                                          r"config of .* keeps it; change its keys instead \(method.<key>=<value>; keys: "):
+        evaluate(eval_config(run=str(run_dir), accelerator="cpu", run_overrides=["method=bnn"]))
+    with pytest.raises(ConfigError, match=r"accelerator=nope: .*\(allowed: auto, cpu, gpu"):
+        evaluate(eval_config(run=str(run_dir), accelerator="nope"))
+
+
 def test_eval_reruns_the_protocol_on_a_checkpoint(tmp_path):
     run_dir, metrics = run(tmp_path, ["method=abr", "protocol.binary_weights_epochs=1"])
     (run_dir / "checkpoints" / "binary_weights.ckpt").unlink()

@@ -71,15 +71,20 @@ def _header(data: bytes, path: Path) -> dict:
         raise ArtifactError(f"{path}: {len(data)} bytes, too short for a binexp export (truncated?)")
     size = int.from_bytes(data[:8], "little")
     if 8 + size > len(data):
-        raise ArtifactError(f"{path}: the header claims {size} bytes but the file has {len(data) - 8} after it (truncated?)")
+        raise ArtifactError(f"{path}: not a binexp export, or a truncated one (its first 8 bytes give a header of {size} "
+                            f"bytes; {len(data) - 8} follow them)")
     try:
         return json.loads(data[8 : 8 + size])
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ArtifactError(f"{path}: the header is not valid JSON ({err}); the file is damaged") from None
+        raise ArtifactError(f"{path}: not a binexp export, or a damaged one (its header is not JSON: {err})") from None
 
 
 def read(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     path = Path(path)
+    if path.is_dir():
+        hint = path / "export" / "model.safetensors"
+        raise ArtifactError(f"{path}: a directory; verify takes an export file"
+                            + (f", e.g. {hint}" if hint.is_file() else " (made by `binexp export <run dir>`)"))
     if not path.is_file():
         raise ArtifactError(f"{path}: no such file (an export is made by `binexp export <run dir>`)")
     data = path.read_bytes()

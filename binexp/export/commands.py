@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from binexp.binarize.base import evaluating
 from binexp.errors import BinexpError, ConfigError
-from binexp.evaluate import load_trained
+from binexp.evaluate import load_run_config, load_trained
 from binexp.export import artifact
 from binexp.export.lower import lower
 from binexp.export.popcount import backend
@@ -78,11 +78,27 @@ def export_run(run_dir: Path, ckpt: str = "last", out: Path | None = None) -> tu
         "source": {"run_dir": str(run_dir.resolve()), "checkpoint": str(path.resolve()), "checkpoint_sha256": _sha256_file(path)},
     }
     manifest, tensors = artifact.manifest_and_tensors(ops, input_name, output_name, info)
-    out = out or default_artifact(run_dir, ckpt)
+    out = export_target(out, run_dir, ckpt, path)
     file_bytes = artifact.write(out, manifest, tensors)
     sizes = size_table(net, manifest, tensors, file_bytes)
     sidecar(out, "size").write_text(json.dumps(sizes, indent=2) + "\n")
     return out, sizes
+
+
+def export_target(out: Path | None, run_dir: Path, ckpt: str, ckpt_path: Path) -> Path:
+    """Where an export goes: `out` (a .safetensors file, or a directory to put the default name in) or the run's
+    export/ folder. The run's last.ckpt named by its path exports as `ckpt=last` does."""
+    if ckpt_path.resolve() == (run_dir / "checkpoints" / "last.ckpt").resolve():
+        ckpt = "last"
+    default = default_artifact(run_dir, ckpt)
+    if out is None:
+        return default
+    if out.is_dir():
+        return out / default.name
+    if out.suffix != ".safetensors":  # and so never the checkpoint it reads, nor another kind of file
+        raise ConfigError(f"out={out}: an export is a .safetensors file (e.g. out={out.with_suffix('.safetensors')}), "
+                          f"or give a directory to write {default.name} into")
+    return out
 
 
 def default_artifact(run_dir: Path, ckpt: str) -> Path:
@@ -107,8 +123,14 @@ def verify_artifact(path: Path, run: str | None = None, ckpt: str | None = None,
                     batch_size: int = 500, overrides: list[str] | None = None, dataset: str | None = None) -> dict:
     manifest, tensors = artifact.read(path)
     source = manifest["source"]
-    run_dir = Path(run or source["run_dir"])
-    cfg, dm, module, ckpt_path = load_trained(run_dir, ckpt or source["checkpoint"], overrides)
+    run_dir = Path(run) if run else _source_run(path, source)
+    run_cfg = load_run_config(run_dir)
+    built = {"method": str(run_cfg.method.name), "architecture": str(run_cfg.architecture.name)}
+    exported = {key: manifest.get(key) for key in built}
+    if built != exported:
+        raise ConfigError(f"run={run_dir} trains {built['method']} on {built['architecture']}, but {path} is an export of "
+                          f"{exported['method']} on {exported['architecture']}: give the run it came from")
+    cfg, dm, module, ckpt_path = load_trained(run_dir, ckpt or _source_checkpoint(run_dir, source), overrides)
     trained_on = str(OmegaConf.select(cfg, "dataset.name", default=""))
     if dataset is not None and dataset != trained_on:
         raise ConfigError(f"dataset={dataset}: {path} was trained on {trained_on}; verify runs on that dataset's "
@@ -159,6 +181,29 @@ def verify_artifact(path: Path, run: str | None = None, ckpt: str | None = None,
     return result
 
 
+def _source_run(path: Path, source: dict) -> Path:
+    """The run an export came from: where it was, or, moved with its run, the run folder around export/."""
+    recorded = Path(source["run_dir"])
+    around = path.resolve().parent.parent
+    if not (recorded / ".hydra").is_dir() and (around / ".hydra" / "config.yaml").is_file():
+        return around
+    return recorded
+
+
+def _source_checkpoint(run_dir: Path, source: dict) -> str:
+    """The checkpoint an export came from; in a run that moved, the same file below its new folder (verify's
+    sha256 check still proves it the same)."""
+    recorded = Path(source["checkpoint"])
+    if not recorded.exists():
+        try:
+            moved = run_dir / recorded.relative_to(source["run_dir"])
+        except ValueError:  # exported from a checkpoint outside its run
+            return str(recorded)
+        if moved.exists():
+            return str(moved)
+    return str(recorded)
+
+
 # ---- command line -----------------------------------------------------------------------------------------------
 def _key_values(items: list[str], allowed: tuple[str, ...], dotted_prefix: str | None = None) -> tuple[dict, list[str]]:
     plain, dotted = {}, []
@@ -200,7 +245,12 @@ def main_export(argv: list[str]) -> None:
     parser.add_argument("options", nargs="*", help="ckpt=last|best|binary_weights|bn_reestimated|<path>, out=<file>")
     args = parser.parse_args(argv)
     opts, _ = _key_values(args.options, ("ckpt", "out"))
-    out, sizes = export_run(args.run, opts.get("ckpt", "last"), Path(opts["out"]) if "out" in opts else None)
+    out = opts.get("out")
+    if out == "":
+        raise ConfigError("out= is empty: give a .safetensors file or a directory")
+    if out is not None and out.endswith("/"):
+        Path(out).mkdir(parents=True, exist_ok=True)
+    out, sizes = export_run(args.run, opts.get("ckpt", "last"), Path(out) if out is not None else None)
     kb = lambda v: f"{v / 1024:,.1f} KB"  # noqa: E731
     _print_rows(f"export: {out}", [
         ("file", kb(sizes["file_bytes"])),

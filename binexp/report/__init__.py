@@ -35,7 +35,7 @@ class Run:
 
     @property
     def name(self) -> str:
-        return self.label or self.path.name
+        return self.label or self.path.resolve().name  # `binexp report .` inside a run names it, not ""
 
     def value(self, key: str) -> str:
         """The run's override of `key`; where it has none, the value in its composed config (a sweep's runs that
@@ -163,20 +163,25 @@ def print_table(runs: list[Run], keys: list[str], metrics: list[str]) -> None:
 
 
 def report(paths: list[Path], out: Path | None = None, metrics: list[str] | None = None) -> tuple[list[Run], list[Path]]:
+    missing = [str(p) for p in paths if not p.is_dir()]
+    if missing:  # a mistyped run would otherwise just be missing from the table
+        raise SystemExit(f"binexp report: {', '.join(missing)}: no such directory (give run or multirun directories)")
+    if out is not None and out.exists() and not out.is_dir():
+        raise SystemExit(f"binexp report: --out {out}: exists and is not a directory")
     runs = find_runs(paths)
     if not runs:
         raise SystemExit(f"binexp report: no runs (folders with .hydra/config.yaml or metrics.json) under {', '.join(map(str, paths))}")
-    out = out or (paths[0] if paths[0].is_dir() else paths[0].parent)
-    out.mkdir(parents=True, exist_ok=True)
     keys = varying_overrides(runs)
     runs = in_override_order(runs, keys)
     finished = [r for r in runs if r.metrics]
-    unknown = [m for m in metrics or [] if finished and not any(m in r.metrics for r in finished)]
+    unknown = [m for m in metrics or [] if not any(m in r.metrics for r in finished)]
     if unknown:
         known = sorted({k for r in finished for k in r.metrics})
         raise SystemExit(f"binexp report: --metrics {' '.join(unknown)}: in no run's metrics.json; they hold "
-                         f"{', '.join(known)}")
+                         f"{', '.join(known) or 'nothing yet (no run has finished)'}")
     metrics = metrics or [m for m in DEFAULT_METRICS if any(m in r.metrics for r in runs)]
+    out = out or paths[0]
+    out.mkdir(parents=True, exist_ok=True)
     print_table(runs, keys, metrics)
     written = [write_csv(runs, out, keys, metrics)]
     for plot in PLOTTERS:

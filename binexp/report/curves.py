@@ -50,10 +50,14 @@ def read_curves(path: Path) -> dict[str, dict[str, list[float]]]:
 
 def save_figure(fig, path: Path) -> Path:
     """Lay out, write as PNG and free a matplotlib figure; every report plot ends this way."""
+    import warnings
+
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with warnings.catch_warnings():  # a legend beside the axes cannot be laid out inside: bbox_inches="tight" makes room
+        warnings.filterwarnings("ignore", message="Tight layout not applied")
+        fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 

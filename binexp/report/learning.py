@@ -40,7 +40,7 @@ def plot_learning_curves(runs, out: Path) -> list[Path]:
     keys = varying_overrides(runs) if any(n.rpartition("/")[2].isdigit() for n in names) else []
 
     def label(run) -> str:
-        return ", ".join([run.name, *(f"{k}={run.value(k)}" for k in keys)])
+        return ", ".join([run.name, *(f"{k}={v}" for k in keys if (v := run.value(k)))])  # a key the run lacks: left out
 
     curves = {label(r): points for r in runs if (points := learning_curve(r.path))}
     if not curves:
