@@ -74,6 +74,11 @@ def test_report_lists_a_stopped_run_as_unfinished_with_its_learning_curve(tmp_pa
     assert learning_curve(run) == [(1.0, 0.5), (2.0, 0.625)]
     assert plot_learning_curves([found], tmp_path) == [tmp_path / "learning-curves.png"]
     assert (tmp_path / "learning-curves.png").stat().st_size > 0
+    from binexp.report import report
+
+    report([tmp_path / "sweep"], out=tmp_path / "out")
+    header, row = (tmp_path / "out" / "report.csv").read_text().splitlines()
+    assert header.endswith(",finished") and row.endswith(",false")
 
 
 def _finished_run(path: Path, t_clip: str, acc: float) -> Path:
@@ -96,6 +101,7 @@ def test_two_sweeps_under_one_folder_keep_their_jobs_apart_in_numeric_order(tmp_
     assert runs[0].file_stem == "a_1"
     rows = (tmp_path / "out" / "report.csv").read_text().splitlines()
     assert [row.split(",")[1] for row in rows] == ["method.t_clip", "0.5", "2.0", "10", "null"]
+    assert [row.rpartition(",")[2] for row in rows] == ["finished", "true", "true", "true", "true"]
     assert written == [tmp_path / "out" / "report.csv"]  # "null" is not a number: no accuracy-vs-t_clip plot
     with pytest.raises(SystemExit, match=r"--metrics test/accc: in no run's metrics.json; they hold .*test/acc"):
         report([tmp_path / "sweeps"], out=tmp_path / "out", metrics=["test/acc", "test/accc"])

@@ -136,9 +136,10 @@ def write_csv(runs: list[Run], out: Path, keys: list[str], metrics: list[str]) -
     path = out / "report.csv"
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["run", *keys, *metrics])
+        writer.writerow(["run", *keys, *metrics, "finished"])  # unfinished: stopped or still running, no metrics.json
         for r in runs:
-            writer.writerow([str(r.path), *[r.value(k) for k in keys], *[r.metrics.get(m, "") for m in metrics]])
+            writer.writerow([str(r.path), *[r.value(k) for k in keys], *[r.metrics.get(m, "") for m in metrics],
+                             str(r.finished).lower()])
     return path
 
 
