@@ -90,11 +90,18 @@ def _check_override_keys(args: list[str]) -> None:
     except OverrideParseException:
         return
     # as Hydra composes a sweep before its jobs: swept groups at their default option; swept keys at their first
-    # value (Hydra leaves them out there, but each job sets them)
+    # value (Hydra leaves them out there, but each job sets them), except the swept keys of a swept group, which
+    # only its swept options may have (each job checks them)
     swept_groups = {o.key_or_group for o in parsed if o.is_sweep_override() and "." not in o.key_or_group}
+
+    def tried(o) -> bool:
+        group = o.key_or_group.partition(".")[0]
+        return not o.key_or_group.startswith("hydra") and group not in swept_groups or (
+            "." in o.key_or_group and group in swept_groups and not o.is_sweep_override())
+
     try:
         trial = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override()
-                 else o.input_line for o in parsed if not o.key_or_group.startswith("hydra") and o.key_or_group not in swept_groups]
+                 else o.input_line for o in parsed if tried(o)]
     except Exception:  # a sweep without a first value to try (interval(...), an empty range): Hydra's business
         return
     try:
@@ -119,6 +126,19 @@ def _check_override_keys(args: list[str]) -> None:
             _fail(f"{key}: the default {group} has no such key (its keys: {keys}), and a sweep is composed with it "
                   f"before its jobs; give a key of the swept options as a one-value sweep: '{key}=choice({value})'")
         _fail(f"{key}: no such key (the keys under {parent or 'the top level'}: {keys})")
+
+
+def _check_launcher_installed(args: list[str]) -> None:
+    """hydra/launcher=slurm needs a plugin the base install leaves out; Hydra's own message does not say which."""
+    import importlib.util
+
+    try:
+        installed = importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
+    except ModuleNotFoundError:  # no hydra_plugins package at all
+        installed = False
+    if "hydra/launcher=slurm" in args and not installed:
+        _fail("hydra/launcher=slurm needs Hydra's submitit launcher, which is not installed: pip install -e '.[cluster]' "
+              "(or pip install hydra-submitit-launcher)")
 
 
 def _check_eval_args(args: list[str]) -> None:
@@ -218,6 +238,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if task == "train":
         from binexp.train import train
+
+        _check_launcher_installed(rest)
 
         if any(a.startswith("resume=") for a in rest):
             rest = _resume_args(rest)

@@ -128,18 +128,14 @@ def _discard_eval_folder() -> None:
     """A refused eval leaves no `<run>/eval/<time>/` folder (Hydra made it before binexp could check anything)."""
     import shutil
 
-    from binexp.hydra_output import running_hydra
+    from binexp.hydra_output import close_file_logs_in, running_hydra
 
     hc = running_hydra()
     if hc is None:
         return
     folder = Path(hc.runtime.output_dir)
     if folder.parent.name == "eval":
-        root = logging.getLogger()
-        for handler in list(root.handlers):  # Hydra's eval.log is open in it
-            if Path(getattr(handler, "baseFilename", "/")).parent == folder:
-                handler.close()
-                root.removeHandler(handler)
+        close_file_logs_in(folder)  # Hydra's eval.log is open in it
         shutil.rmtree(folder, ignore_errors=True)
         if not any(folder.parent.iterdir()):
             folder.parent.rmdir()

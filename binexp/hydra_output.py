@@ -79,6 +79,29 @@ def discard_launch_record(run_dir: Path, record: Path | None) -> None:
         shutil.rmtree(record, ignore_errors=True)
 
 
+def discard_refused_first_launch(run_dir: Path, record: Path | None) -> None:
+    """A refused launch that made the directory's first record (`.hydra/` is chosen only where none was) takes it,
+    its Hydra log and the then empty directory with it, so no folder reads as an unfinished run."""
+    if record == run_dir / RECORD and not any((run_dir / name).exists() for name in ("checkpoints", "metrics.json")):
+        close_file_logs_in(run_dir)
+        shutil.rmtree(record, ignore_errors=True)
+        for log in run_dir.glob("*.log"):
+            log.unlink()
+        if not any(run_dir.iterdir()):
+            run_dir.rmdir()
+
+
+def close_file_logs_in(folder: Path) -> None:
+    """Close and detach the logging handlers writing into `folder` (Hydra's job log), so it can be removed."""
+    import logging
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if Path(getattr(handler, "baseFilename", "/")).parent == folder:
+            handler.close()
+            root.removeHandler(handler)
+
+
 def _is_launch_record(run_dir: Path, record: Path) -> bool:
     try:
         return str(record.relative_to(run_dir)).startswith(LAUNCH_PREFIXES)

@@ -36,6 +36,7 @@ from binexp.hparams import log_hparams
 from binexp.hydra_output import (
     adopt_launch_record,
     discard_launch_record,
+    discard_refused_first_launch,
     launch_overrides,
     launch_record,
     running_hydra,
@@ -312,6 +313,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if err is None:
             raise
         discard_launch_record(run_dir, record)  # refused before training: this launch leaves no trace
+        discard_refused_first_launch(run_dir, record)
         raise err from None
     if state == "restart" and trainer.is_global_zero:  # a DDP child rank must not clear what rank zero writes
         clear_earlier_run(run_dir)

@@ -62,6 +62,7 @@ def test_a_config_error_raised_while_instantiating_reaches_the_user_as_written(t
                  f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.endswith("binexp: error: method.scope='foo': allowed are all, last or a list of activation names\n")
+    assert not (tmp_path / "r").exists()  # a refused first launch leaves no folder that `report` would list as a run
 
 def test_train_help_shows_the_config_groups(tmp_path):
     out = binexp("train", "--help", cwd=tmp_path)
@@ -85,6 +86,26 @@ def test_train_help_shows_the_config_groups(tmp_path):
 def test_an_unknown_key_names_the_keys_that_are_there(tmp_path, args, message):
     out = binexp("train", *args, f"hydra.run.dir={tmp_path / 'r'}", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
     assert out.returncode == 2 and f"binexp: error: {message}" in out.stderr and "Traceback" not in out.stderr
+
+def test_a_one_value_sweep_of_a_key_only_the_swept_options_have_passes_the_check():
+    from binexp.cli import _check_override_keys
+
+    _check_override_keys(["-m", "method=bnn,xnor", "method.binarize_first=choice(false)"])  # the README's form
+    with pytest.raises(SystemExit):  # the same key as a plain override is still refused
+        _check_override_keys(["-m", "method=bnn,xnor", "method.binarize_first=false"])
+
+
+def test_the_slurm_launcher_without_its_plugin_says_what_to_install(tmp_path):
+    try:
+        import hydra_plugins.hydra_submitit_launcher  # noqa: F401
+        pytest.skip("the submitit launcher is installed here")
+    except ImportError:
+        pass
+    out = binexp("train", "-m", "hydra/launcher=slurm", "seed=0,1", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "binexp: error: hydra/launcher=slurm needs Hydra's submitit launcher, which is not installed: pip install -e '.[cluster]'" in out.stderr
+    assert list(tmp_path.iterdir()) == []
+
 
 def test_unknown_option_fails_with_the_allowed_options(tmp_path):
     out = binexp("train", "dataset=nope", cwd=tmp_path)

@@ -13,5 +13,5 @@ def not_found(name: str, looked_in: list[str], cause: object = None) -> DatasetN
     return DatasetNotFoundError(
         f"{name} not found{why}. Looked in:\n{places}\n"
         f"Point dataset.root (or the BINEXP_DATA environment variable) at a folder holding a copy, "
-        f"or allow dataset.download=true on a machine with internet access."
+        f"or run where dataset.download (on unless set false) can reach the internet."
     )

@@ -67,7 +67,7 @@ def load_run(path: Path) -> Run:
     for over_file in [path / ".hydra" / "overrides.yaml", *sorted(path.glob(".hydra/resumed-*/overrides.yaml"))]:
         for item in (OmegaConf.load(over_file) or []) if over_file.exists() else []:
             key, _, value = str(item).partition("=")
-            if not key.startswith("hydra.") and key != "resume":
+            if not key.startswith("hydra.") and key not in ("resume", "existing_run"):  # how it was launched, not a setting
                 overrides[key.lstrip("+~")] = value
     cfg_file = path / ".hydra" / "config.yaml"
     config = OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=False) if cfg_file.exists() else None
