@@ -136,7 +136,7 @@ def _check_launcher_installed(args: list[str]) -> None:
         installed = importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
     except ModuleNotFoundError:  # no hydra_plugins package at all
         installed = False
-    if "hydra/launcher=slurm" in args and not installed:
+    if "hydra/launcher=slurm" in (a.lstrip("+~") for a in args) and not installed:
         _fail("hydra/launcher=slurm needs Hydra's submitit launcher, which is not installed: pip install -e '.[cluster]' "
               "(or pip install hydra-submitit-launcher)")
 
@@ -152,7 +152,7 @@ def _check_eval_args(args: list[str]) -> None:
     options = [f.name for f in fields(EvalConfig)]
     for arg in args:
         key = arg.partition("=")[0].lstrip("+~")
-        if not key.startswith("hydra.") and key.partition(".")[0] not in options:
+        if not arg.startswith("-") and not key.startswith(("hydra.", "hydra/")) and key.partition(".")[0] not in options:
             _fail(f"{arg}: eval takes {', '.join(f'{o}=' for o in options)} (keys of the run's own config go in "
                   f"'run_overrides=[\"key=value\"]')")
     value = next((a.split("=", 1)[1] for a in args if a.startswith("run=")), None)

@@ -211,8 +211,8 @@ def check_override_keys(cfg: DictConfig, overrides: list[str], what: str) -> Non
         key = item.partition("=")[0]
         schema, path = _schema_of(cfg, key)
         if _has_path(saved, key) or _has_path(OmegaConf.to_container(OmegaConf.structured(schema)), path):
-            node = OmegaConf.select(cfg, key)
-            if OmegaConf.is_dict(node) and not OmegaConf.is_dict(OmegaConf.select(OmegaConf.from_dotlist([item]), key)):
+            node, new = OmegaConf.select(cfg, key), OmegaConf.select(OmegaConf.from_dotlist([item]), key)
+            if "." not in key and OmegaConf.is_dict(node) and new is not None and not OmegaConf.is_dict(new):
                 raise ConfigError(f"{item}: {key} is a config group whose option the run chose, and {what} keeps "
                                   f"it; change its keys instead ({key}.<key>=<value>; keys: {', '.join(sorted(map(str, node)))})")
             continue

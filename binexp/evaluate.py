@@ -134,8 +134,10 @@ def _discard_eval_folder() -> None:
     if hc is None:
         return
     folder = Path(hc.runtime.output_dir)
-    if folder.parent.name == "eval":
-        close_file_logs_in(folder)  # Hydra's eval.log is open in it
+    if folder.parent.name != "eval":
+        return
+    logs = close_file_logs_in(folder)  # Hydra's eval.log is open in it
+    if set(folder.iterdir()) <= {folder / ".hydra", *logs}:  # only what Hydra made for this launch
         shutil.rmtree(folder, ignore_errors=True)
         if not any(folder.parent.iterdir()):
             folder.parent.rmdir()
@@ -157,9 +159,13 @@ def _evaluate(cfg: DictConfig) -> dict[str, float]:
             accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, **limits,
         )
-    except (MisconfigurationException, ValueError) as err:  # Lightning's words for an accelerator it does not have
-        raise ConfigError(f"accelerator={cfg.accelerator}: {str(err).splitlines()[0]} (allowed: auto, cpu, gpu, "
-                          "and what Lightning names)") from None
+    except (MisconfigurationException, ValueError) as err:  # Lightning's words for a setting it cannot take
+        message = str(err).splitlines()[0]
+        bad_limit = next((k for k in limits if k in message), None)
+        if bad_limit is not None:
+            raise ConfigError(f"trainer.{bad_limit}={limits[bad_limit]} (the run's, or run_overrides'): {message}") from None
+        raise ConfigError(f"accelerator={cfg.accelerator}: {message} (allowed: auto, cpu, gpu, and what Lightning "
+                          "names)") from None
     metrics = scalar_metrics(trainer.test(module, datamodule=dm, verbose=False)[0])
     if has_step_form(module.net):
         with step_mode(module.net):

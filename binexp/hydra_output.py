@@ -80,26 +80,32 @@ def discard_launch_record(run_dir: Path, record: Path | None) -> None:
 
 
 def discard_refused_first_launch(run_dir: Path, record: Path | None) -> None:
-    """A refused launch that made the directory's first record (`.hydra/` is chosen only where none was) takes it,
-    its Hydra log and the then empty directory with it, so no folder reads as an unfinished run."""
-    if record == run_dir / RECORD and not any((run_dir / name).exists() for name in ("checkpoints", "metrics.json")):
-        close_file_logs_in(run_dir)
-        shutil.rmtree(record, ignore_errors=True)
-        for log in run_dir.glob("*.log"):
-            log.unlink()
-        if not any(run_dir.iterdir()):
-            run_dir.rmdir()
+    """A refused launch that made the directory's first record (`.hydra/` is chosen only where none was) removes it;
+    and when Hydra's log of the launch is then all the directory holds, the log and the directory too, so no
+    folder reads as an unfinished run. A user's own files in the folder are never touched."""
+    if record != run_dir / RECORD or any((run_dir / name).exists() for name in ("checkpoints", "metrics.json")):
+        return
+    logs = close_file_logs_in(run_dir)
+    shutil.rmtree(record, ignore_errors=True)
+    if set(run_dir.iterdir()) <= set(logs):
+        for log in logs:
+            log.unlink(missing_ok=True)
+        run_dir.rmdir()
 
 
-def close_file_logs_in(folder: Path) -> None:
-    """Close and detach the logging handlers writing into `folder` (Hydra's job log), so it can be removed."""
+def close_file_logs_in(folder: Path) -> list[Path]:
+    """Close and detach the logging handlers writing into `folder` (Hydra's job log), so it can be removed; returns
+    their files."""
     import logging
 
-    root = logging.getLogger()
+    root, files = logging.getLogger(), []
     for handler in list(root.handlers):
-        if Path(getattr(handler, "baseFilename", "/")).parent == folder:
+        path = Path(getattr(handler, "baseFilename", "/"))
+        if path.parent == folder:
             handler.close()
             root.removeHandler(handler)
+            files.append(path)
+    return files
 
 
 def _is_launch_record(run_dir: Path, record: Path) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -231,6 +232,9 @@ def test_batches_outside_lightnings_loops_honour_the_trainers_test_and_val_limit
     assert len(dm.batches("train", train=True)) == 3  # the training split is the trainer's own business
     # Lightning's loops get whole splits and cut them themselves: a fraction applied twice would shrink twice
     assert (len(dm.test_dataloader()), len(dm.val_dataloader()), len(dm.train_dataloader())) == (6, 3, 3)
+    # under DDP an int limit counts each rank's batches: the whole split (shard=False) serves world x that many
+    dm.trainer = SimpleNamespace(limit_test_batches=2, limit_val_batches=1.0, world_size=2, global_rank=0)
+    assert len(dm.batches("test", device="cpu", shard=False)) == 4
 
 
 def test_mnist_is_read_from_the_torchvision_layout(shared_data):

@@ -323,6 +323,11 @@ def test_export_targets_and_the_checkpoints_it_reads_are_checked(tmp_path):
     (tmp_path / "exports").mkdir()
     out, _ = export_run(run_dir, "last", tmp_path / "exports")  # a directory: the default name inside it
     assert out == tmp_path / "exports" / "model.safetensors" and out.is_file()
+    with pytest.raises(ConfigError, match="ckpt=nope"):
+        export_run(run_dir, "nope", str(tmp_path / "new") + "/")
+    assert not (tmp_path / "new").exists()  # a refused export makes no folder
+    out, _ = export_run(run_dir, "last", str(tmp_path / "new") + "/")
+    assert out == tmp_path / "new" / "model.safetensors" and out.is_file()
     before = last.read_bytes()
     with pytest.raises(ConfigError, match=r"out=.*last.ckpt: an export is a .safetensors file \(e.g. out=.*last.safetensors\)"):
         export_run(run_dir, "last", last)  # it would have overwritten the checkpoint it reads

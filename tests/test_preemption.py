@@ -185,6 +185,28 @@ def test_a_run_trained_over_keeps_only_the_record_of_the_launch_that_did_it(tmp_
     discard_launch_record(run_dir, run_dir / ".hydra" / "rerun-2")
     assert sorted(p.name for p in (run_dir / ".hydra").iterdir()) == ["config.yaml"]
 
+def test_a_refused_first_launch_takes_only_what_hydra_made(tmp_path):
+    from binexp.hydra_output import discard_refused_first_launch
+
+    def launch(run_dir: Path) -> logging.Handler:  # what Hydra makes before binexp runs: .hydra/ and the job's log
+        (run_dir / ".hydra").mkdir(parents=True)
+        (run_dir / ".hydra" / "config.yaml").write_text("{}")
+        handler = logging.FileHandler(run_dir / "train.log")
+        logging.getLogger().addHandler(handler)
+        return handler
+
+    fresh = tmp_path / "fresh"
+    handler = launch(fresh)
+    discard_refused_first_launch(fresh, fresh / ".hydra")
+    assert not fresh.exists() and handler not in logging.getLogger().handlers
+    users = tmp_path / "users"  # hydra.run.dir pointed at a folder of the user's own
+    users.mkdir()
+    (users / "notes.log").write_text("mine")
+    launch(users)
+    discard_refused_first_launch(users, users / ".hydra")
+    assert sorted(p.name for p in users.iterdir()) == ["notes.log", "train.log"]
+
+
 def test_a_run_cut_by_max_steps_inside_an_epoch_resumes_at_its_next_batch(tmp_path):
     """max_steps=6 stops in epoch 1 (4 batches an epoch); resumed to max_steps=10 it equals a run to 10 at once."""
     cut = SMOKE + ["trainer.max_epochs=3", "trainer.deterministic=true"]

@@ -116,10 +116,12 @@ def test_report_refuses_a_missing_folder_an_unknown_metric_and_a_file_as_out_bef
     (tmp_path / "file").write_text("")
     with pytest.raises(SystemExit, match=f"--out {tmp_path / 'file'}: exists and is not a directory"):
         report([tmp_path / "runs"], out=tmp_path / "file")
-    _unfinished_run(tmp_path / "unfinished" / "0")
-    with pytest.raises(SystemExit, match=r"--metrics bogus: in no run's metrics.json; they hold nothing yet"):
-        report([tmp_path / "unfinished"], out=tmp_path / "out", metrics=["bogus"])
+    with pytest.raises(SystemExit, match=r"--metrics bogus: in no run's metrics.json; they hold test/acc"):
+        report([tmp_path / "runs"], out=tmp_path / "out", metrics=["bogus"])
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs" / "report.csv").exists()
+    _unfinished_run(tmp_path / "unfinished" / "0")  # a sweep in progress, none finished: tabulated as it stands
+    report([tmp_path / "unfinished"], out=tmp_path / "out", metrics=["test/acc"])
+    assert (tmp_path / "out" / "report.csv").read_text().splitlines()[1].endswith(",false")
 
 
 def test_a_run_reported_from_inside_its_folder_is_named_after_it(tmp_path, monkeypatch):

@@ -185,6 +185,12 @@ def test_eval_tests_on_the_runs_own_test_batches_and_refuses_changing_its_groups
         evaluate(eval_config(run=str(run_dir), accelerator="cpu", run_overrides=["method=bnn"]))
     with pytest.raises(ConfigError, match=r"accelerator=nope: .*\(allowed: auto, cpu, gpu"):
         evaluate(eval_config(run=str(run_dir), accelerator="nope"))
+    with pytest.raises(ConfigError, match=r"trainer.limit_test_batches=-1 \(the run's, or run_overrides'\): "):
+        evaluate(eval_config(run=str(run_dir), accelerator="cpu", run_overrides=["trainer.limit_test_batches=-1"]))
+    from binexp.config import check_override_keys
+    from binexp.evaluate import load_run_config
+
+    check_override_keys(load_run_config(run_dir), ["callbacks.binarization=null", "dataset.augment=null"], "it")
 
 
 def test_eval_reruns_the_protocol_on_a_checkpoint(tmp_path):

@@ -120,6 +120,8 @@ class ImageData(pl.LightningDataModule):
         loader = self._loader(stage, train, device, shard)
         limit = getattr(self.trainer, f"limit_{stage}_batches", None) if stage in ("val", "test") else None
         if limit is not None:
+            if isinstance(limit, int) and not shard:  # Lightning's count is per rank: the whole split holds world x
+                limit *= self.trainer.world_size
             loader.max_batches = limit_to_count(len(loader), limit)
         return loader
 

@@ -64,7 +64,7 @@ def size_table(net: torch.nn.Module, manifest: dict, tensors: dict[str, np.ndarr
     }
 
 
-def export_run(run_dir: Path, ckpt: str = "last", out: Path | None = None) -> tuple[Path, dict[str, float]]:
+def export_run(run_dir: Path, ckpt: str = "last", out: Path | str | None = None) -> tuple[Path, dict[str, float]]:
     cfg, dm, module, path = load_trained(run_dir, ckpt)
     net = module.eval().net
     ops, input_name, output_name = lower(net, dm.image_shape)
@@ -85,15 +85,18 @@ def export_run(run_dir: Path, ckpt: str = "last", out: Path | None = None) -> tu
     return out, sizes
 
 
-def export_target(out: Path | None, run_dir: Path, ckpt: str, ckpt_path: Path) -> Path:
-    """Where an export goes: `out` (a .safetensors file, or a directory to put the default name in) or the run's
-    export/ folder. The run's last.ckpt named by its path exports as `ckpt=last` does."""
+def export_target(out: Path | str | None, run_dir: Path, ckpt: str, ckpt_path: Path) -> Path:
+    """Where an export goes: `out` (a .safetensors file, or a directory, existing or written with a trailing /, to
+    put the default name in) or the run's export/ folder. The run's last.ckpt named by its path exports as
+    `ckpt=last` does."""
     if ckpt_path.resolve() == (run_dir / "checkpoints" / "last.ckpt").resolve():
         ckpt = "last"
     default = default_artifact(run_dir, ckpt)
     if out is None:
         return default
-    if out.is_dir():
+    raw, out = str(out), Path(out)
+    if out.is_dir() or raw.endswith("/"):
+        out.mkdir(parents=True, exist_ok=True)
         return out / default.name
     if out.suffix != ".safetensors":  # and so never the checkpoint it reads, nor another kind of file
         raise ConfigError(f"out={out}: an export is a .safetensors file (e.g. out={out.with_suffix('.safetensors')}), "
@@ -248,9 +251,7 @@ def main_export(argv: list[str]) -> None:
     out = opts.get("out")
     if out == "":
         raise ConfigError("out= is empty: give a .safetensors file or a directory")
-    if out is not None and out.endswith("/"):
-        Path(out).mkdir(parents=True, exist_ok=True)
-    out, sizes = export_run(args.run, opts.get("ckpt", "last"), Path(out) if out is not None else None)
+    out, sizes = export_run(args.run, opts.get("ckpt", "last"), out)
     kb = lambda v: f"{v / 1024:,.1f} KB"  # noqa: E731
     _print_rows(f"export: {out}", [
         ("file", kb(sizes["file_bytes"])),

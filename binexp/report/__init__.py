@@ -175,11 +175,11 @@ def report(paths: list[Path], out: Path | None = None, metrics: list[str] | None
     keys = varying_overrides(runs)
     runs = in_override_order(runs, keys)
     finished = [r for r in runs if r.metrics]
-    unknown = [m for m in metrics or [] if not any(m in r.metrics for r in finished)]
-    if unknown:
+    unknown = [m for m in metrics or [] if finished and not any(m in r.metrics for r in finished)]  # a sweep in
+    if unknown:  # progress, with no run finished yet, is still tabulated
         known = sorted({k for r in finished for k in r.metrics})
         raise SystemExit(f"binexp report: --metrics {' '.join(unknown)}: in no run's metrics.json; they hold "
-                         f"{', '.join(known) or 'nothing yet (no run has finished)'}")
+                         f"{', '.join(known)}")
     metrics = metrics or [m for m in DEFAULT_METRICS if any(m in r.metrics for r in runs)]
     out = out or paths[0]
     out.mkdir(parents=True, exist_ok=True)
