@@ -47,3 +47,8 @@ def user_error(err: BaseException) -> BinexpError | None:
         seen.add(id(current))
         current = current.__cause__  # `raise ... from`: a wrapper; a mere __context__ is another failure
     return None
+
+
+def without_search_path(err: BaseException) -> str:
+    """A Hydra error's message without the config search path Hydra appends (a script's one-line error)."""
+    return str(err).split("\nConfig search path")[0].strip()

@@ -83,7 +83,7 @@ def main() -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from binexp.errors import ConfigError
+    from binexp.errors import ConfigError, without_search_path
 
     try:
         cfg = compose(args.arch, args.method, args.width, args.override)
@@ -93,7 +93,7 @@ def main() -> None:
         fp = compose(args.arch, "fp", args.width, [o for o in args.override if o.startswith("architecture.")])
         float_net = build_model(fp.architecture, build(fp.method), shape, num_classes=10)
     except (HydraException, OmegaConfBaseException, ConfigError) as e:
-        parser.error(str(e).split("\nConfig search path")[0].strip())  # Hydra appends its search path
+        parser.error(without_search_path(e))
     randomize(net)
     ops, inp, out = lower(net, shape)
     manifest, tensors = artifact.manifest_and_tensors(ops, inp, out, {})

@@ -17,6 +17,7 @@ from hydra.errors import HydraException
 from binexp.builder import build
 from binexp.callbacks.schedule import write_buffers
 from binexp.config import compose_train
+from binexp.errors import without_search_path
 from binexp.models import build_model
 
 
@@ -50,7 +51,7 @@ def main() -> None:
         try:
             norms = gradient_norms(experiment, args.nu, args.batch, args.seed)
         except (HydraException, ValueError) as e:
-            parser.error(str(e).split("\nConfig search path")[0].strip())  # Hydra appends its search path
+            parser.error(without_search_path(e))
         layers = list(next(iter(norms.values())))
         print(f"{experiment}: gradient norm of each latent weight")
         print("nu".rjust(6) + "".join(name.removesuffix(".weight").rjust(14) for name in layers))
