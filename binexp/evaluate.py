@@ -126,9 +126,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 def _discard_eval_folder() -> None:
     """A refused eval leaves no `<run>/eval/<time>/` folder (Hydra made it before binexp could check anything)."""
-    import shutil
-
-    from binexp.hydra_output import close_file_logs_in, running_hydra
+    from binexp.hydra_output import RECORD, discard_refused_first_launch, running_hydra
 
     hc = running_hydra()
     if hc is None:
@@ -136,11 +134,9 @@ def _discard_eval_folder() -> None:
     folder = Path(hc.runtime.output_dir)
     if folder.parent.name != "eval":
         return
-    logs = close_file_logs_in(folder)  # Hydra's eval.log is open in it
-    if set(folder.iterdir()) <= {folder / ".hydra", *logs}:  # only what Hydra made for this launch
-        shutil.rmtree(folder, ignore_errors=True)
-        if not any(folder.parent.iterdir()):
-            folder.parent.rmdir()
+    discard_refused_first_launch(folder, folder / RECORD)  # Hydra's record and log, as a refused train's
+    if folder.parent.exists() and not any(folder.parent.iterdir()):
+        folder.parent.rmdir()
 
 
 def _evaluate(cfg: DictConfig) -> dict[str, float]:

@@ -154,13 +154,16 @@ class BinarizationCurves(pl.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._record(trainer, pl_module)
-        if self.firing_matrix and activation_probes(pl_module.net) and len(trainer.datamodule.batches("test")):
+        if self.firing_matrix and activation_probes(pl_module.net):
             self._write_firing(trainer, pl_module)
 
     def _write_firing(self, trainer, pl_module) -> None:
         dm = trainer.datamodule
         # every rank measures its shard (the sum is a collective); rank zero writes
-        matrix = firing_matrix(pl_module.net, dm.batches("test", device=pl_module.device), dm.num_classes)
+        test = dm.batches("test", device=pl_module.device)
+        if len(test) == 0:  # trainer.limit_test_batches=0
+            return
+        matrix = firing_matrix(pl_module.net, test, dm.num_classes)
         if not trainer.is_global_zero:
             return
         run_dir = Path(trainer.default_root_dir)
