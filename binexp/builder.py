@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import Any
 
-from hydra.utils import get_object, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from binexp.errors import ConfigError
@@ -25,9 +26,12 @@ def _check_parameters(node: DictConfig, spec: dict, given: dict) -> None:
     """A key the target does not take (added with `+key=...`, or a typo an experiment carried) fails naming the
     full key and the parameters the target has, not as a TypeError inside Hydra's instantiate."""
     target = spec.get("_target_")
+    if not isinstance(target, str):
+        return
+    found = locate_target(target, node._get_full_key("_target_") if isinstance(node, DictConfig) else "_target_")
     try:
-        params = parameters_of(get_object(target)) if isinstance(target, str) else None
-    except (ValueError, TypeError, ImportError):  # a target without a Python signature: instantiate decides
+        params = parameters_of(found)
+    except (ValueError, TypeError):  # a target without a Python signature: instantiate decides
         return
     if params is None:
         return
@@ -36,6 +40,33 @@ def _check_parameters(node: DictConfig, spec: dict, given: dict) -> None:
         full_key = node._get_full_key(unknown[0]) if isinstance(node, DictConfig) else unknown[0]
         takes = [name for name in params if name not in ("self", *given)]
         raise ConfigError(f"{full_key}: not a parameter of {target} (it takes {', '.join(takes)})")
+
+
+def locate_target(path: str, key: str) -> Any:
+    """The object a `_target_` names, or a ConfigError naming the key and why it does not import. A method (or any
+    class) defined outside binexp is found only where Python finds modules, and Hydra's own message for it is a
+    logged ERROR and a hint to set HYDRA_FULL_ERROR."""
+    parts = path.split(".")
+    found: Any = None
+    for i, part in enumerate(parts):
+        if found is not None and hasattr(found, part):
+            found = getattr(found, part)
+            continue
+        if found is not None and not inspect.ismodule(found):
+            raise ConfigError(f"{key}={path}: {'.'.join(parts[:i])} has no {part}")
+        module_name = ".".join(parts[: i + 1])
+        try:
+            found = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name:  # the module exists; something it imports does not
+                raise ConfigError(f"{key}={path}: importing {module_name} failed: {err}") from None
+            if i == 0:
+                raise ConfigError(f"{key}={path}: no module {module_name!r} on Python's path; a class defined outside "
+                                  "binexp needs its folder on PYTHONPATH (or its package installed)") from None
+            raise ConfigError(f"{key}={path}: {'.'.join(parts[:i])} has no {part}") from None
+        except Exception as err:  # the module's own code fails
+            raise ConfigError(f"{key}={path}: importing {module_name} failed: {type(err).__name__}: {err}") from None
+    return found
 
 
 def parameters_of(target: Any) -> list[str] | None:

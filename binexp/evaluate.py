@@ -10,6 +10,7 @@ baseline protocol on Table 1's baseline checkpoint).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -78,6 +79,22 @@ def find_checkpoint(run_dir: Path, which: str) -> Path:
     if not path.exists():
         raise ConfigError(f"ckpt={which}: {path} not found ({allowed})")
     return path
+
+
+def eval_result_name(run_dir: Path, ckpt: Path) -> str:
+    """`eval-<name>.json`: the checkpoint's file name for the run's own checkpoints; its path inside the run for
+    other files of the run; for a file elsewhere its name and a hash of its path, so that evaluating another
+    run's last.ckpt does not overwrite this run's eval-last.json."""
+    resolved = ckpt.resolve()
+    try:
+        inside = resolved.relative_to((run_dir / "checkpoints").resolve())
+    except ValueError:
+        try:
+            inside = resolved.relative_to(run_dir.resolve())
+        except ValueError:
+            digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:8]
+            return f"eval-{ckpt.stem}-{digest}.json"
+    return "eval-" + "-".join((*inside.parent.parts, inside.stem)) + ".json"
 
 
 def load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
@@ -170,8 +187,9 @@ def _evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.protocol:
         module.to(trainer.strategy.root_device)  # Lightning hands the model back on the CPU
         metrics.update(protocol_metrics(run_cfg, dm, module, run_dir))
-    out = run_dir / f"eval-{ckpt.stem}.json"
-    out.write_text(json.dumps({"checkpoint": str(ckpt), **metrics}, indent=2) + "\n")
+    out = run_dir / eval_result_name(run_dir, ckpt)
+    record = {"checkpoint": str(ckpt), "run_overrides": list(cfg.run_overrides), **metrics}
+    out.write_text(json.dumps(record, indent=2) + "\n")
     print_summary(run_dir, metrics)
     return metrics
 

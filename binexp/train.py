@@ -20,12 +20,12 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import get_object, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 
 from binexp.binarize.base import Method
-from binexp.builder import build, parameters_of
+from binexp.builder import build, locate_target, parameters_of
 from binexp.callbacks.binarization import CSV_NAME
 from binexp.callbacks.schedule import ScheduleCallback
 from binexp.config import check_override_types
@@ -77,7 +77,7 @@ def build_schedule(cfg: DictConfig, method: Method) -> Schedule:
 def check_scheduler_keys(node: DictConfig) -> None:
     """Name an `lr_scheduler.scheduler` key its class does not take (left behind, e.g., by an experiment that set
     one for another scheduler) before Lightning meets it as a TypeError."""
-    params = parameters_of(get_object(node._target_))
+    params = parameters_of(locate_target(node._target_, "lr_scheduler.scheduler._target_"))
     if params is None:
         return
     unknown = [key for key in node if not str(key).startswith("_") and key not in params]

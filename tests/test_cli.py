@@ -71,6 +71,14 @@ def test_train_help_shows_the_config_groups(tmp_path):
         assert line in out.stdout
 
 
+def test_eval_help_lists_evals_keys_not_trains_groups(tmp_path):
+    out = binexp("eval", "--help", cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.startswith("binexp eval: evaluate a run's checkpoint")
+    for key in ("run ", "ckpt ", "accelerator ", "protocol ", "run_overrides "):
+        assert f"\n{key}" in out.stdout
+    assert "architecture:" not in out.stdout and "== Configuration groups ==" not in out.stdout
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["method=ste", "method.tclip=0.5"],
      "method.tclip: no such key (the keys under method: binarize_first, binarize_last, name, scaling, t_clip)"),

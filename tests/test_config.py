@@ -9,7 +9,8 @@ import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
-from binexp.builder import build
+from binexp.builder import build, locate_target
+from binexp.errors import ConfigError
 from binexp.models import build_model
 from binexp.optim import build_optimizer
 from binexp.schedules import Progress
@@ -197,3 +198,18 @@ def test_a_key_added_with_plus_that_the_target_does_not_take_names_the_key_and_t
     del cfg.dataset.foo, cfg.method.bar
     with pytest.raises(ConfigError, match=r"^trainer.baz: not a parameter of pytorch_lightning.Trainer \(it takes accelerator, "):
         built_trainer(cfg, tmp_path)
+
+
+def test_a_target_that_does_not_import_is_named_with_its_reason(tmp_path, monkeypatch):
+    (tmp_path / "broken_method.py").write_text("import not_a_module_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^method._target_=broken_method.M: importing broken_method failed: No "
+                                          r"module named 'not_a_module_xyz'$"):
+        locate_target("broken_method.M", "method._target_")
+    with pytest.raises(ConfigError, match=r"^k=binexp.binarize.ste.STEE: binexp.binarize.ste has no STEE$"):
+        locate_target("binexp.binarize.ste.STEE", "k")
+    with pytest.raises(ConfigError, match=r"^k=nowhere_xyz.M: no module 'nowhere_xyz' on Python's path"):
+        locate_target("nowhere_xyz.M", "k")
+    from torch.optim.lr_scheduler import StepLR
+
+    assert locate_target("torch.optim.lr_scheduler.StepLR", "k") is StepLR

@@ -99,6 +99,19 @@ def test_a_channel_that_is_not_a_threshold_is_refused():
         integer_bounds(fires, values, "layer conv9")
 
 
+class _HandMadeSign(nn.Module):
+    def forward(self, x):
+        return torch.where(x >= 0, 1.0, -1.0)
+
+
+def test_an_unknown_op_is_refused_naming_its_layer_and_what_exports():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), _HandMadeSign(), nn.Linear(3, 2))
+    with pytest.raises(ExportError, match=r"^ge: function ge in layer 2 \(_HandMadeSign\) has no export rule; an "
+                                          r"activation whose forward is sign subclasses binexp\.binarize\.functional"
+                                          r"\.SignActivation"):
+        lower(net, (1, 2, 2))
+
+
 def randomize(net: nn.Module, seed: int = 0) -> None:
     """Trained-looking parameters: BN statistics, gammas of both signs and some exactly 0, slopes of both signs
     and some 0, nonzero biases."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from binexp.errors import ConfigError, NonFiniteLossError, RunInterrupted
-from binexp.evaluate import EvalConfig, evaluate, load_trained
+from binexp.evaluate import EvalConfig, eval_result_name, evaluate, load_trained
 from binexp.protocol import accuracy
 from binexp.train import train
 from tests.conftest import SMOKE, compose_train
@@ -180,6 +181,17 @@ def test_eval_tests_on_the_runs_own_test_batches_and_refuses_changing_its_groups
     assert result["test/acc"] == metrics["test/acc"]
     whole = evaluate(eval_config(run=str(run_dir), accelerator="cpu", run_overrides=["trainer.limit_test_batches=1.0"]))
     assert whole["test/acc"] != metrics["test/acc"]
+    record = json.loads((run_dir / "eval-last.json").read_text())
+    assert record["run_overrides"] == ["trainer.limit_test_batches=1.0"] and record["test/acc"] == whole["test/acc"]
+    elsewhere = tmp_path / "other" / "last.ckpt"  # another run's last.ckpt must not overwrite this run's eval-last.json
+    elsewhere.parent.mkdir()
+    shutil.copy(run_dir / "checkpoints" / "last.ckpt", elsewhere)
+    evaluate(eval_config(run=str(run_dir), accelerator="cpu", ckpt=str(elsewhere)))
+    assert json.loads((run_dir / "eval-last.json").read_text()) == record
+    named = [p.name for p in run_dir.glob("eval-last-*.json")]
+    assert named == [eval_result_name(run_dir, elsewhere)] and len(named[0]) == len("eval-last-12345678.json")
+    assert eval_result_name(run_dir, run_dir / "checkpoints" / "best-003-40.ckpt") == "eval-best-003-40.json"
+    assert eval_result_name(run_dir, run_dir / "saved" / "a.ckpt") == "eval-saved-a.json"
     with pytest.raises(ConfigError, match=r"method=bnn: method is a config group whose option the run chose, and the "
                                           r"config of .* keeps it; change its keys instead \(method.<key>=<value>; keys: "):
         evaluate(eval_config(run=str(run_dir), accelerator="cpu", run_overrides=["method=bnn"]))

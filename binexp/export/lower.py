@@ -48,6 +48,22 @@ class ExportError(BinexpError):
     """The network has something the step-function form cannot express; the message names the layer."""
 
 
+# what a new method's layers need to be, so that the lowering knows them (README, "Adding a method")
+EXPORTABLE = ("an activation whose forward is sign subclasses binexp.binarize.functional.SignActivation (its "
+              "backward is the method's own), a binary-weight layer is an nn.Conv2d or nn.Linear with "
+              "binexp.binarize.base.BinaryWeights (README: Adding a method)")
+
+
+def _no_rule(node: fx.Node, what: str) -> ExportError:
+    """The error for a traced op the lowering does not know, naming the layer whose forward it came from."""
+    stack = node.meta.get("nn_module_stack") or {}
+    where = ""
+    if stack:
+        path, kind = list(stack.values())[-1]
+        where = f" in layer {path} ({getattr(kind, '__name__', str(kind).rpartition('.')[2])})"
+    return ExportError(f"{node.name}: {what}{where} has no export rule; {EXPORTABLE}")
+
+
 @dataclass
 class Op:
     kind: str
@@ -180,7 +196,7 @@ class Lowering:
                 out = self.materialize(self.values[node.args[0].name])
                 self.output = out.name
             else:
-                raise ExportError(f"{node.name}: fx op {node.op} has no export rule")
+                raise _no_rule(node, f"fx op {node.op}")
         return self.ops
 
     def module(self, node: fx.Node, m: nn.Module) -> Value:
@@ -209,7 +225,7 @@ class Lowering:
             return self.flatten(node, self.arg(node), m.start_dim)
         if isinstance(m, (nn.Identity, nn.Dropout)):
             return self.arg(node)
-        raise ExportError(f"layer {node.target} ({type(m).__name__}) has no export rule")
+        raise ExportError(f"layer {node.target} ({type(m).__name__}) has no export rule; {EXPORTABLE}")
 
     def weighted(self, node: fx.Node, m: nn.Module) -> Value:
         conv = isinstance(m, nn.Conv2d)
@@ -337,12 +353,12 @@ class Lowering:
             return Value(node.name, "float")
         if node.target is torch.flatten:
             return self.flatten(node, self.arg(node), node.args[1] if len(node.args) > 1 else 0)
-        raise ExportError(f"{node.name}: function {getattr(node.target, '__name__', node.target)} has no export rule")
+        raise _no_rule(node, f"function {getattr(node.target, '__name__', node.target)}")
 
     def method(self, node: fx.Node) -> Value:
         if node.target == "flatten":
             return self.flatten(node, self.arg(node), node.args[1] if len(node.args) > 1 else 0)
-        raise ExportError(f"{node.name}: tensor method .{node.target}() has no export rule")
+        raise _no_rule(node, f"tensor method .{node.target}()")
 
 
 def _pair(v: Any) -> list[int]:
