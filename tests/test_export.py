@@ -112,6 +112,18 @@ def test_an_unknown_op_is_refused_naming_its_layer_and_what_exports():
         lower(net, (1, 2, 2))
 
 
+class _HandMadeBinaryLinear(nn.Linear):
+    def forward(self, x):
+        return nn.functional.linear(x, torch.where(self.weight >= 0, 1.0, -1.0), self.bias)
+
+
+def test_a_weighted_layer_with_its_own_forward_is_refused_not_exported_with_its_latent_weights():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), _HandMadeBinaryLinear(3, 2))
+    with pytest.raises(ExportError, match=r"^layer 2 \(_HandMadeBinaryLinear\) overrides the forward of Linear, which "
+                                          r"the export would not run; "):
+        lower(net, (1, 2, 2))
+
+
 def randomize(net: nn.Module, seed: int = 0) -> None:
     """Trained-looking parameters: BN statistics, gammas of both signs and some exactly 0, slopes of both signs
     and some 0, nonzero biases."""

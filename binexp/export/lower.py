@@ -41,6 +41,10 @@ from binexp.errors import BinexpError
 THRESHOLD_ACTIVATIONS = (BoundedRectifier, ThresholdableReLU, SignActivation, ScaledTanh)
 PLUS_MINUS_ONE = (SignActivation, ScaledTanh)
 LEAVES = (nn.Conv2d, nn.Linear, _BatchNorm, *THRESHOLD_ACTIVATIONS)
+# the forwards the lowering reproduces from a layer's parameters (binary-weight layers: BinaryWeights' contract);
+# activations are different: their thresholds come from running the modules themselves
+WEIGHTED = (nn.Conv2d, nn.Linear, _BatchNorm)
+KNOWN_FORWARDS = {nn.Conv2d.forward, nn.Linear.forward, _BatchNorm.forward, _BinaryBNStepForm.forward}
 INT_LIMIT = 2**30  # beyond any popcount sum: the bound of a channel that always (-) or never (+) fires
 
 
@@ -200,6 +204,12 @@ class Lowering:
         return self.ops
 
     def module(self, node: fx.Node, m: nn.Module) -> Value:
+        if isinstance(m, WEIGHTED) and not isinstance(m, BinaryWeights) and type(m).forward not in KNOWN_FORWARDS:
+            # the lowering reads a layer's parameters, never runs its forward: a sign(weight) in a forward of the
+            # user's own would be exported as the latent float weights
+            raise ExportError(f"layer {node.target} ({type(m).__name__}) overrides the forward of "
+                              f"{next(b.__name__ for b in type(m).__mro__[1:] if b.forward in KNOWN_FORWARDS)}, which "
+                              f"the export would not run; {EXPORTABLE}")
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             return self.weighted(node, m)
         if isinstance(m, _BatchNorm):
