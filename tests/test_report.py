@@ -163,3 +163,35 @@ def test_a_resumed_runs_settings_are_its_first_launchs_with_each_resumes_on_top(
         (run / ".hydra" / f"resumed-{stamp}").mkdir()
         OmegaConf.save(OmegaConf.create([f"resume={run}", *items]), run / ".hydra" / f"resumed-{stamp}" / "overrides.yaml")
     assert load_run(run).overrides == {"method.t_clip": "0.75", "trainer.max_epochs": "6"}
+
+
+def test_runs_that_vary_the_seed_are_summarised_per_setting_and_plotted_as_means(tmp_path):
+    from binexp.report import report
+
+    for job, (t_clip, seed, acc) in enumerate([("0.5", "0", 0.40), ("0.5", "1", 0.44), ("1.0", "0", 0.42),
+                                                ("1.0", "1", 0.46), ("2.0", "0", 0.30)]):
+        run = _finished_run(tmp_path / "sweep" / str(job), t_clip, acc)
+        OmegaConf.save(OmegaConf.create([f"method.t_clip={t_clip}", f"seed={seed}"]), run / ".hydra" / "overrides.yaml")
+    _, written = report([tmp_path / "sweep"], out=tmp_path / "out")
+    names = [p.name for p in written]
+    assert "report-over-seeds.csv" in names and "accuracy-vs-method.t_clip.png" in names
+    assert "accuracy-vs-seed.png" not in names  # a seed is not a setting to plot accuracy against
+    header, *rows = (tmp_path / "out" / "report-over-seeds.csv").read_text().splitlines()
+    assert header == "method.t_clip,runs,seeds,test/acc_mean,test/acc_sd"
+    cells = [row.split(",") for row in rows]
+    assert [c[:3] for c in cells] == [["0.5", "2", "0 1"], ["1.0", "2", "0 1"], ["2.0", "1", "0"]]
+    assert float(cells[0][3]) == pytest.approx(0.42) and float(cells[0][4]) == pytest.approx(0.0282842712)
+    assert float(cells[1][3]) == pytest.approx(0.44) and cells[2][3:] == ["0.3", ""]  # one run: no sd
+
+
+def test_no_seed_summary_when_the_seed_does_not_vary_or_no_setting_has_two(tmp_path):
+    from binexp.report import Run
+    from binexp.report.seeds import group_over_seeds
+
+    def run(name, t_clip, seed):
+        return Run(tmp_path / name, {"test/acc": 0.5}, {"method.t_clip": t_clip, "seed": seed})
+
+    assert group_over_seeds([run("a", "0.5", "0"), run("b", "1.0", "0")], ["method.t_clip"]) == []
+    assert group_over_seeds([run("a", "0.5", "0"), run("b", "1.0", "1")], ["method.t_clip", "seed"]) == []
+    [group] = group_over_seeds([run("a", "0.5", "0"), run("b", "0.5", "1")], ["seed"])
+    assert group.setting == {} and group.seeds == ["0", "1"]

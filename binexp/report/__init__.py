@@ -3,7 +3,8 @@
 A run is any folder holding `.hydra/config.yaml` (Hydra's copy of its config); a multirun folder is searched for
 them. A run without `metrics.json` (stopped, or still running) is listed as unfinished, with its curves so far.
 The table shows the overrides that differ between runs and their final metrics, the runs in the order of those
-overrides' values (numbers as numbers: t_clip 0.25 before 1.0 before 10). A run is named by its path below the
+overrides' values (numbers as numbers: t_clip 0.25 before 1.0 before 10). Runs that also vary `seed` get a second
+table and report-over-seeds.csv: each setting's mean and standard deviation over its seeds (binexp.report.seeds). A run is named by its path below the
 folder all the runs share, so two sweeps' job 0 under one folder are `a/0` and `b/0`. Plots and further tables (the
 runs beside their experiments' published numbers) are produced by the functions registered in `PLOTTERS` (each
 gets the runs and the output folder, and returns the files it wrote), so a method adds its figures without
@@ -185,6 +186,10 @@ def report(paths: list[Path], out: Path | None = None, metrics: list[str] | None
     out.mkdir(parents=True, exist_ok=True)
     print_table(runs, keys, metrics)
     written = [write_csv(runs, out, keys, metrics)]
+    seed_groups = group_over_seeds(runs, keys)
+    if seed_groups:
+        print_seed_table(seed_groups, metrics)
+        written.append(write_seed_csv(seed_groups, out, metrics))
     for plot in PLOTTERS:
         written += plot(runs, out)
     return runs, written
@@ -204,6 +209,7 @@ def main(argv: list[str]) -> None:
 from binexp.report.curves import plot_binarization  # noqa: E402  (needs Run above)
 from binexp.report.learning import plot_learning_curves  # noqa: E402
 from binexp.report.papers import write_paper_table  # noqa: E402
+from binexp.report.seeds import group_over_seeds, print_seed_table, write_seed_csv  # noqa: E402
 from binexp.report.sweeps import plot_sweeps  # noqa: E402
 
 PLOTTERS += [write_paper_table, plot_sweeps, plot_learning_curves, plot_binarization]
