@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -165,23 +166,62 @@ def test_a_resumed_runs_settings_are_its_first_launchs_with_each_resumes_on_top(
     assert load_run(run).overrides == {"method.t_clip": "0.75", "trainer.max_epochs": "6"}
 
 
-def test_runs_that_vary_the_seed_are_summarised_per_setting_and_plotted_as_means(tmp_path):
-    from binexp.report import report
+def _seeded_runs(root: Path, settings: list[tuple[list[str], dict]]) -> Path:
+    for job, (overrides, metrics) in enumerate(settings):
+        run = root / str(job)
+        (run / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create({"task_name": "train", "seed": 0}), run / ".hydra" / "config.yaml")
+        OmegaConf.save(OmegaConf.create(overrides), run / ".hydra" / "overrides.yaml")
+        (run / "metrics.json").write_text(json.dumps(metrics))  # NaN as Python's json writes it, as train does
+    return root
 
-    for job, (t_clip, seed, acc) in enumerate([("0.5", "0", 0.40), ("0.5", "1", 0.44), ("1.0", "0", 0.42),
-                                                ("1.0", "1", 0.46), ("2.0", "0", 0.30)]):
-        run = _finished_run(tmp_path / "sweep" / str(job), t_clip, acc)
-        OmegaConf.save(OmegaConf.create([f"method.t_clip={t_clip}", f"seed={seed}"]), run / ".hydra" / "overrides.yaml")
-    _, written = report([tmp_path / "sweep"], out=tmp_path / "out")
+
+def test_runs_that_vary_the_seed_are_summarised_per_setting_and_plotted_as_means(tmp_path):
+    from binexp.report import report, varying_overrides
+    from binexp.report.sweeps import sweep_points
+
+    sweep = _seeded_runs(tmp_path / "sweep", [
+        (["method.t_clip=0.5"], {"test/acc": 0.40}),  # seed 0 from the config's default
+        (["method.t_clip=0.5", "seed=1"], {"test/acc": 0.44}),
+        (["method.t_clip=1.0", "seed=0"], {"test/acc": 0.42, "test/loss": float("nan")}),
+        (["method.t_clip=1", "seed=1"], {"test/acc": 0.46, "test/loss": 1.5}),  # 1 and 1.0: one setting
+        (["method.t_clip=2.0", "seed=0"], {"test/acc": 0.30, "test/loss": 2.0}),
+    ])
+    runs, written = report([sweep], out=tmp_path / "out")
     names = [p.name for p in written]
     assert "report-over-seeds.csv" in names and "accuracy-vs-method.t_clip.png" in names
-    assert "accuracy-vs-seed.png" not in names  # a seed is not a setting to plot accuracy against
+    assert "accuracy-vs-seed.png" not in names and "accuracy-over-seeds.png" not in names  # t_clip is the x axis
     header, *rows = (tmp_path / "out" / "report-over-seeds.csv").read_text().splitlines()
-    assert header == "method.t_clip,runs,seeds,test/acc_mean,test/acc_sd"
+    assert header == "method.t_clip,runs,seeds,test/acc_mean,test/acc_sd,test/acc_n,test/loss_mean,test/loss_sd,test/loss_n"
     cells = [row.split(",") for row in rows]
     assert [c[:3] for c in cells] == [["0.5", "2", "0 1"], ["1.0", "2", "0 1"], ["2.0", "1", "0"]]
     assert float(cells[0][3]) == pytest.approx(0.42) and float(cells[0][4]) == pytest.approx(0.0282842712)
-    assert float(cells[1][3]) == pytest.approx(0.44) and cells[2][3:] == ["0.3", ""]  # one run: no sd
+    assert float(cells[1][3]) == pytest.approx(0.44) and cells[1][6:] == ["1.5", "", "1"]  # the NaN loss left out
+    assert cells[2][3:6] == ["0.3", "", "1"] and cells[0][6:] == ["", "", "0"]  # one run: no sd; no loss: n=0
+    [(label, points)] = sweep_points(runs, "method.t_clip", varying_overrides(runs), "test/acc").items()
+    assert label == "test/acc" and [(x, round(s.mean, 6), round(s.sd or 0, 6), s.n) for x, s, _ in points] == [
+        (0.5, 42.0, 2.828427, 2), (1.0, 44.0, 2.828427, 2), (2.0, 30.0, 0, 1)]
+
+
+def test_seed_groups_follow_the_tables_order_and_methods_alone_get_a_side_by_side_plot(tmp_path):
+    from binexp.report import report
+
+    sweep = _seeded_runs(tmp_path / "sweep", [
+        ([f"method={m}", f"trainer.max_epochs={e}", f"seed={s}"], {"test/acc": acc})
+        for m, e, s, acc in [("ste", "10", "0", 0.5), ("ste", "10", "1", 0.6), ("ste", "5", "0", 0.4),
+                             ("ste", "5", "1", 0.45), ("bnn", "5", "0", 0.3)]
+    ])
+    _, written = report([sweep], out=tmp_path / "out")
+    rows = (tmp_path / "out" / "report-over-seeds.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[:3] for r in rows] == [["bnn", "5", "1"], ["ste", "5", "2"], ["ste", "10", "2"]]
+    pngs = [p.name for p in written if p.suffix == ".png"]
+    assert "accuracy-vs-trainer.max_epochs.png" in pngs and "accuracy-over-seeds.png" not in pngs
+
+    methods_only = _seeded_runs(tmp_path / "methods", [
+        ([f"method={m}", f"seed={s}"], {"test/acc": acc}) for m, s, acc in [("ste", "0", 0.5), ("ste", "1", 0.6),
+                                                                          ("approx_sign", "0", 0.55)]])
+    _, written = report([methods_only], out=tmp_path / "out2")
+    assert [p.name for p in written if p.suffix == ".png"][:1] == ["accuracy-over-seeds.png"]
 
 
 def test_no_seed_summary_when_the_seed_does_not_vary_or_no_setting_has_two(tmp_path):

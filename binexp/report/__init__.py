@@ -209,7 +209,7 @@ def main(argv: list[str]) -> None:
 from binexp.report.curves import plot_binarization  # noqa: E402  (needs Run above)
 from binexp.report.learning import plot_learning_curves  # noqa: E402
 from binexp.report.papers import write_paper_table  # noqa: E402
-from binexp.report.seeds import group_over_seeds, print_seed_table, write_seed_csv  # noqa: E402
+from binexp.report.seeds import group_over_seeds, plot_seed_means, print_seed_table, write_seed_csv  # noqa: E402
 from binexp.report.sweeps import plot_sweeps  # noqa: E402
 
-PLOTTERS += [write_paper_table, plot_sweeps, plot_learning_curves, plot_binarization]
+PLOTTERS += [write_paper_table, plot_sweeps, plot_seed_means, plot_learning_curves, plot_binarization]

@@ -1,13 +1,17 @@
 """Runs that differ only in `seed`, summarised: mean, standard deviation and count per setting.
 
 A fair comparison of two methods is over several seeds. When the runs of a report vary `seed`, each setting of the
-other varying overrides (a method, a t_clip, ...) becomes one row over its finished runs:
-`report-over-seeds.csv` and a second table. The standard deviation is the sample's (n - 1), empty for one run.
+other varying overrides (a method, a t_clip, ...) becomes one row over its finished runs: `report-over-seeds.csv`,
+a second table, and, when no other swept key is a number (methods side by side), `accuracy-over-seeds.png`.
+Statistics use the finite values a metric has (a diverged run's NaN loss is left out) and say how many that is;
+the standard deviation is the sample's (n - 1), empty for one value. Settings are equal when their values are
+equal as numbers (t_clip 1 and 1.0 are one setting).
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import statistics
 import sys
 from dataclasses import dataclass
@@ -17,35 +21,56 @@ SEED_KEY = "seed"
 
 
 @dataclass
+class Summary:
+    mean: float | None
+    sd: float | None
+    n: int
+
+
+def summarize(values: list[float]) -> Summary:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return Summary(None, None, 0)
+    return Summary(statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else None, len(finite))
+
+
+def setting_key(value: str) -> tuple:
+    """How a setting's value compares with another's: as a number where it is one."""
+    from binexp.report import number
+
+    n = number(value)
+    return (0, n, "") if n is not None else (1, 0.0, value)
+
+
+@dataclass
 class SeedGroup:
-    setting: dict[str, str]  # the other varying overrides' values
+    setting: dict[str, str]  # the other varying overrides' values, as the group's first run has them
     runs: list  # binexp.report.Run, finished, in report order
 
     @property
     def seeds(self) -> list[str]:
         return [r.value(SEED_KEY) for r in self.runs]
 
-    def values(self, metric: str) -> list[float]:
-        return [r.metrics[metric] for r in self.runs if metric in r.metrics]
+    def summary(self, metric: str) -> Summary:
+        return summarize([r.metrics[metric] for r in self.runs if metric in r.metrics])
 
-    def mean_sd(self, metric: str) -> tuple[float | None, float | None]:
-        values = self.values(metric)
-        if not values:
-            return None, None
-        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.setting.items() if v) or "all runs"
 
 
 def group_over_seeds(runs: list, keys: list[str]) -> list[SeedGroup]:
-    """The finished runs grouped by every varying key but `seed`, in the runs' order; [] when `seed` does not vary
-    or no setting has two seeds (then the run table says it all)."""
+    """The finished runs grouped by every varying key but `seed`, ordered as the run table orders those keys' values;
+    [] when `seed` does not vary or no setting has two runs (then the run table says it all)."""
+    from binexp.report import in_override_order
+
     if SEED_KEY not in keys:
         return []
     others = [k for k in keys if k != SEED_KEY]
-    groups: dict[tuple[str, ...], SeedGroup] = {}
-    for run in runs:
-        if run.finished:
-            setting = tuple(run.value(k) for k in others)
-            groups.setdefault(setting, SeedGroup(dict(zip(others, setting)), [])).runs.append(run)
+    groups: dict[tuple, SeedGroup] = {}
+    for run in in_override_order([r for r in runs if r.finished], others):
+        key = tuple(setting_key(run.value(k)) for k in others)
+        groups.setdefault(key, SeedGroup({k: run.value(k) for k in others}, [])).runs.append(run)
     if all(len(g.runs) < 2 for g in groups.values()):
         return []
     return list(groups.values())
@@ -56,19 +81,23 @@ def write_seed_csv(groups: list[SeedGroup], out: Path, metrics: list[str]) -> Pa
     keys = list(groups[0].setting)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([*keys, "runs", "seeds", *[f"{m}_{stat}" for m in metrics for stat in ("mean", "sd")]])
+        writer.writerow([*keys, "runs", "seeds", *[f"{m}_{stat}" for m in metrics for stat in ("mean", "sd", "n")]])
         for g in groups:
-            stats = [("" if v is None else v) for m in metrics for v in g.mean_sd(m)]
-            writer.writerow([*g.setting.values(), len(g.runs), " ".join(g.seeds), *stats])
+            cells = []
+            for m in metrics:
+                s = g.summary(m)
+                cells += ["" if s.mean is None else s.mean, "" if s.sd is None else s.sd, s.n]
+            writer.writerow([*g.setting.values(), len(g.runs), " ".join(g.seeds), *cells])
     return path
 
 
-def _cell(mean: float | None, sd: float | None) -> str:
+def _cell(s: Summary, runs: int) -> str:
     from binexp.report import _format  # the run table's number format
 
-    if mean is None:
+    if s.mean is None:
         return "-"
-    return _format(mean) if not sd else f"{mean:.4f} ± {sd:.4f}"  # equal over the seeds (a size): the value
+    text = _format(s.mean) if not s.sd else f"{s.mean:.4f} ± {s.sd:.4f}"  # equal over the seeds (a size): the value
+    return text if s.n == runs else f"{text} (n={s.n})"  # some runs lack it, or it is not finite there
 
 
 def print_seed_table(groups: list[SeedGroup], metrics: list[str]) -> None:
@@ -82,6 +111,35 @@ def print_seed_table(groups: list[SeedGroup], metrics: list[str]) -> None:
     for m in metrics:
         table.add_column(m, justify="right")
     for g in groups:
-        cells = [_cell(*g.mean_sd(m)) for m in metrics]
-        table.add_row(*g.setting.values(), " ".join(g.seeds), *cells)
+        table.add_row(*g.setting.values(), " ".join(g.seeds), *[_cell(g.summary(m), len(g.runs)) for m in metrics])
     Console(width=None if sys.stdout.isatty() else 220).print(table)
+
+
+def plot_seed_means(runs, out: Path, metric: str = "test/acc") -> list[Path]:
+    """Settings side by side, each its mean over seeds with a one-sd bar and each run's value faintly; drawn when
+    no other swept key is a number (accuracy-vs-<key>.png shows those)."""
+    from binexp.report import number, varying_overrides
+    from binexp.report.curves import save_figure
+
+    keys = varying_overrides(runs)
+    if any(k != SEED_KEY and all(number(r.value(k)) is not None for r in runs) for k in keys):
+        return []
+    groups = [g for g in group_over_seeds(runs, keys) if g.summary(metric).n]
+    if not groups:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 1.2 + 0.45 * len(groups)))
+    for y, g in enumerate(groups):
+        s = g.summary(metric)
+        ax.errorbar([100 * s.mean], [y], xerr=[100 * s.sd] if s.sd else None, marker="o", capsize=3, color="C0")
+        values = [100 * r.metrics[metric] for r in g.runs if metric in r.metrics and math.isfinite(r.metrics[metric])]
+        ax.scatter(values, [y] * len(values), s=12, alpha=0.4, color="C0")
+    ax.set_yticks(range(len(groups)), [f"{g.label} (n={g.summary(metric).n})" for g in groups])
+    ax.set_ylim(len(groups) - 0.5, -0.5)  # the first setting on top
+    ax.set(xlabel=f"{metric} (%)", title=f"{metric}, mean ± sd over seeds")
+    ax.grid(axis="x", alpha=0.3)
+    return [save_figure(fig, out / "accuracy-over-seeds.png")]

@@ -2,20 +2,33 @@
 
 Every varying override whose values are all numbers gets a plot, `seed` excepted; runs that also differ in other
 overrides are drawn as separate lines. Runs that differ only in `seed` are one point: their mean, with a bar of one
-standard deviation, and each run's value drawn faintly around it.
+standard deviation, and each run's value drawn faintly around it (binexp.report.seeds).
 """
 
 from __future__ import annotations
 
-import statistics
 from collections import defaultdict
 from pathlib import Path
+
+from binexp.report.seeds import SEED_KEY, Summary, summarize
+
+
+def sweep_points(runs, key: str, keys: list[str], metric: str) -> dict[str, list[tuple[float, Summary, list[float]]]]:
+    """{line label: [(value of `key`, summary of `metric` in %, the runs' values in %)]} sorted by the value; the
+    label names the other varying keys but `seed`, so a setting's seeds are one point."""
+    from binexp.report import number
+
+    lines: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        if metric in r.metrics:
+            label = ", ".join(f"{k}={v}" for k in keys if k not in (key, SEED_KEY) and (v := r.value(k))) or metric
+            lines[label][number(r.value(key))].append(100 * r.metrics[metric])
+    return {label: [(x, summarize(points[x]), points[x]) for x in sorted(points)] for label, points in sorted(lines.items())}
 
 
 def plot_sweeps(runs, out: Path, metric: str = "test/acc") -> list[Path]:
     from binexp.report import number, varying_overrides
     from binexp.report.curves import add_legend, crowded, save_figure
-    from binexp.report.seeds import SEED_KEY
 
     keys = varying_overrides(runs)
     numeric = [k for k in keys if k != SEED_KEY and all(number(r.value(k)) is not None for r in runs)]
@@ -28,24 +41,23 @@ def plot_sweeps(runs, out: Path, metric: str = "test/acc") -> list[Path]:
 
     written = []
     for key in numeric:
-        lines: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
-        for r in runs:
-            if metric in r.metrics:
-                label = ", ".join(f"{k}={v}" for k in keys if k not in (key, SEED_KEY) and (v := r.value(k))) or metric
-                lines[label][number(r.value(key))].append(100 * r.metrics[metric])
+        lines = sweep_points(runs, key, keys, metric)
         if not lines:  # no run has finished
             continue
         fig, ax = plt.subplots(figsize=(8, 3.5) if crowded(len(lines)) else (5, 3.5))
-        for label, points in sorted(lines.items()):
-            xs = sorted(points)
-            means = [statistics.fmean(points[x]) for x in xs]
-            sds = [statistics.stdev(points[x]) if len(points[x]) > 1 else 0.0 for x in xs]
-            drawn = ax.errorbar(xs, means, yerr=sds if any(sds) else None, marker="o", capsize=3, label=label)
-            if any(len(points[x]) > 1 for x in xs):
-                seeds_x = [x for x in xs for _ in points[x]]
-                ax.scatter(seeds_x, [v for x in xs for v in points[x]], s=10, alpha=0.35, color=drawn[0].get_color())
-        seeds = any(len(p) > 1 for pts in lines.values() for p in pts.values())
-        ax.set(xlabel=key, ylabel=f"{metric} (%)", title=f"{metric} vs {key}" + (" (mean ± sd over seeds)" if seeds else ""))
+        for label, points in lines.items():
+            points = [(x, s, values) for x, s, values in points if s.n]  # all NaN: nothing to draw
+            if not points:
+                continue
+            xs, summaries, values = zip(*points)
+            sds = [s.sd or 0.0 for s in summaries]
+            drawn = ax.errorbar(xs, [s.mean for s in summaries], yerr=sds if any(sds) else None, marker="o", capsize=3,
+                                label=label)
+            if any(len(v) > 1 for v in values):
+                ax.scatter([x for x, v in zip(xs, values) for _ in v], [y for v in values for y in v], s=10, alpha=0.35,
+                           color=drawn[0].get_color())
+        title = f"{metric} vs {key}" + (" (mean ± sd over seeds)" if SEED_KEY in keys else "")
+        ax.set(xlabel=key, ylabel=f"{metric} (%)", title=title)
         if len(lines) > 1:
             add_legend(ax, len(lines), fontsize="small")
         written.append(save_figure(fig, out / f"accuracy-vs-{key.replace('/', '_')}.png"))
