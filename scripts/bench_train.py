@@ -2,12 +2,15 @@
 
 Both loops train the same network (built by binexp from the same config) on the same device-resident
 batches (DeviceBatches), with the same optimizer and autocast precision; the Lightning side uses binexp's
-real module and its default callbacks (no progress bar, no checkpoints, no logger, so it measures the loop).
-It reports images/s of each and the ratio of step times (goal: <= 1.10).
+real module and its two guards (no progress bar, no checkpoints, no logger, so it measures the loop).
+It reports images/s of each and the ratio of step times (goal: <= 1.10). `--whole-run` adds a third loop, the
+trainer of a `binexp train trainer=cluster` run: every callback of the config (checkpoints, curves, schedule, the
+log lines, the learning-rate monitor) and its TensorBoard logger, under a scratch run directory.
 
     python scripts/bench_train.py --arch cifar_quick vgg_small --batch 256 --steps 300 --precision bf16
     python scripts/bench_train.py --arch cifar_quick --steps 20 --device cpu --precision 32   # a quick check
     python scripts/bench_train.py --arch vgg_small --find-syncs   # (GPU) also list where the loop waits for the GPU
+    python scripts/bench_train.py --arch cifar_quick vgg_small --whole-run   # also a whole run's trainer
     python scripts/bench_train.py --arch densenet21 --batch 128 --override method=ste   # a binary network
 """
 
@@ -148,6 +151,29 @@ def lightning_loop(cfg, device: torch.device, steps: int, warmup: int, precision
     return (timer.end - timer.starts[0]) / steps, median_step(timer.starts)
 
 
+def whole_run_loop(cfg, device: torch.device, steps: int, warmup: int, precision: str) -> tuple[float, float]:
+    """The step time of `binexp train`'s own trainer (build_trainer, build_callbacks) on the same batches."""
+    import shutil
+
+    from binexp.train import build_callbacks, build_schedule, build_trainer
+
+    run_dir = Path("/tmp/binexp-bench-run")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)
+        cfg.trainer.update(accelerator=device.type, devices=1, max_steps=steps + warmup, num_sanity_val_steps=0,
+                           precision="bf16-mixed" if precision == "bf16" else "32-true")
+    dm = build_data(cfg)
+    method = build_method(cfg)
+    schedule = build_schedule(cfg, method)
+    module = build_module(cfg, dm, method)
+    timer = StepTimer(warmup)
+    trainer = build_trainer(cfg, [timer, *build_callbacks(cfg, schedule, method, dm)], run_dir)
+    trainer.fit(module, datamodule=dm)
+    return (timer.end - timer.starts[0]) / steps, median_step(timer.starts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", nargs="+", default=["cifar_quick", "vgg_small"])
@@ -161,6 +187,8 @@ def main() -> None:
     parser.add_argument("--override", nargs="*", default=[],
                         help="more Hydra overrides for both loops' config, e.g. method=ste (default: the float net)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--whole-run", action="store_true",
+                        help="also time the trainer of a whole `binexp train trainer=cluster` run (all its callbacks)")
     parser.add_argument("--find-syncs", action="store_true",
                         help="(GPU) after timing, list the call stacks where the Lightning loop waits for the GPU")
     args = parser.parse_args()
@@ -174,12 +202,18 @@ def main() -> None:
     for arch, cfg in cfgs.items():
         plain, plain_median = plain_loop(cfg, device, args.steps, args.warmup, args.precision)
         lightning, lightning_median = lightning_loop(cfg, device, args.steps, args.warmup, args.precision)
+        whole = {}
+        if args.whole_run:
+            run_cfg = compose_cfg(arch, args.batch, args.dataset, max(args.batch * 40, 2048), args.data_root,
+                                  [*args.override, "trainer=cluster"])
+            run_mean, run_median = whole_run_loop(run_cfg, device, args.steps, args.warmup, args.precision)
+            whole = {"run_ms": run_mean * 1e3, "run_ratio": run_mean / plain, "run_median_ms": run_median * 1e3}
         rows.append({
             "arch": arch, "overrides": args.override, "batch": args.batch, "precision": args.precision, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "plain_ms": plain * 1e3, "lightning_ms": lightning * 1e3, "ratio": lightning / plain,
             "plain_median_ms": plain_median * 1e3, "lightning_median_ms": lightning_median * 1e3,
-            "plain_img_s": args.batch / plain, "lightning_img_s": args.batch / lightning,
+            "plain_img_s": args.batch / plain, "lightning_img_s": args.batch / lightning, **whole,
         })
     print(f"{'arch':12} {'plain ms':>9} {'lightning ms':>13} {'ratio':>6} {'plain img/s':>12} {'lightning img/s':>16}"
           f" {'median plain / lightning ms':>28}")
@@ -187,6 +221,10 @@ def main() -> None:
         print(f"{r['arch']:12} {r['plain_ms']:9.2f} {r['lightning_ms']:13.2f} {r['ratio']:6.3f} "
               f"{r['plain_img_s']:12.0f} {r['lightning_img_s']:16.0f}"
               f" {r['plain_median_ms']:13.3f} / {r['lightning_median_ms']:.3f}")
+    if args.whole_run:
+        print(f"\n{'arch':12} {'whole run ms':>13} {'ratio':>6} {'median ms':>10}   (binexp train's trainer and callbacks)")
+        for r in rows:
+            print(f"{r['arch']:12} {r['run_ms']:13.2f} {r['run_ratio']:6.3f} {r['run_median_ms']:10.3f}")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
     if args.find_syncs and device.type == "cuda":
