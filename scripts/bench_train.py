@@ -152,14 +152,14 @@ def lightning_loop(cfg, device: torch.device, steps: int, warmup: int, precision
 
 
 def whole_run_loop(cfg, device: torch.device, steps: int, warmup: int, precision: str) -> tuple[float, float]:
-    """The step time of `binexp train`'s own trainer (build_trainer, build_callbacks) on the same batches."""
+    """The step time of `binexp train`'s own trainer (build_trainer, build_callbacks) on the same batches; `cfg` (a
+    composition of its own) is set to the device, precision and step count here."""
     import shutil
 
     from binexp.train import build_callbacks, build_schedule, build_trainer
 
     run_dir = Path("/tmp/binexp-bench-run")
     shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = cfg.copy()
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)
         cfg.trainer.update(accelerator=device.type, devices=1, max_steps=steps + warmup, num_sanity_val_steps=0,
