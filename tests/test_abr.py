@@ -211,10 +211,11 @@ def test_abr_run_writes_curves_protocol_and_firing_matrix(tmp_path):
     _, written = report([run_dir], out=tmp_path / "report")
     assert {p.name for p in written} >= {"run-binarization.png", "run-binarization-layers.png", "report.csv"}
     assert read_curves(run_dir / "binarization.csv")["fc1"]["step"] == [0, 4, 8, 12, 16]
-    from binexp.report.curves import curve_labels
+    from binexp.report.curves import curve_kind
 
-    legend, ylabel, layers_ylabel = curve_labels(read_curves(run_dir / "binarization.csv"))
-    assert (legend["binary99"], ylabel, layers_ylabel) == ("binary 99% of the time", "% of units", "% of units binary 99% of the time")
+    kind = curve_kind(read_curves(run_dir / "binarization.csv"))
+    assert (dict(kind.last)["binary99"], kind.ylabel, kind.per_layer, kind.per_layer_ylabel) == (
+        "binary 99% of the time", "% of units", "binary99", "% of units binary 99% of the time")
     header = (tmp_path / "report" / "report.csv").read_text().splitlines()[0]
     assert "protocol/phase1_binary" in header and "protocol/finetuned" in header
 

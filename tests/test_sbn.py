@@ -482,10 +482,11 @@ def test_sbn_run_binarizes_and_a_resumed_run_has_the_same_nu(tmp_path):
     assert layers == ["conv1.weight", "conv1.act", "conv2.weight", "conv2.act", "fc1.weight", "fc1.act", "fc2.weight"]
     first, last = (float(r["binary99"]) for r in rows if r["layer"] == "conv1.weight" and r["step"] in ("0", "8"))
     assert first == 0.0 and last > 0.9  # nu = 1 -> 1000 drives the weights to +-1
-    from binexp.report.curves import curve_labels, read_curves
+    from binexp.report.curves import curve_kind, read_curves
 
-    legend, ylabel, layers_ylabel = curve_labels(read_curves(straight_dir / "binarization.csv"))
-    assert (legend["binary99"], ylabel, layers_ylabel) == ("|value| > 0.99", "% of values", "% of values with |value| > 0.99")
+    kind = curve_kind(read_curves(straight_dir / "binarization.csv"))
+    assert (dict(kind.last)["binary99"], kind.ylabel, kind.per_layer_ylabel) == (
+        "|value| > 0.99", "% of values", "% of values with |value| > 0.99")
 
     cut_dir = tmp_path / "cut"
     stop = ["+callbacks.signal._target_=binexp.callbacks.guards.SignalAtStep", "+callbacks.signal.step=5"]

@@ -84,6 +84,39 @@ def test_model_size_counts_one_bit_per_binary_weight():
     assert size["size/bytes_float"] == 4 * (128 + floats)
 
 
+def test_sign_curves_count_the_inputs_inside_the_gradient_window_ones_and_constant_units():
+    x = torch.tensor([[-1.0, -0.25, 0.5, 2.0], [0.1, -0.6, 0.4, -3.0]])
+    act = SignActivation("fc1", t_clip=0.5)
+    act.probe_reset()
+    act.probing = True
+    assert torch.equal(act(x), torch.where(x >= 0, 1.0, -1.0))  # probing leaves the output as it is
+    act.probing = False
+    act(torch.full((3, 4), 9.0))  # not probing: not counted
+    assert act.probe_summary(act.probe_counts()) == {"passing": 0.5, "ones": 0.5, "constant": 0.5}
+    everything = SignActivation("fc1", t_clip=None)  # no cancellation: the gradient passes everywhere
+    everything.probe_reset()
+    everything.probing = True
+    everything(x)
+    assert everything.probe_summary(everything.probe_counts())["passing"] == 1.0
+
+
+def test_an_ste_run_logs_its_sign_layers_curves_and_reports_them(tmp_path):
+    from binexp.report import report
+    from binexp.report.curves import curve_kind, read_curves
+    from binexp.train import train
+
+    run_dir = tmp_path / "run"
+    train(compose_train(["dataset=synthetic", "debug=smoke", "method=ste", "method.t_clip=0.25",
+                         "architecture.conv_act=true", "architecture.batch_norm=true"], run_dir=run_dir))
+    curves = read_curves(run_dir / "binarization.csv")
+    assert list(curves) == ["conv1", "conv2", "fc1"]  # the signs after conv1, conv2 and fc1
+    assert curves["fc1"]["step"] == [0, 4, 8] and all(0 < v < 1 for v in curves["fc1"]["passing"])
+    assert curve_kind(curves).per_layer == "passing"
+    _, written = report([run_dir], out=tmp_path / "report")
+    assert {"run-binarization.png", "run-binarization-layers.png"} <= {p.name for p in written}
+    assert (run_dir / "firing_matrix.npy").exists()  # the last sign layer's units, per class
+
+
 def test_a_t_clip_multirun_gives_two_runs_and_a_two_row_report(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     sweep = tmp_path / "sweep"

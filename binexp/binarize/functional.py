@@ -7,6 +7,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from binexp.binarize.base import BinarizationProbe
+
 
 def binary_sign(x: torch.Tensor) -> torch.Tensor:
     """sign with sign(0) = +1, so every value is exactly +1 or -1 (torch.sign(0) is 0)."""
@@ -34,16 +36,58 @@ def sign_ste(x: torch.Tensor, t_clip: Optional[float] = 1.0) -> torch.Tensor:
     return _SignSTE.apply(x, t_clip)
 
 
-class SignActivation(nn.Module):
+class SignActivation(nn.Module, BinarizationProbe):
     """sign(x) as a layer: forward sign (sign(0) = +1), backward the STE cancelled where |x| > t_clip
-    (1.0 is BinaryNet's choice, BMXNet sweeps it). `block_name` is the name the architecture built it under."""
+    (1.0 is BinaryNet's choice, BMXNet sweeps it). `block_name` is the name the architecture built it under.
+
+    A method with another backward overrides `binarize` and sets `t_clip` to the window where its gradient is
+    not zero. Its curves (binexp.callbacks.binarization, over the test set in eval mode): `passing`, the share of
+    inputs inside the window, where the gradient passes; `ones`, the share of +1 outputs; `constant`, the share
+    of units with one sign for every test image. A sign is binary from the start, so these say how much of the
+    layer still learns, not how binary it is.
+    """
 
     def __init__(self, name: str = "", t_clip: Optional[float] = 1.0):
         super().__init__()
         self.block_name, self.t_clip = name, t_clip
+        self.layer_name = name
+        self.probing = False
+        self._counts: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.probing:
+            self._record(x.detach())
+        return self.binarize(x)
+
+    def binarize(self, x: torch.Tensor) -> torch.Tensor:
         return sign_ste(x, self.t_clip)
 
     def extra_repr(self) -> str:
         return f"t_clip={self.t_clip}"
+
+    # ---- binarization probe ----------------------------------------------------------------------------
+    def probe_reset(self) -> None:
+        self._counts = {}
+
+    def _record(self, x: torch.Tensor) -> None:
+        inside = torch.ones_like(x, dtype=torch.bool) if self.t_clip is None else x.abs() <= self.t_clip
+        batch = {
+            "inside": inside.sum(0, dtype=torch.int64),
+            "ones": (x >= 0).sum(0, dtype=torch.int64),
+            "samples": torch.tensor(x.shape[0], device=x.device, dtype=torch.int64),
+        }
+        for key, value in batch.items():
+            self._counts[key] = self._counts[key] + value if key in self._counts else value
+
+    def probe_counts(self) -> dict[str, torch.Tensor]:
+        return dict(self._counts)
+
+    def probe_summary(self, counts: dict[str, torch.Tensor]) -> dict[str, float]:
+        n = counts["samples"].double()
+        values = n * counts["ones"].numel()
+        constant = (counts["ones"] == counts["samples"]) | (counts["ones"] == 0)
+        return {
+            "passing": (counts["inside"].double().sum() / values).item(),
+            "ones": (counts["ones"].double().sum() / values).item(),
+            "constant": constant.double().mean().item(),
+        }

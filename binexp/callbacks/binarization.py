@@ -1,8 +1,9 @@
 """Per-layer binarization curves (the ABR paper's Figures 2 and 4 left) and the firing matrix (Section 4.3).
 
-Over the whole test set, for every layer that is a `BinarizationProbe`: the share of units whose output is
-binary at least 90%, 99% and 99.9% of the time, the share of saturated outputs, the share of units stuck at
-one value, and the median |slope|. Logged to the loggers and appended to `<run dir>/binarization.csv` before
+Over the whole test set, for every layer that is a `BinarizationProbe`, the statistics it names: for ABR the share
+of units whose output is binary at least 90%, 99% and 99.9% of the time, the share of saturated outputs, the share
+of units stuck at one value, and the median |slope|; for SBN the share of |tanh| values above thresholds; for sign
+activations (STE, BNN, XNOR) the share of inputs inside the gradient window |x| <= t_clip. Logged to the loggers and appended to `<run dir>/binarization.csv` before
 training, every `every_n_epochs` epochs and every `every_n_steps` steps. When a layer's units are (nearly)
 all stuck at one value for every test image, training has collapsed: the run stops with a message.
 """
@@ -133,7 +134,8 @@ class BinarizationCurves(pl.Callback):
         if self.stop_on_collapse is None:
             return
         for layer, values in stats.items():
-            if values["stuck"] >= self.stop_on_collapse:
+            # ABR's and SBN's units that saturate stop learning; a sign layer's `constant` units still pass gradients
+            if values.get("stuck", 0.0) >= self.stop_on_collapse:
                 raise TrainingCollapsed(
                     f"training collapsed at step {trainer.global_step}: {values['stuck']:.1%} of the units of layer "
                     f"{layer} output the same value for every test image (saturated, so no gradient flows). "

@@ -54,7 +54,7 @@ class ExportError(BinexpError):
 
 # what a new method's layers need to be, so that the lowering knows them (README, "Adding a method")
 EXPORTABLE = ("an activation whose forward is sign subclasses binexp.binarize.functional.SignActivation (its "
-              "backward is the method's own), a binary-weight layer is an nn.Conv2d or nn.Linear with "
+              "binarize() has the method's own backward), a binary-weight layer is an nn.Conv2d or nn.Linear with "
               "binexp.binarize.base.BinaryWeights (README: Adding a method)")
 
 

@@ -3,12 +3,15 @@
 - `<run>-binarization.png` (Figure 2): the last binarized layer, the share of units binary at least 90%, 99%
   and 99.9% of the time against the training step.
 - `<run>-binarization-layers.png` (Figure 4 left): one curve per layer, share of units binary 99% of the time.
+
+SBN's and the sign activations' rows measure other things (`curve_kind`), drawn the same two ways.
 """
 
 from __future__ import annotations
 
 import csv
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from binexp.binarize.sbn import THRESHOLDS as SBN_THRESHOLDS
@@ -17,16 +20,31 @@ from binexp.callbacks.binarization import CSV_NAME
 THRESHOLDS = (("binary90", "90%"), ("binary99", "99%"), ("binary999", "99.9%"))
 
 
-def curve_labels(curves: dict[str, dict[str, list[float]]]) -> tuple[dict[str, str], str, str]:
-    """(legend label per threshold column, y label of the last-layer figure, y label of the per-layer figure).
+@dataclass(frozen=True)
+class CurveKind:
+    """What a binarization.csv's rows measure and how to draw them: the columns (and their legends) of the
+    last-layer figure, and the one column drawn per layer."""
 
-    ABR's rows count units binary a share of the time; SBN's rows (they carry `mean_abs`) count weight or
-    activation values with |tanh| above a threshold, so the same columns need other words."""
-    if curves and "mean_abs" in next(iter(curves.values())):
-        return ({key: f"|value| > {t:g}" for key, t in SBN_THRESHOLDS.items()}, "% of values",
-                f"% of values with |value| > {SBN_THRESHOLDS['binary99']:g}")
-    return ({key: f"binary {share} of the time" for key, share in THRESHOLDS}, "% of units",
-            "% of units binary 99% of the time")
+    last: tuple[tuple[str, str], ...]
+    ylabel: str
+    per_layer: str
+    per_layer_ylabel: str
+
+
+def curve_kind(curves: dict[str, dict[str, list[float]]]) -> CurveKind:
+    """ABR's rows count units binary a share of the time; SBN's rows (they carry `mean_abs`) count weight or
+    activation values with |tanh| above a threshold; sign activations' rows (they carry `passing`) count the
+    inputs inside the gradient window |x| <= t_clip."""
+    columns = next(iter(curves.values())) if curves else {}
+    if "passing" in columns:
+        return CurveKind((("passing", "inputs with |x| <= t_clip (gradient passes)"), ("ones", "outputs +1"),
+                          ("constant", "units with one sign on every image")), "%", "passing",
+                         "% of inputs with |x| <= t_clip")
+    if "mean_abs" in columns:
+        return CurveKind(tuple((key, f"|value| > {t:g}") for key, t in SBN_THRESHOLDS.items()), "% of values",
+                         "binary99", f"% of values with |value| > {SBN_THRESHOLDS['binary99']:g}")
+    return CurveKind(tuple((key, f"binary {share} of the time") for key, share in THRESHOLDS), "% of units",
+                     "binary99", "% of units binary 99% of the time")
 
 
 def read_curves(path: Path) -> dict[str, dict[str, list[float]]]:
@@ -97,22 +115,22 @@ def plot_binarization(runs, out: Path) -> list[Path]:
         if not curves:
             continue
         last_layer = list(curves)[-1]
-        legend, ylabel, layers_ylabel = curve_labels(curves)
+        kind = curve_kind(curves)
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for key, _ in THRESHOLDS:
-            ax.plot(curves[last_layer]["step"], [100 * v for v in curves[last_layer][key]], label=legend[key])
-        ax.set(xlabel="training step", ylabel=ylabel, ylim=(0, 101), title=f"{run.name}: {last_layer}")
+        for key, label in kind.last:
+            ax.plot(curves[last_layer]["step"], [100 * v for v in curves[last_layer][key]], label=label)
+        ax.set(xlabel="training step", ylabel=kind.ylabel, ylim=(0, 101), title=f"{run.name}: {last_layer}")
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))  # more 5-digit step labels overlap at this width
-        ax.legend(loc="lower right")
+        ax.legend(loc="best", fontsize="small")
         written.append(save_figure(fig, out / f"{run.file_stem}-binarization.png"))
 
         fig, ax = plt.subplots(figsize=(8, 4) if crowded(len(curves)) else (5, 3.5))
         blocks = list(dict.fromkeys(_block_and_kind(layer)[0] for layer in curves))
         for layer, values in curves.items():
-            block, kind = _block_and_kind(layer)
-            ax.plot(values["step"], [100 * v for v in values["binary99"]], label=layer,
-                    color=f"C{blocks.index(block) % 10}", linestyle="--" if kind == "act" else "-")
-        ax.set(xlabel="training step", ylabel=layers_ylabel, ylim=(0, 101), title=run.name)
+            block, part = _block_and_kind(layer)
+            ax.plot(values["step"], [100 * v for v in values[kind.per_layer]], label=layer,
+                    color=f"C{blocks.index(block) % 10}", linestyle="--" if part == "act" else "-")
+        ax.set(xlabel="training step", ylabel=kind.per_layer_ylabel, ylim=(0, 101), title=run.name)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         add_legend(ax, len(curves), loc="lower right")
         written.append(save_figure(fig, out / f"{run.file_stem}-binarization-layers.png"))

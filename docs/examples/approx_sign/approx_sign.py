@@ -5,8 +5,9 @@ sign, 2 - 2|x| for |x| < 1 and 0 elsewhere, where BMXNet's straight-through esti
 Weights, batch norms and the first/last layers are STE's (`binexp.binarize.ste`), so the two differ in the
 activation's backward alone.
 
-Because the activation subclasses SignActivation, binexp's binarization curves, step mode, export and verify
-treat it as the sign it computes; only its training gradient is new.
+Because the activation subclasses SignActivation (overriding `binarize`), binexp's curves (the share of inputs
+inside its gradient's window |x| < 1, per layer), export and verify treat it as the sign it computes; only its
+training gradient is new.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ class _ApproxSign(torch.autograd.Function):
 
 class ApproxSignActivation(SignActivation):
     def __init__(self, name: str = ""):
-        super().__init__(name, t_clip=None)
+        super().__init__(name, t_clip=1.0)  # the window where this backward is not zero: the curves' `passing`
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def binarize(self, x: torch.Tensor) -> torch.Tensor:
         return _ApproxSign.apply(x)
 
     def extra_repr(self) -> str:
