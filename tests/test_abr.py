@@ -213,7 +213,7 @@ def test_abr_run_writes_curves_protocol_and_firing_matrix(tmp_path):
     assert read_curves(run_dir / "binarization.csv")["fc1"]["step"] == [0, 4, 8, 12, 16]
     from binexp.report.curves import curve_kind
 
-    kind = curve_kind(read_curves(run_dir / "binarization.csv"))
+    kind = curve_kind(read_curves(run_dir / "binarization.csv")["fc1"])
     assert (dict(kind.last)["binary99"], kind.ylabel, kind.per_layer, kind.per_layer_ylabel) == (
         "binary 99% of the time", "% of units", "binary99", "% of units binary 99% of the time")
     header = (tmp_path / "report" / "report.csv").read_text().splitlines()[0]

@@ -484,7 +484,7 @@ def test_sbn_run_binarizes_and_a_resumed_run_has_the_same_nu(tmp_path):
     assert first == 0.0 and last > 0.9  # nu = 1 -> 1000 drives the weights to +-1
     from binexp.report.curves import curve_kind, read_curves
 
-    kind = curve_kind(read_curves(straight_dir / "binarization.csv"))
+    kind = curve_kind(read_curves(straight_dir / "binarization.csv")["conv1.weight"])
     assert (dict(kind.last)["binary99"], kind.ylabel, kind.per_layer_ylabel) == (
         "|value| > 0.99", "% of values", "% of values with |value| > 0.99")
 

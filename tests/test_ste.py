@@ -85,19 +85,48 @@ def test_model_size_counts_one_bit_per_binary_weight():
 
 
 def test_sign_curves_count_the_inputs_inside_the_gradient_window_ones_and_constant_units():
-    x = torch.tensor([[-1.0, -0.25, 0.5, 2.0], [0.1, -0.6, 0.4, -3.0]])
+    x = torch.tensor([[1.0, -0.25, 0.0, 2.0], [0.1, -0.6, 0.4, -3.0], [0.3, -0.9, 0.2, -5.0]])
     act = SignActivation("fc1", t_clip=0.5)
     act.probe_reset()
     act.probing = True
     assert torch.equal(act(x), torch.where(x >= 0, 1.0, -1.0))  # probing leaves the output as it is
     act.probing = False
     act(torch.full((3, 4), 9.0))  # not probing: not counted
-    assert act.probe_summary(act.probe_counts()) == {"passing": 0.5, "ones": 0.5, "constant": 0.5}
+    # 6 of 12 inputs have |x| <= 0.5; 7 outputs are +1 (sign(0) = +1); units 0, 1 and 2 keep one sign
+    assert act.probe_summary(act.probe_counts()) == {"passing": 0.5, "ones": 7 / 12, "constant": 0.75}
     everything = SignActivation("fc1", t_clip=None)  # no cancellation: the gradient passes everywhere
     everything.probe_reset()
     everything.probing = True
     everything(x)
     assert everything.probe_summary(everything.probe_counts())["passing"] == 1.0
+
+
+def test_sign_layers_curves_wait_for_training_and_never_stop_a_run_as_collapsed(tmp_path):
+    from types import SimpleNamespace
+
+    from binexp.binarize.abr import BoundedRectifier
+    from binexp.callbacks.binarization import BinarizationCurves, TrainingCollapsed, append_csv, measure
+    from binexp.report.curves import curve_kind, read_curves
+
+    class OwnForward(SignActivation):  # written before binarize() existed: records nothing
+        def forward(self, x):
+            return torch.where(x >= 0, 1.0, -1.0)
+
+    net = torch.nn.Sequential(BoundedRectifier("abr", 4), SignActivation("sign", t_clip=0.5), OwnForward("own"))
+    batches = [(torch.randn(8, 4), None)]
+    assert list(measure(net, batches, before_training=True)) == ["abr"]  # BN's running statistics mean nothing yet
+    stats = measure(net, batches)
+    assert list(stats) == ["abr", "sign"]
+    append_csv(tmp_path / "b.csv", 4, 0, stats)
+    append_csv(tmp_path / "b.csv", 8, 1, stats)  # the header's columns: the union of both kinds', blanks elsewhere
+    header = (tmp_path / "b.csv").read_text().splitlines()[0].split(",")
+    assert header[3:] == sorted({*stats["abr"], *stats["sign"]})
+    curves = read_curves(tmp_path / "b.csv")
+    assert curve_kind(curves["sign"]).per_layer == "passing" and curve_kind(curves["abr"]).per_layer == "binary99"
+    trainer = SimpleNamespace(global_step=8, default_root_dir=str(tmp_path))
+    BinarizationCurves()._check_collapse(trainer, {"sign": {"passing": 0.0, "ones": 1.0, "constant": 1.0}})
+    with pytest.raises(TrainingCollapsed, match="100.0% of the units of layer abr"):
+        BinarizationCurves()._check_collapse(trainer, {"abr": {"stuck": 1.0}})
 
 
 def test_an_ste_run_logs_its_sign_layers_curves_and_reports_them(tmp_path):
@@ -110,8 +139,8 @@ def test_an_ste_run_logs_its_sign_layers_curves_and_reports_them(tmp_path):
                          "architecture.conv_act=true", "architecture.batch_norm=true"], run_dir=run_dir))
     curves = read_curves(run_dir / "binarization.csv")
     assert list(curves) == ["conv1", "conv2", "fc1"]  # the signs after conv1, conv2 and fc1
-    assert curves["fc1"]["step"] == [0, 4, 8] and all(0 < v < 1 for v in curves["fc1"]["passing"])
-    assert curve_kind(curves).per_layer == "passing"
+    assert curves["fc1"]["step"] == [4, 8] and all(0 < v < 1 for v in curves["fc1"]["passing"])  # from step 4 on
+    assert curve_kind(curves["fc1"]).per_layer == "passing"
     _, written = report([run_dir], out=tmp_path / "report")
     assert {"run-binarization.png", "run-binarization-layers.png"} <= {p.name for p in written}
     assert (run_dir / "firing_matrix.npy").exists()  # the last sign layer's units, per class

@@ -137,6 +137,9 @@ class BinarizationProbe:
     layer_name: str = ""
     probing: bool = False
     measures_activations: bool = True  # False for probes of weights: no firing matrix for those
+    # True where the statistics read BN running statistics that mean nothing before the first step (sign layers'
+    # gradient window): no record before training
+    measured_after_training_starts: bool = False
 
     def probe_reset(self) -> None:
         raise NotImplementedError

@@ -44,8 +44,11 @@ class SignActivation(nn.Module, BinarizationProbe):
     not zero. Its curves (binexp.callbacks.binarization, over the test set in eval mode): `passing`, the share of
     inputs inside the window, where the gradient passes; `ones`, the share of +1 outputs; `constant`, the share
     of units with one sign for every test image. A sign is binary from the start, so these say how much of the
-    layer still learns, not how binary it is.
+    layer still learns, not how binary it is. In eval mode the BN before a sign uses its running statistics,
+    which are PyTorch's defaults before the first step: the curves start after training has.
     """
+
+    measured_after_training_starts = True
 
     def __init__(self, name: str = "", t_clip: Optional[float] = 1.0):
         super().__init__()
@@ -70,9 +73,9 @@ class SignActivation(nn.Module, BinarizationProbe):
         self._counts = {}
 
     def _record(self, x: torch.Tensor) -> None:
-        inside = torch.ones_like(x, dtype=torch.bool) if self.t_clip is None else x.abs() <= self.t_clip
+        inside = x.numel() if self.t_clip is None else (x.abs() <= self.t_clip).sum()
         batch = {
-            "inside": inside.sum(0, dtype=torch.int64),
+            "inside": torch.as_tensor(inside, device=x.device, dtype=torch.int64),  # only ever summed: one number
             "ones": (x >= 0).sum(0, dtype=torch.int64),
             "samples": torch.tensor(x.shape[0], device=x.device, dtype=torch.int64),
         }

@@ -33,9 +33,11 @@ class TrainingCollapsed(BinexpError):
     exit_code = 4
 
 
-def measure(net: torch.nn.Module, batches, reduce=None) -> dict[str, dict[str, float]]:
-    """{layer name: statistics} over all batches; `reduce(tensor)` sums counts over ranks when given."""
-    layers = probes(net)
+def measure(net: torch.nn.Module, batches, reduce=None, before_training: bool = False) -> dict[str, dict[str, float]]:
+    """{layer name: statistics} over all batches; `reduce(tensor)` sums counts over ranks when given. Before
+    training, layers whose statistics need trained BN running statistics (`measured_after_training_starts`) are left
+    out; so is a layer the pass never reached (it recorded nothing)."""
+    layers = [p for p in probes(net) if not (before_training and p.measured_after_training_starts)]
     if not layers:
         return {}
     for layer in layers:
@@ -51,6 +53,8 @@ def measure(net: torch.nn.Module, batches, reduce=None) -> dict[str, dict[str, f
     out = {}
     for layer in layers:
         counts = layer.probe_counts()
+        if not counts:  # every rank runs the same layers, so every rank skips it
+            continue
         if reduce is not None:
             counts = {k: reduce(v) for k, v in counts.items()}
         out[layer.layer_name] = layer.probe_summary(counts)
@@ -58,14 +62,20 @@ def measure(net: torch.nn.Module, batches, reduce=None) -> dict[str, dict[str, f
 
 
 def append_csv(path: Path, step: int, epoch: int, stats: dict[str, dict[str, float]]) -> None:
+    """Rows of `stats`; the columns are every statistic of the net's probe kinds (blank where a layer's kind has none),
+    fixed by the file's header once written."""
     new = not path.exists()
-    keys = sorted(next(iter(stats.values())))
+    if new:
+        keys = sorted({k for values in stats.values() for k in values})
+    else:
+        with path.open(newline="") as f:
+            keys = next(csv.reader(f))[3:]
     with path.open("a", newline="") as f:
         writer = csv.writer(f)
         if new:
             writer.writerow(["step", "epoch", "layer", *keys])
         for layer, values in stats.items():
-            writer.writerow([step, epoch, layer, *[f"{values[k]:.6g}" for k in keys]])
+            writer.writerow([step, epoch, layer, *[f"{values[k]:.6g}" if k in values else "" for k in keys]])
 
 
 def activation_probes(net: torch.nn.Module) -> list:
@@ -120,7 +130,8 @@ class BinarizationCurves(pl.Callback):
         test = trainer.datamodule.batches("test")  # this rank's shard; the counts are summed over ranks
         if len(test) == 0:  # trainer.limit_test_batches=0
             return
-        stats = measure(pl_module.net, test, reduce=lambda t: sum_over_shards(t, test))
+        stats = measure(pl_module.net, test, reduce=lambda t: sum_over_shards(t, test),
+                        before_training=trainer.global_step == 0)
         if not stats:
             return
         flat = {f"binarization/{layer}/{k}": v for layer, values in stats.items() for k, v in values.items()}

@@ -31,16 +31,20 @@ class CurveKind:
     per_layer_ylabel: str
 
 
-def curve_kind(curves: dict[str, dict[str, list[float]]]) -> CurveKind:
-    """ABR's rows count units binary a share of the time; SBN's rows (they carry `mean_abs`) count weight or
-    activation values with |tanh| above a threshold; sign activations' rows (they carry `passing`) count the
-    inputs inside the gradient window |x| <= t_clip."""
-    columns = next(iter(curves.values())) if curves else {}
-    if "passing" in columns:
+def curve_kind(columns: dict[str, list[float]]) -> CurveKind:
+    """The kind of one layer's curves (read_curves' value for a layer). ABR's rows count units binary a share of
+    the time; SBN's rows (they carry `mean_abs`) count weight or activation values with |tanh| above a threshold;
+    sign activations' rows (they carry `passing`) count the inputs inside the gradient window |x| <= t_clip. A net
+    mixing kinds leaves the other kinds' columns blank (NaN here)."""
+
+    def has(key: str) -> bool:
+        return any(v == v for v in columns.get(key, []))  # a column of NaN is another kind's
+
+    if has("passing"):
         return CurveKind((("passing", "inputs with |x| <= t_clip (gradient passes)"), ("ones", "outputs +1"),
                           ("constant", "units with one sign on every image")), "%", "passing",
                          "% of inputs with |x| <= t_clip")
-    if "mean_abs" in columns:
+    if has("mean_abs"):
         return CurveKind(tuple((key, f"|value| > {t:g}") for key, t in SBN_THRESHOLDS.items()), "% of values",
                          "binary99", f"% of values with |value| > {SBN_THRESHOLDS['binary99']:g}")
     return CurveKind(tuple((key, f"binary {share} of the time") for key, share in THRESHOLDS), "% of units",
@@ -62,7 +66,7 @@ def read_curves(path: Path) -> dict[str, dict[str, list[float]]]:
         curves[layer]["step"].append(step)
         for key, value in row.items():
             if key not in ("step", "layer"):
-                curves[layer][key].append(float(value))
+                curves[layer][key].append(float(value) if value != "" else float("nan"))
     return curves
 
 
@@ -115,7 +119,8 @@ def plot_binarization(runs, out: Path) -> list[Path]:
         if not curves:
             continue
         last_layer = list(curves)[-1]
-        kind = curve_kind(curves)
+        kinds = {layer: curve_kind(values) for layer, values in curves.items()}
+        kind = kinds[last_layer]
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for key, label in kind.last:
             ax.plot(curves[last_layer]["step"], [100 * v for v in curves[last_layer][key]], label=label)
@@ -128,9 +133,11 @@ def plot_binarization(runs, out: Path) -> list[Path]:
         blocks = list(dict.fromkeys(_block_and_kind(layer)[0] for layer in curves))
         for layer, values in curves.items():
             block, part = _block_and_kind(layer)
-            ax.plot(values["step"], [100 * v for v in values[kind.per_layer]], label=layer,
+            ax.plot(values["step"], [100 * v for v in values[kinds[layer].per_layer]], label=layer,
                     color=f"C{blocks.index(block) % 10}", linestyle="--" if part == "act" else "-")
-        ax.set(xlabel="training step", ylabel=kind.per_layer_ylabel, ylim=(0, 101), title=run.name)
+        ylabels = {k.per_layer_ylabel for k in kinds.values()}
+        ax.set(xlabel="training step", ylabel=ylabels.pop() if len(ylabels) == 1 else "% (each layer's own measure)",
+               ylim=(0, 101), title=run.name)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         add_legend(ax, len(curves), loc="lower right")
         written.append(save_figure(fig, out / f"{run.file_stem}-binarization-layers.png"))
