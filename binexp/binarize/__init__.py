@@ -6,6 +6,7 @@ from binexp.binarize.base import (
     BinaryWeights,
     Method,
     MethodConfig,
+    RecordedProbe,
     probes,
     set_step_mode,
     step_mode,
@@ -13,6 +14,6 @@ from binexp.binarize.base import (
 from binexp.binarize.functional import binary_sign, sign_ste
 
 __all__ = [
-    "BinarizationProbe", "BinaryWeights", "Method", "MethodConfig", "binary_sign", "probes", "set_step_mode", "sign_ste",
-    "step_mode",
+    "BinarizationProbe", "BinaryWeights", "Method", "MethodConfig", "RecordedProbe", "binary_sign", "probes",
+    "set_step_mode", "sign_ste", "step_mode",
 ]

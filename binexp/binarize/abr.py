@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from binexp.binarize.base import ActivationScope, BinarizationProbe, Method, MethodConfig
+from binexp.binarize.base import ActivationScope, Method, MethodConfig, RecordedProbe
 from binexp.binarize.functional import binary_sign
 
 
@@ -39,7 +39,7 @@ class ABRConfig(MethodConfig):
     growth: Growth = Growth.outside
 
 
-class BoundedRectifier(nn.Module, BinarizationProbe):
+class BoundedRectifier(nn.Module, RecordedProbe):
     """clamp(k*y + 0.5, 0, 1) with one slope per channel (dim 1); step form 1[k*y >= 0]."""
 
     def __init__(self, name: str, channels: int, slope_init: str = "ones"):
@@ -52,7 +52,6 @@ class BoundedRectifier(nn.Module, BinarizationProbe):
         self.register_buffer("phase", torch.tensor(0.0))
         self.step = False
         self.probing = False
-        self._counts: dict[str, torch.Tensor] = {}
 
     def _k(self, y: torch.Tensor) -> torch.Tensor:
         return self.slope.view(1, -1, *([1] * (y.dim() - 2))).to(y.dtype)
@@ -74,9 +73,6 @@ class BoundedRectifier(nn.Module, BinarizationProbe):
         return -self.slope_lambda * torch.log(self.slope.abs().clamp_min(1e-12)).sum()
 
     # ---- binarization probe ----------------------------------------------------------------------------
-    def probe_reset(self) -> None:
-        self._counts = {}
-
     def _record(self, out: torch.Tensor) -> None:
         batch = {
             "binary": ((out == 0) | (out == 1)).sum(0, dtype=torch.int64),
@@ -84,11 +80,7 @@ class BoundedRectifier(nn.Module, BinarizationProbe):
             "zeros": (out == 0).sum(0, dtype=torch.int64),
             "samples": torch.tensor(out.shape[0], device=out.device, dtype=torch.int64),
         }
-        for key, value in batch.items():
-            self._counts[key] = self._counts[key] + value if key in self._counts else value
-
-    def probe_counts(self) -> dict[str, torch.Tensor]:
-        return dict(self._counts)
+        self.add_counts(batch)
 
     def probe_summary(self, counts: dict[str, torch.Tensor]) -> dict[str, float]:
         n = counts["samples"].double()

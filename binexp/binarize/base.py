@@ -151,6 +151,22 @@ class BinarizationProbe:
         raise NotImplementedError
 
 
+class RecordedProbe(BinarizationProbe):
+    """A probe of activations: while probing, its forward passes each batch's counts (sums over the batch's
+    samples) to `add_counts`, which sums them over the pass."""
+
+    def probe_reset(self) -> None:
+        self._counts: dict[str, torch.Tensor] = {}
+
+    def add_counts(self, batch: dict[str, torch.Tensor]) -> None:
+        counts = self.__dict__.setdefault("_counts", {})
+        for key, value in batch.items():
+            counts[key] = counts[key] + value if key in counts else value
+
+    def probe_counts(self) -> dict[str, torch.Tensor]:
+        return dict(self.__dict__.get("_counts", {}))
+
+
 def probes(model: nn.Module) -> list[BinarizationProbe]:
     return [m for m in model.modules() if isinstance(m, BinarizationProbe)]
 

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from binexp.binarize.base import BinarizationProbe
+from binexp.binarize.base import RecordedProbe
 
 
 def binary_sign(x: torch.Tensor) -> torch.Tensor:
@@ -36,7 +36,7 @@ def sign_ste(x: torch.Tensor, t_clip: Optional[float] = 1.0) -> torch.Tensor:
     return _SignSTE.apply(x, t_clip)
 
 
-class SignActivation(nn.Module, BinarizationProbe):
+class SignActivation(nn.Module, RecordedProbe):
     """sign(x) as a layer: forward sign (sign(0) = +1), backward the STE cancelled where |x| > t_clip
     (1.0 is BinaryNet's choice, BMXNet sweeps it). `block_name` is the name the architecture built it under.
 
@@ -55,7 +55,6 @@ class SignActivation(nn.Module, BinarizationProbe):
         self.block_name, self.t_clip = name, t_clip
         self.layer_name = name
         self.probing = False
-        self._counts: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.probing:
@@ -69,9 +68,6 @@ class SignActivation(nn.Module, BinarizationProbe):
         return f"t_clip={self.t_clip}"
 
     # ---- binarization probe ----------------------------------------------------------------------------
-    def probe_reset(self) -> None:
-        self._counts = {}
-
     def _record(self, x: torch.Tensor) -> None:
         inside = x.numel() if self.t_clip is None else (x.abs() <= self.t_clip).sum()
         batch = {
@@ -79,11 +75,7 @@ class SignActivation(nn.Module, BinarizationProbe):
             "ones": (x >= 0).sum(0, dtype=torch.int64),
             "samples": torch.tensor(x.shape[0], device=x.device, dtype=torch.int64),
         }
-        for key, value in batch.items():
-            self._counts[key] = self._counts[key] + value if key in self._counts else value
-
-    def probe_counts(self) -> dict[str, torch.Tensor]:
-        return dict(self._counts)
+        self.add_counts(batch)
 
     def probe_summary(self, counts: dict[str, torch.Tensor]) -> dict[str, float]:
         n = counts["samples"].double()

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from binexp.binarize.base import BinarizationProbe, BinaryWeights, MethodConfig
+from binexp.binarize.base import BinarizationProbe, BinaryWeights, MethodConfig, RecordedProbe
 from binexp.binarize.functional import binary_sign
 from binexp.binarize.hard import Base, BinarizedLayers, channel_scale
 from binexp.errors import parse_choice
@@ -137,7 +137,7 @@ class SoftBinaryLinear(_SoftWeights, nn.Linear, BinaryWeights):
         return y if self.output_norm is None else self.output_norm(y)
 
 
-class ScaledTanh(nn.Module, BinarizationProbe):
+class ScaledTanh(nn.Module, RecordedProbe):
     """tanh(nu * x) in training (eq. 7), sign(x) in step mode. `grad="ste"` keeps the forward and backpropagates
     BinaryNet's straight-through estimator instead of tanh's derivative (which grows to nu at x = 0)."""
 
@@ -147,7 +147,6 @@ class ScaledTanh(nn.Module, BinarizationProbe):
         self.straight_through = ActivationGrad.parse(grad) == ActivationGrad.ste
         self.register_buffer("nu", torch.tensor(1.0))
         self.step, self.probing = False, False
-        self._counts: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.step:
@@ -160,20 +159,13 @@ class ScaledTanh(nn.Module, BinarizationProbe):
             self._record(out.detach())
         return out
 
-    def probe_reset(self) -> None:
-        self._counts = {}
-
     def _record(self, out: torch.Tensor) -> None:
         batch = magnitude_counts(out)
         # per unit (channel x position): how often it is saturated at +1 and at -1
         batch["saturated_pos"] = (out > SATURATED).sum(0, dtype=torch.int64)
         batch["saturated_neg"] = (out < -SATURATED).sum(0, dtype=torch.int64)
         batch["samples"] = torch.tensor(out.shape[0], device=out.device, dtype=torch.int64)
-        for key, value in batch.items():
-            self._counts[key] = self._counts[key] + value if key in self._counts else value
-
-    def probe_counts(self) -> dict[str, torch.Tensor]:
-        return dict(self._counts)
+        self.add_counts(batch)
 
     def probe_summary(self, counts: dict[str, torch.Tensor]) -> dict[str, float]:
         stuck = (counts["saturated_pos"] == counts["samples"]) | (counts["saturated_neg"] == counts["samples"])
