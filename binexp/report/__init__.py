@@ -102,14 +102,16 @@ def number(text: str | None) -> float | None:
         return None
 
 
+def value_order(text: str) -> tuple:
+    """How an override's value sorts and compares: as a number where it is one (1 and 1.0 are equal), numbers
+    before text."""
+    n = number(text)
+    return (0, n, "") if n is not None else (1, 0.0, text)
+
+
 def in_override_order(runs: list[Run], keys: list[str]) -> list[Run]:
     """The runs sorted by the values of `keys`, numbers numerically and before text, then by name."""
-
-    def order(run: Run) -> tuple:
-        values = [run.value(k) for k in keys]
-        return (*[(0, n, "") if (n := number(v)) is not None else (1, 0.0, v) for v in values], run.name)
-
-    return sorted(runs, key=order)
+    return sorted(runs, key=lambda run: (*[value_order(run.value(k)) for k in keys], run.name))
 
 
 def _has_run_files(path: Path) -> bool:

@@ -34,14 +34,6 @@ def summarize(values: list[float]) -> Summary:
     return Summary(statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else None, len(finite))
 
 
-def setting_key(value: str) -> tuple:
-    """How a setting's value compares with another's: as a number where it is one."""
-    from binexp.report import number
-
-    n = number(value)
-    return (0, n, "") if n is not None else (1, 0.0, value)
-
-
 @dataclass
 class SeedGroup:
     setting: dict[str, str]  # the other varying overrides' values, as the group's first run has them
@@ -62,14 +54,14 @@ class SeedGroup:
 def group_over_seeds(runs: list, keys: list[str]) -> list[SeedGroup]:
     """The finished runs grouped by every varying key but `seed`, ordered as the run table orders those keys' values;
     [] when `seed` does not vary or no setting has two runs (then the run table says it all)."""
-    from binexp.report import in_override_order
+    from binexp.report import in_override_order, value_order
 
     if SEED_KEY not in keys:
         return []
     others = [k for k in keys if k != SEED_KEY]
     groups: dict[tuple, SeedGroup] = {}
     for run in in_override_order([r for r in runs if r.finished], others):
-        key = tuple(setting_key(run.value(k)) for k in others)
+        key = tuple(value_order(run.value(k)) for k in others)
         groups.setdefault(key, SeedGroup({k: run.value(k) for k in others}, [])).runs.append(run)
     if all(len(g.runs) < 2 for g in groups.values()):
         return []
@@ -118,11 +110,12 @@ def print_seed_table(groups: list[SeedGroup], metrics: list[str]) -> None:
 def plot_seed_means(runs, out: Path, metric: str = "test/acc") -> list[Path]:
     """Settings side by side, each its mean over seeds with a one-sd bar and each run's value faintly; drawn when
     no other swept key is a number (accuracy-vs-<key>.png shows those)."""
-    from binexp.report import number, varying_overrides
+    from binexp.report import varying_overrides
     from binexp.report.curves import save_figure
+    from binexp.report.sweeps import numeric_keys
 
     keys = varying_overrides(runs)
-    if any(k != SEED_KEY and all(number(r.value(k)) is not None for r in runs) for k in keys):
+    if numeric_keys(runs, keys):
         return []
     groups = [g for g in group_over_seeds(runs, keys) if g.summary(metric).n]
     if not groups:

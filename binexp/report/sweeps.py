@@ -26,12 +26,19 @@ def sweep_points(runs, key: str, keys: list[str], metric: str) -> dict[str, list
     return {label: [(x, summarize(points[x]), points[x]) for x in sorted(points)] for label, points in sorted(lines.items())}
 
 
+def numeric_keys(runs, keys: list[str]) -> list[str]:
+    """The varying keys, `seed` excepted, whose every value is a number: each gets an accuracy-vs-<key>.png."""
+    from binexp.report import number
+
+    return [k for k in keys if k != SEED_KEY and all(number(r.value(k)) is not None for r in runs)]
+
+
 def plot_sweeps(runs, out: Path, metric: str = "test/acc") -> list[Path]:
-    from binexp.report import number, varying_overrides
+    from binexp.report import varying_overrides
     from binexp.report.curves import add_legend, crowded, save_figure
 
     keys = varying_overrides(runs)
-    numeric = [k for k in keys if k != SEED_KEY and all(number(r.value(k)) is not None for r in runs)]
+    numeric = numeric_keys(runs, keys)
     if len(runs) < 2 or not numeric:
         return []
     import matplotlib
