@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from contextlib import contextmanager
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -163,6 +165,34 @@ def _check_eval_args(args: list[str]) -> None:
         _fail(f"run={value}: {saved} not found; `run` takes a directory made by `binexp train`")
 
 
+@contextmanager
+def _help_lists_searchpath(args: list[str]):
+    """Hydra's `--help` lists the options of its starting search path only, not those a `hydra.searchpath=[...]`
+    on the same command adds (a method kept outside binexp). Its config loader lists them when handed that
+    override, so for the one help call the loader's listing gets it."""
+    from hydra._internal.hydra import Hydra
+
+    searchpath = [a for a in args if a.partition("=")[0] == "hydra.searchpath"]
+    if not searchpath or not any(a in ("-h", "--help") for a in args):
+        yield
+        return
+    listing = Hydra.format_config_groups
+
+    def format_config_groups(self, predicate, compact=True):
+        loader = self.config_loader
+        loader.get_group_options = partial(loader.get_group_options, overrides=searchpath)
+        try:
+            return listing(self, predicate, compact)
+        finally:
+            del loader.get_group_options
+
+    Hydra.format_config_groups = format_config_groups
+    try:
+        yield
+    finally:
+        Hydra.format_config_groups = listing
+
+
 def _hydra_task(config_name: str, fn):
     import hydra
 
@@ -252,7 +282,8 @@ def main(argv: list[str] | None = None) -> None:
         _check_eval_args(rest)
         app = _hydra_task("eval", evaluate)
     sys.argv = [f"binexp {task}", *rest]
-    app()
+    with _help_lists_searchpath(rest):
+        app()
     if _DIVERGED:
         _fail_diverged()
 

@@ -56,3 +56,13 @@ def test_a_method_outside_the_package_trains_sweeps_against_ste_and_exports(tmp_
         "binexp: error: method._target_=approx_sign.ApproxSign: no module 'approx_sign' on Python's path; a class "
         "defined outside binexp needs its folder on PYTHONPATH (or its package installed)\n")
     assert not run.exists()
+
+
+def test_train_help_lists_the_options_a_searchpath_adds(tmp_path):
+    def method_line(*args):
+        out = binexp("train", *args, "--help", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return next(line for line in out.stdout.splitlines() if line.startswith("method: "))
+
+    assert method_line() == "method: abr, bc, bnn, bwn, fp, sbn, ste, xnor"
+    assert method_line(SEARCH) == "method: abr, approx_sign, bc, bnn, bwn, fp, sbn, ste, xnor"
