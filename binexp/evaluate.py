@@ -157,7 +157,8 @@ def _discard_eval_folder() -> None:
 
 
 def _evaluate(cfg: DictConfig) -> dict[str, float]:
-    from binexp.train import print_summary, scalar_metrics
+    from binexp.module import scalar_metrics
+    from binexp.train import print_summary
 
     run_dir = Path(cfg.run)
     if cfg.protocol and cfg.ckpt in DERIVED_CHECKPOINTS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Optional
 
@@ -15,6 +16,23 @@ from binexp.binarize.base import Method
 from binexp.optim import PLAIN_BIASES, BiasRule, param_groups
 
 TRAIN_TOTALS_KEY = "binexp_train_epoch_totals"
+FIT_METRICS_KEY = "binexp_fit_metrics"
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+def fit_metrics(callback_metrics: dict[str, Any]) -> dict[str, float]:
+    """What metrics.json keeps of the values the fit logged: not the per-step, per-epoch or learning-rate copies."""
+    return {k: v for k, v in scalar_metrics(callback_metrics).items()
+            if not (k.startswith("lr-") or k.endswith("_step") or k.endswith("_epoch"))}
 
 
 class Classifier(pl.LightningModule):
@@ -44,6 +62,7 @@ class Classifier(pl.LightningModule):
         # these go into the checkpoint, so a run resumed mid-epoch still reports the whole epoch.
         self._train_totals: Optional[torch.Tensor] = None
         self._train_images = 0
+        self.fit_metrics_at_checkpoint: dict[str, float] = {}
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets _current_fx_name before and after every hook it calls, about 50 times a training step. It is
@@ -75,11 +94,15 @@ class Classifier(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         totals = None if self._train_totals is None else self._train_totals.cpu()
         checkpoint[TRAIN_TOTALS_KEY] = {"images": self._train_images, "totals": totals}
+        # A run stopped after its last checkpoint (in the test or the protocol) trains nothing when resumed, so its
+        # fit logs nothing: metrics.json then takes the fit's values from here.
+        checkpoint[FIT_METRICS_KEY] = fit_metrics(self.trainer.callback_metrics)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # A checkpoint taken inside an epoch holds its totals so far (after an epoch's last batch they are reset),
         # so a run resumed there logs that epoch's loss and accuracy over all its batches, not only the later ones.
         # (Under DDP only rank 0's totals are saved; each rank restores them, which stands them in for every shard.)
+        self.fit_metrics_at_checkpoint = checkpoint.get(FIT_METRICS_KEY, {})
         saved = checkpoint.get(TRAIN_TOTALS_KEY)
         if saved is not None and saved["images"]:
             self._train_totals, self._train_images = saved["totals"], saved["images"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ from binexp.hydra_output import (
     running_hydra,
 )
 from binexp.models import build_model
-from binexp.module import Classifier
+from binexp.module import Classifier, fit_metrics, scalar_metrics
 from binexp.optim import build_optimizer
 from binexp.profiling import NoProfiler
 from binexp.protocol import PhaseEvaluation, protocol_config, run_protocol
@@ -252,16 +251,6 @@ def existing_run(cfg: DictConfig, run_dir: Path) -> tuple[str, Any]:
     return "unfinished", ckpt
 
 
-def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    out = {}
-    for key, value in metrics.items():
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = value.item()
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            out[key] = float(value)
-    return out
-
-
 def write_metrics(run_dir: Path, metrics: dict[str, float]) -> Path:
     path = run_dir / "metrics.json"
     tmp = path.with_suffix(".tmp")
@@ -333,10 +322,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def _fit_test_evaluate(cfg, run_dir, dm, method, module, callbacks, trainer, ckpt, protocol, started) -> dict[str, float]:
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)  # a signal raises RunInterrupted
 
-    metrics = {
-        k: v for k, v in scalar_metrics(trainer.callback_metrics).items()
-        if not (k.startswith("lr-") or k.endswith("_step") or k.endswith("_epoch"))
-    }
+    metrics = fit_metrics(trainer.callback_metrics) or dict(module.fit_metrics_at_checkpoint)
     for result in trainer.test(module, datamodule=dm, verbose=False):
         metrics.update(scalar_metrics(result))
     for ckpt_cb in trainer.checkpoint_callbacks:

@@ -85,6 +85,38 @@ def test_killed_abr_run_rerun_into_its_directory_equals_an_uninterrupted_one(tmp
     assert rows <= cut_rows and {r.split(",")[0] for r in cut_rows - rows} == {"6"}
 
 
+def test_a_run_stopped_after_its_last_checkpoint_resumes_to_the_same_metrics_and_curves(tmp_path):
+    """Stopped in the test or the protocol (last.ckpt at the last epoch, no metrics.json yet), the resumed run
+    trains nothing: metrics.json still holds the fit's values, which ride in the checkpoint, and the curves get no
+    second row for the step it starts at."""
+    run_dir = tmp_path / "run"
+    straight = train(compose_train(SMOKE + ABR, run_dir=run_dir))
+    curves = (run_dir / "binarization.csv").read_text()
+    (run_dir / "metrics.json").unlink()  # what a kill in the protocol leaves
+
+    resumed = train(compose_train(SMOKE + ABR + [f"resume={run_dir}"], run_dir=run_dir))
+    assert resumed.keys() == straight.keys()
+    for key in ("train/loss", "train/acc", "val/acc", "val/loss", "schedule/phase", "schedule/slope_lambda"):
+        assert key in resumed, key
+    for key in straight:
+        if key != "time/wall_s":
+            assert resumed[key] == straight[key], key
+    assert (run_dir / "binarization.csv").read_text() == curves
+
+
+def test_a_run_resumed_at_an_epoch_end_measures_each_step_once(tmp_path):
+    """Resumed from the checkpoint of an epoch whose end was measured, the curves go on from the next epoch: the
+    same (step, epoch) rows as an uninterrupted run, none repeated under the next epoch's number."""
+    phases = ["schedule.phase1_epochs=1"]
+    straight_dir = tmp_path / "straight"
+    train(compose_train(SMOKE + ABR + phases, run_dir=straight_dir))
+    cut_dir = tmp_path / "cut"
+    train(compose_train(SMOKE + ABR + phases + ["trainer.max_epochs=2"], run_dir=cut_dir))
+    train(compose_train(SMOKE + ABR + phases + [f"resume={cut_dir}"], run_dir=cut_dir))
+
+    assert (cut_dir / "binarization.csv").read_text() == (straight_dir / "binarization.csv").read_text()
+
+
 def test_requeue_signal_is_handed_to_the_cluster_handler_after_the_checkpoint(tmp_path):
     """SIGUSR1 with a handler installed before training (as Lightning's SLURM auto-requeue or submitit install
     theirs): binexp saves last.ckpt at the step boundary first, then calls that handler once."""

@@ -14,7 +14,7 @@ import csv
 import json
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import pytorch_lightning as pl
@@ -153,6 +153,13 @@ class BinarizationCurves(pl.Callback):
                     f"Try a smaller optimizer.lr or schedule.lambda1; inputs scaled as the paper's "
                     f"(dataset.normalize=mean_only) help. Checkpoints so far are in {trainer.default_root_dir}."
                 )
+
+    def state_dict(self) -> dict[str, Any]:
+        # a run resumed from an epoch-end checkpoint starts at a step already measured: no second row for it
+        return {"last_step": self._last_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._last_step = state_dict.get("last_step")
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._record(trainer, pl_module)
