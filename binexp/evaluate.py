@@ -125,8 +125,13 @@ def load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
         module.load_state_dict(saved["state_dict"])
     except RuntimeError as err:
         detail = " ".join(line.strip() for line in str(err).splitlines()[1:3])
-        raise ConfigError(f"ckpt={ckpt}: {path} does not fit the network of {run_dir} (method={cfg.method.name}, "
-                          f"architecture={cfg.architecture.name}); was it saved by another run? {detail}") from None
+        network = f"(method={cfg.method.name}, architecture={cfg.architecture.name})"
+        if overrides:
+            raise ConfigError(f"ckpt={ckpt}: {path} does not fit the network that run_overrides={list(overrides)} "
+                              f"make of {run_dir} {network}: an override that changes the network's layers cannot "
+                              f"take the run's weights. {detail}") from None
+        raise ConfigError(f"ckpt={ckpt}: {path} does not fit the network of {run_dir} {network}; was it saved by "
+                          f"another run? {detail}") from None
     return cfg, dm, module, path
 
 

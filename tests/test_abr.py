@@ -231,6 +231,14 @@ def test_slopes_grow_by_the_schedule(tmp_path):
     assert torch.allclose(net_k, torch.full_like(net_k, k), rtol=1e-5)
 
 
+def test_metrics_end_with_the_schedules_last_values_between_logged_steps(tmp_path):
+    """The step log samples every trainer.log_every_n_steps (here only step 0, in phase 1); metrics.json holds the
+    values of the last step trained, in phase 2."""
+    _, metrics = run(tmp_path, ["trainer.max_epochs=2", "schedule.phase1_epochs=1", "trainer.log_every_n_steps=50"])
+    assert metrics["schedule/phase"] == 2.0
+    assert metrics["schedule/slope_lambda"] == pytest.approx(1e-2)
+
+
 def test_resumed_run_has_the_same_slopes_lambda_and_phase(tmp_path):
     common = ["trainer.deterministic=true"]
     straight_dir, straight = run(tmp_path, common, "straight")

@@ -195,6 +195,10 @@ def test_eval_tests_on_the_runs_own_test_batches_and_refuses_changing_its_groups
     with pytest.raises(ConfigError, match=r"method=bnn: method is a config group whose option the run chose, and the "
                                           r"config of .* keeps it; change its keys instead \(method.<key>=<value>; keys: "):
         evaluate(eval_config(run=str(run_dir), accelerator="cpu", run_overrides=["method=bnn"]))
+    with pytest.raises(ConfigError, match=r"does not fit the network that run_overrides=\['architecture.width=2'\] make "
+                                          r"of .*: an override that changes the network's layers cannot take the run's "
+                                          r"weights\. (Missing key|size mismatch)"):
+        evaluate(eval_config(run=str(run_dir), accelerator="cpu", run_overrides=["architecture.width=2"]))
     with pytest.raises(ConfigError, match=r"accelerator=nope: .*\(allowed: auto, cpu, gpu"):
         evaluate(eval_config(run=str(run_dir), accelerator="nope"))
     with pytest.raises(ConfigError, match=r"trainer.limit_test_batches=-1 \(the run's, or run_overrides'\): "):

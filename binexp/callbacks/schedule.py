@@ -31,6 +31,7 @@ class ScheduleCallback(pl.Callback):
     def __init__(self, schedule: Schedule, log_every_n_steps: int = 50):
         self.schedule = schedule
         self.log_every_n_steps = log_every_n_steps
+        self._values: dict[str, float] = {}  # those of the last step trained
 
     def progress(self, trainer: pl.Trainer) -> Progress:
         steps_per_epoch = max(int(trainer.num_training_batches // trainer.accumulate_grad_batches), 1)
@@ -41,8 +42,16 @@ class ScheduleCallback(pl.Callback):
         if not values:
             return
         write_buffers(pl_module, values)
+        self._values = values
         if WEIGHT_DECAY in values:
             for optimizer in trainer.optimizers:
                 set_weight_decay(optimizer, values[WEIGHT_DECAY])
         if trainer.global_step % self.log_every_n_steps == 0:
             pl_module.log_dict({f"schedule/{k}": float(v) for k, v in values.items()}, on_step=True, on_epoch=False)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # the epoch's last values, so that metrics.json ends with the schedule's end (the step logging above
+        # samples every log_every_n_steps steps, and its last sample can be from an earlier phase)
+        if self._values:
+            pl_module.log_dict({f"schedule/{k}": float(v) for k, v in self._values.items()}, on_step=False,
+                               on_epoch=True)

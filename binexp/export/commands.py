@@ -245,7 +245,7 @@ def _print_rows(title: str, rows: list[tuple[str, str]]) -> None:
 def main_export(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="binexp export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="a run directory made by `binexp train`")
-    parser.add_argument("options", nargs="*", help="ckpt=last|best|binary_weights|bn_reestimated|<path>, out=<file>")
+    parser.add_argument("options", nargs="*", help="ckpt=last|best|binary_weights|bn_reestimated|<path>, out=<.safetensors file or folder>")
     args = parser.parse_args(argv)
     opts, _ = _key_values(args.options, ("ckpt", "out"))
     out = opts.get("out")
