@@ -43,7 +43,7 @@ from torch import nn
 
 from binexp.binarize.base import BinaryWeights, evaluating, step_mode
 from binexp.binarize.binary_bn import BinaryBN, binary_bn_layers, fixed_point_outputs, input_ranges
-from binexp.binarize.functional import binary_sign
+from binexp.binarize.functional import SignActivation, binary_sign
 from binexp.distributed import gather_in_order, sum_over_shards
 from binexp.errors import ConfigError
 
@@ -87,7 +87,10 @@ def derived_checkpoint_path(run_dir: Path, name: str) -> Path:
 
 
 def has_step_form(net: nn.Module) -> bool:
-    return any(hasattr(m, "step") for m in net.modules())
+    """Layers with a step form, or binary already (sign activations, sign weights): the protocol's `binary`
+    accuracy is defined, and equals `regular` for a network with nothing left to step (STE's without a BN before
+    its signs, BinaryConnect's)."""
+    return any(hasattr(m, "step") or isinstance(m, (SignActivation, BinaryWeights)) for m in net.modules())
 
 
 def classifier_of(net: nn.Module) -> nn.Linear:

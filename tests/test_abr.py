@@ -148,6 +148,10 @@ def test_unknown_scope_names_are_refused_with_the_allowed_ones():
         build_model(arch, ABR(scope=["conv9"]), (3, 32, 32), 10)
     with pytest.raises(ConfigError, match="allowed are all, last"):
         ABR(scope="first")
+    resnet = compose_train(["architecture=resnet18", "architecture.width=0.125"]).architecture
+    with pytest.raises(ConfigError, match=r"scope=last: this architecture marks no activation as the last hidden one .*"
+                                          r"e\.g\. method\.scope=\[layer4\.1\.conv2\] \(allowed: layer1\.0\.conv1, layer1\.0\.conv2, "):
+        build_model(resnet, ABR(scope="last"), (3, 32, 32), 10)
 
 
 def test_curve_statistics_on_a_hand_made_activation_tensor():

@@ -174,6 +174,8 @@ def test_exported_model_computes_what_the_step_mode_network_computes(arch, metho
     net = build_model(cfg.architecture, build(cfg.method), shape, num_classes=10)
     randomize(net)
     ops, inp, out = lower(net, shape)
+    names = [op.name for op in ops]
+    assert len(names) == len(set(names))  # a value read twice (a residual's sum and a batch norm) is computed once
     manifest, tensors = artifact.manifest_and_tensors(ops, inp, out, {})
     thresholds = [op for op in manifest["ops"] if op["kind"] == "threshold"]
     x = torch.randn(24, *shape) * 2

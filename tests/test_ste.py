@@ -146,6 +146,20 @@ def test_an_ste_run_logs_its_sign_layers_curves_and_reports_them(tmp_path):
     assert (run_dir / "firing_matrix.npy").exists()  # the last sign layer's units, per class
 
 
+@pytest.mark.parametrize("method", ["bnn", "bc"])
+def test_a_network_binary_already_gets_the_protocol_and_its_derived_checkpoints(tmp_path, method):
+    """LeNet without batch norm has no BinaryBN to step (bnn: signs with no BN before them; bc: sign weights and
+    ReLUs): its binary accuracy is its regular one, and Section 4.4's network is still derived and saved."""
+    from binexp.train import train
+
+    run_dir = tmp_path / "run"
+    metrics = train(compose_train(["dataset=synthetic", "debug=smoke", f"method={method}",
+                                   "protocol.binary_weights_epochs=1"], run_dir=run_dir))
+    assert metrics["protocol/binary"] == metrics["protocol/regular"] == metrics["test/acc"]
+    assert "protocol/finetuned" in metrics and "protocol/binary_weights" in metrics
+    assert (run_dir / "checkpoints" / "binary_weights.ckpt").exists()
+
+
 def test_a_t_clip_multirun_gives_two_runs_and_a_two_row_report(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     sweep = tmp_path / "sweep"

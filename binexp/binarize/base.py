@@ -44,6 +44,11 @@ class ActivationScope:
 
     def check(self, selected: int) -> None:
         if isinstance(self.scope, str):
+            if selected == 0 and self.scope == "last":
+                raise ConfigError(
+                    "method.scope=last: this architecture marks no activation as the last hidden one (the ResNets' and "
+                    "DenseNets' heads keep a float ReLU before the classifier); list activations instead, e.g. "
+                    f"method.scope=[{self.seen[-1] if self.seen else 'name'}] (allowed: {', '.join(self.seen)})")
             if selected == 0:
                 raise ConfigError(f"method.scope={self.scope}: this architecture has no such activation")
             return

@@ -167,6 +167,8 @@ class Lowering:
         if v.layer is None:
             return v
         name = f"{v.name}.affine"
+        if name in self.values:  # read by several ops (a residual's sum and the next batch norm): scaled once
+            return self.values[name]
         tensors = {}
         scale = v.layer.output_scale()
         if scale is not None:
