@@ -66,3 +66,27 @@ def test_train_help_lists_the_options_a_searchpath_adds(tmp_path):
 
     assert method_line() == "method: abr, bc, bnn, bwn, fp, sbn, ste, xnor"
     assert method_line(SEARCH) == "method: abr, approx_sign, bc, bnn, bwn, fp, sbn, ste, xnor"
+
+
+RSIGN = Path(__file__).resolve().parents[1] / "docs" / "examples" / "rsign"
+
+
+def test_a_learned_threshold_method_trains_and_exports_the_network_it_trained(tmp_path):
+    """docs/examples/rsign: sign(x - alpha) with alpha learned per channel. Its step form is the trained network
+    (protocol/binary = test/acc), and the export, alpha folded in, verifies with 0 differences."""
+    env = {"PYTHONPATH": str(RSIGN)}
+    run = tmp_path / "run"
+    out = binexp("train", f"hydra.searchpath=[file://{RSIGN / 'conf'}]", "method=rsign", "dataset=synthetic",
+                 "debug=smoke", "architecture.batch_norm=true", "architecture.conv_act=true", f"hydra.run.dir={run}",
+                 cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["protocol/binary"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    alphas = [v for k, v in state.items() if k.endswith(".threshold")]
+    assert len(alphas) == 3 and all(bool((a != 0).any()) for a in alphas)  # learned, not left at 0
+    out = binexp("export", str(run), cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    out = binexp("verify", str(run / "export" / "model.safetensors"), cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads((run / "export" / "verify.json").read_text())["differing_predictions"] == 0

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from binexp.binarize.base import evaluating
+from binexp.binarize.functional import SignActivation, sign_ste
+from binexp.binarize.ste import STE
 from binexp.builder import build
 from binexp.cli import main
 from binexp.errors import ConfigError
@@ -112,6 +114,23 @@ def test_an_unknown_op_is_refused_naming_its_layer_and_what_exports():
         lower(net, (1, 2, 2))
 
 
+class _ShapeReadingPReLU(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x):
+        return F.relu(x - self.shift.view(1, -1, *([1] * (x.dim() - 2))))
+
+
+def test_a_forward_torch_fx_cannot_trace_is_refused_naming_its_layer():
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Sequential(nn.BatchNorm2d(3), _ShapeReadingPReLU(3)), nn.Flatten())
+    with pytest.raises(ExportError, match=r"^layer 1\.1 \(_ShapeReadingPReLU\): torch\.fx cannot trace its forward "
+                                          r"\(\w+: .*\); the export reads a network through torch\.fx, so a forward "
+                                          r"must not branch on or iterate over tensor values or shapes$"):
+        lower(net, (1, 5, 5))
+
+
 class _HandMadeBinaryLinear(nn.Linear):
     def forward(self, x):
         return nn.functional.linear(x, torch.where(self.weight >= 0, 1.0, -1.0), self.bias)
@@ -189,6 +208,66 @@ def test_exported_model_computes_what_the_step_mode_network_computes(arch, metho
         assert torch.equal(recorded[layer], expected), layer
     if method in ("xnor", "sbn", "ste", "bnn"):  # binary activations feed binary layers: popcount does the work
         assert any(op["kind"].startswith("binary_") for op in manifest["ops"])
+
+
+class _ThresholdedSign(SignActivation):
+    def __init__(self, name: str, channels: int):
+        super().__init__(name, t_clip=0.5)
+        self.threshold = nn.Parameter(torch.zeros(channels))
+
+
+class _ThresholdedSTE(STE):
+    def act(self, name, channels, *, last=False):
+        return _ThresholdedSign(name, channels)
+
+
+@pytest.mark.parametrize("arch,extra", [("lenet", ["architecture.batch_norm=true", "architecture.conv_act=true"]),
+                                        ("resnet18", []), ("densenet13", [])])
+def test_learned_thresholds_fold_into_the_export_and_the_step_form_is_the_trained_network(arch, extra):
+    """sign(x - t) after a binary layer (integer sums) and after float values: the export computes the step form
+    bit for bit, and the step form (its BN kept float) predicts what the network in eval mode does."""
+    cfg = compose_train([f"architecture={arch}", "dataset=synthetic", "architecture.width=0.25", *extra])
+    shape = (1, 28, 28) if arch == "lenet" else (3, 32, 32)
+    net = build_model(cfg.architecture, _ThresholdedSTE(), shape, num_classes=10)
+    randomize(net)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, _ThresholdedSign):
+                m.threshold.normal_(0, 1, generator=g)
+                m.threshold[::3] = 0.0
+    ops, inp, out = lower(net, shape)
+    manifest, tensors = artifact.manifest_and_tensors(ops, inp, out, {})
+    thresholds = [op for op in manifest["ops"] if op["kind"] == "threshold"]
+    inputs = {op["attrs"]["input"] for op in thresholds}  # after binary sums (conv -> BN -> sign) and after floats
+    assert inputs == ({"float"} if arch == "densenet13" else {"int", "float"})
+    x = torch.randn(24, *shape) * 2
+    logits, activations = step_outputs(net, x, [op["attrs"]["layer"] for op in thresholds])
+    recorded: dict[str, torch.Tensor] = {}
+    assert torch.equal(StepModel(manifest, tensors)(x, record=recorded), logits)
+    for op in thresholds:
+        assert torch.equal(recorded[op["attrs"]["layer"]], (activations[op["attrs"]["layer"]] > 0).to(torch.uint8))
+    with evaluating(net):
+        assert torch.equal(net(x).argmax(1), logits.argmax(1))
+    with torch.no_grad():  # the thresholds are in the file: without them the model computes something else
+        for m in net.modules():
+            if isinstance(m, _ThresholdedSign):
+                m.threshold.zero_()
+    manifest0, tensors0 = artifact.manifest_and_tensors(*lower(net, shape), {})
+    assert not torch.equal(StepModel(manifest0, tensors0)(x), logits)
+
+
+class _ShiftedInBinarize(SignActivation):
+    def binarize(self, x):
+        return sign_ste(x - 0.01, self.t_clip)
+
+
+def test_an_activation_whose_binarize_is_not_sign_is_refused():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), _ShiftedInBinarize("fc1"), nn.Linear(3, 2))
+    with pytest.raises(ExportError, match=r"^layer 2 \(_ShiftedInBinarize\): binarize\(x\) is not sign\(x\) in the "
+                                          r"forward \(at x=0 it gives \[-1.0\]\); .*a shift goes in the activation's "
+                                          r"`threshold`"):
+        lower(net, (1, 2, 2))
 
 
 def test_gamma_zero_and_negative_gamma_channels_threshold_like_the_network():
@@ -329,6 +408,18 @@ def test_export_and_verify_from_the_command_line(tmp_path, capsys):
         with pytest.raises(SystemExit) as err:
             main(["verify", str(tmp_path / "m.safetensors"), option])
         assert err.value.code == 2 and message in capsys.readouterr().err, option
+
+
+def test_verify_fails_on_a_differing_activation_even_with_every_prediction_equal(monkeypatch, capsys):
+    result = {"samples": 8, "differing_predictions": 0, "accuracy_trained_step": 0.5, "accuracy_exported": 0.5,
+              "popcount": "numpy", "differing_activations": {"conv1": 0, "fc1": 1},
+              "activations_compared": {"conv1": 64, "fc1": 32}}
+    monkeypatch.setattr("binexp.export.commands.verify_artifact", lambda *args: result)
+    with pytest.raises(SystemExit) as err:
+        main(["verify", "m.safetensors"])
+    assert err.value.code == 1
+    assert capsys.readouterr().err == ("binexp: error: 0 predictions differ between m.safetensors and the trained "
+                                       "network (differing binary activations: fc1 1)\n")
 
 
 def test_verify_refuses_a_checkpoint_that_is_not_the_exported_one(tmp_path):

@@ -101,6 +101,23 @@ def test_sign_curves_count_the_inputs_inside_the_gradient_window_ones_and_consta
     assert everything.probe_summary(everything.probe_counts())["passing"] == 1.0
 
 
+def test_a_threshold_shifts_the_sign_its_gradient_window_and_its_curves():
+    """sign(x - t) per channel (ReActNet's RSign): t gets the negated straight-through gradient, and the curves
+    count the shifted input."""
+    act = SignActivation("fc1", t_clip=0.5)
+    act.threshold = torch.nn.Parameter(torch.tensor([0.5, -1.0]))
+    x = torch.tensor([[0.4, -1.0], [0.5, -1.25], [1.25, 0.0]], requires_grad=True)
+    act.probe_reset()
+    act.probing = True
+    y = act(x)
+    assert y.tolist() == [[-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]]
+    y.sum().backward()
+    # x - t: [[-0.1, 0], [0, -0.25], [0.75, 1]]; inside |.| <= 0.5 everywhere but the last row
+    assert x.grad.tolist() == [[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]]
+    assert act.threshold.grad.tolist() == [-2.0, -2.0]
+    assert act.probe_summary(act.probe_counts()) == {"passing": 4 / 6, "ones": 4 / 6, "constant": 0.0}
+
+
 def test_sign_layers_curves_wait_for_training_and_never_stop_a_run_as_collapsed(tmp_path):
     from types import SimpleNamespace
 

@@ -263,7 +263,9 @@ def link_to_activations(model: nn.Module, sign_activations: tuple[type, ...]) ->
     (conv -> [pool] -> bn -> act, or pre-activation bn -> act -> conv). A BN without one (ResNet's head, followed
     by a float ReLU) keeps its float form in step mode.
     """
-    signs = {m.block_name for m in model.modules() if isinstance(m, sign_activations)}
+    # a sign with a threshold computes sign(BN(x) - threshold), which BinaryBN's sign(BN(x)) is not
+    signs = {m.block_name for m in model.modules()
+             if isinstance(m, sign_activations) and getattr(m, "threshold", None) is None}
     linked = 0
     for module in model.modules():
         if isinstance(module, _BinaryBNStepForm):

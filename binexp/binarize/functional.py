@@ -46,6 +46,11 @@ class SignActivation(nn.Module, RecordedProbe):
     of units with one sign for every test image. A sign is binary from the start, so these say how much of the
     layer still learns, not how binary it is. In eval mode the BN before a sign uses its running statistics,
     which are PyTorch's defaults before the first step: the curves start after training has.
+
+    `threshold` (None, or one value per channel: a subclass sets it, e.g. as a Parameter for ReActNet's learnable
+    RSign) shifts the input: the output is sign(x - threshold), `binarize` sees x - threshold, and the curves
+    count that shifted input. In step mode the BN before such a sign stays float (BinaryBN is sign(BN(x)), which
+    has no shift) and the export folds the shift into the layer's comparison.
     """
 
     measured_after_training_starts = True
@@ -55,8 +60,11 @@ class SignActivation(nn.Module, RecordedProbe):
         self.block_name, self.t_clip = name, t_clip
         self.layer_name = name
         self.probing = False
+        self.threshold: Optional[torch.Tensor] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.threshold is not None:
+            x = x - self.threshold.view(1, -1, *[1] * (x.dim() - 2))
         if self.probing:
             self._record(x.detach())
         return self.binarize(x)

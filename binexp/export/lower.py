@@ -55,7 +55,8 @@ class ExportError(BinexpError):
 # what a new method's layers need to be, so that the lowering knows them (README, "Adding a method")
 EXPORTABLE = ("an activation whose forward is sign subclasses binexp.binarize.functional.SignActivation (its "
               "binarize() has the method's own backward), a binary-weight layer is an nn.Conv2d or nn.Linear with "
-              "binexp.binarize.base.BinaryWeights (README: Adding a method)")
+              "binexp.binarize.base.BinaryWeights; float layers export as torch's Conv2d, Linear, BatchNorm, ReLU, "
+              "max/average pooling, Flatten, add and cat, and no others (README: Adding a method)")
 
 
 def _no_rule(node: fx.Node, what: str) -> ExportError:
@@ -90,8 +91,34 @@ class Value:
 
 
 class _Tracer(fx.Tracer):
+    def __init__(self):
+        super().__init__()
+        self.failed_in: tuple[str, nn.Module] | None = None  # the innermost layer whose forward did not trace
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, LEAVES) or super().is_leaf_module(m, qualname)
+
+    def call_module(self, m, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            self.failed_in = self.failed_in or (self.path_of_module(m), m)
+            raise
+
+
+def _trace(net: nn.Module) -> fx.Graph:
+    """torch.fx's graph of `net`; a forward it cannot trace (Python that reads tensor values or iterates over a
+    shape) is refused naming the layer, not with fx's traceback."""
+    tracer = _Tracer()
+    try:
+        return tracer.trace(net)
+    except Exception as err:  # fx raises TraceError, TypeError, RuntimeError ... from inside the user's forward
+        if tracer.failed_in is None:
+            raise
+        path, m = tracer.failed_in
+        raise ExportError(f"layer {path} ({type(m).__name__}): torch.fx cannot trace its forward ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}); the export reads a network through "
+                          f"torch.fx, so a forward must not branch on or iterate over tensor values or shapes") from None
 
 
 def _np(t: torch.Tensor, dtype=np.float32) -> np.ndarray:
@@ -113,6 +140,25 @@ def _round_up_f32(values: np.ndarray) -> np.ndarray:
 
 def _fires(out: torch.Tensor, act: nn.Module) -> torch.Tensor:
     return out > (0 if isinstance(act, PLUS_MINUS_ONE) else 0.5)
+
+
+# every sign of a float32 near 0 and far from it: a forward that is not sign(x) differs from it on one of these
+SIGN_PROBE = torch.cat((-torch.logspace(-30, 30, 601), torch.zeros(1), torch.logspace(-30, 30, 601)))
+
+
+def check_sign_forward(act: SignActivation, channels: int, where: str) -> None:
+    """The lowering computes sign(x - threshold) for a SignActivation, as its step form does with BinaryBN: a
+    `binarize` whose forward is something else would be exported as a sign, silently, so it is refused."""
+    x = SIGN_PROBE[:, None].expand(len(SIGN_PROBE), channels).contiguous()
+    with torch.no_grad():
+        out = act.binarize(x)
+    wrong = (out != torch.where(x >= 0, 1.0, -1.0)).any(dim=1).nonzero()
+    if len(wrong):
+        at = float(SIGN_PROBE[wrong[0, 0]])
+        raise ExportError(f"{where}: binarize(x) is not sign(x) in the forward (at x={at:g} it gives "
+                          f"{sorted(set(out[wrong[0, 0]].tolist()))}); the export and step mode compute sign(x - "
+                          "threshold): a shift goes in the activation's `threshold` (one value per channel, e.g. a "
+                          "Parameter: ReActNet's RSign), and binarize() keeps sign's forward with the method's backward")
 
 
 def integer_bounds(fires: torch.Tensor, values: torch.Tensor, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -139,7 +185,7 @@ class Lowering:
     def __init__(self, net: nn.Module, image_shape: tuple[int, ...]):
         self.net = net
         self.modules = dict(net.named_modules())
-        self.graph = fx.GraphModule(net, _Tracer().trace(net))
+        self.graph = fx.GraphModule(net, _trace(net))
         with evaluating(self.graph, step=True):
             ShapeProp(self.graph).propagate(torch.zeros(1, *image_shape))
         self.ops: list[Op] = []
@@ -285,6 +331,8 @@ class Lowering:
 
     def threshold(self, node: fx.Node, m: nn.Module) -> Value:
         v = self.arg(node)
+        if isinstance(m, SignActivation):
+            check_sign_forward(m, self.channels(node), f"layer {node.target} ({type(m).__name__})")
         sem = "pm1" if isinstance(m, PLUS_MINUS_ONE) else "01"
         attrs = {"layer": node.target, "output": sem, "shape": self.shape(node)}
         if v.kind == "ints":
@@ -324,6 +372,9 @@ class Lowering:
         if bn is not None:
             v = self.emit_batch_norm(v, bn, f"{node.name}.bn")
         direction, bound = np.ones(c), np.zeros(c, dtype=np.float32)
+        if isinstance(m, SignActivation) and m.threshold is not None:
+            # y - t >= 0 <=> y >= t in float32: a correctly rounded difference keeps the exact one's sign
+            bound = _np(m.threshold).reshape(c)
         if isinstance(m, ThresholdableReLU):  # y > 0 <=> y >= the smallest positive float32
             bound[:] = np.nextafter(np.float32(0), np.float32(1))
         if isinstance(m, BoundedRectifier):  # k*y >= 0: y >= 0 for k > 0, -y >= 0 for k < 0, always for k = 0
