@@ -31,6 +31,20 @@ def test_paper_table_sets_each_metric_beside_the_papers(tmp_path):
     ]
 
 
+def test_a_run_that_picked_another_method_is_not_set_beside_the_papers(tmp_path, capsys):
+    """A sweep of methods over an experiment: only the run of the experiment's own method is the paper's row."""
+    paper = {"source": "BMXNet Table 2, MNIST", "choices": {"dataset": "mnist", "method": "ste"},
+             "metrics": {"test/acc": 99.3}}
+    runs = [Run(tmp_path / name, {"test/acc": acc}, config={"paper": paper, "dataset": {"name": "mnist"},
+                                                             "method": {"name": name}})
+            for name, acc in [("ste", 0.9913), ("rsign", 0.9925)]]
+    assert write_paper_table(runs, tmp_path) == [tmp_path / "paper.csv"]
+    assert (tmp_path / "paper.csv").read_text().splitlines() == [
+        "run,source,metric,ours,paper,difference", "ste,\"BMXNet Table 2, MNIST\",test/acc,99.13,99.3,-0.17"]
+    assert ("rsign: not beside BMXNet Table 2, MNIST, whose numbers are for method=ste (the run: method=rsign)"
+            in capsys.readouterr().out)
+
+
 def test_no_paper_table_without_paper_numbers(tmp_path):
     assert write_paper_table([Run(tmp_path / "a", {"test/acc": 0.9}, config={})], tmp_path) == []
     assert not (tmp_path / "paper.csv").exists()

@@ -1,7 +1,8 @@
 """Each run beside the published numbers of the experiment it ran (the experiment's `paper:` block): `paper.csv`.
 
-An experiment names its source and, per metrics.json key, the paper's value in %; a run whose config has such a
-block gets one row per key: ours, the paper's, and the difference.
+An experiment names its source, the group options the numbers are for, and, per metrics.json key, the paper's
+value in %; a run whose config has such a block, and those options, gets one row per key: ours, the paper's, and
+the difference.
 """
 
 from __future__ import annotations
@@ -26,10 +27,18 @@ class PaperRow:
         return None if self.ours is None else self.ours - self.paper
 
 
+def other_choices(config: dict, paper: dict) -> dict[str, str]:
+    """group -> the run's option, where it is not the one the paper's numbers are for."""
+    ran = {group: str((config.get(group) or {}).get("name", "")) for group in paper.get("choices") or {}}
+    return {group: option for group, option in ran.items() if option != str(paper["choices"][group])}
+
+
 def paper_rows(runs) -> list[PaperRow]:
     rows = []
     for r in runs:
         paper = (r.config or {}).get("paper") or {}
+        if other_choices(r.config or {}, paper):
+            continue
         for metric, value in (paper.get("metrics") or {}).items():
             ours = r.metrics.get(metric)
             rows.append(PaperRow(r.name, paper.get("source", ""), metric, None if ours is None else 100 * ours, float(value)))
@@ -44,6 +53,13 @@ def _pct(value: Optional[float], signed: bool = False) -> str:
 
 def write_paper_table(runs, out: Path) -> list[Path]:
     rows = paper_rows(runs)
+    for r in runs:
+        paper = (r.config or {}).get("paper") or {}
+        other = other_choices(r.config or {}, paper)
+        if other:
+            print(f"{r.name}: not beside {paper.get('source', 'the paper')}, whose numbers are for "
+                  + ", ".join(f"{g}={paper['choices'][g]}" for g in other) + " (the run: "
+                  + ", ".join(f"{g}={o}" for g, o in other.items()) + ")")
     if not rows:
         return []
     from rich.console import Console
