@@ -49,6 +49,7 @@ def plot_learning_curves(runs, out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from binexp.report.curves import add_legend, crowded, save_figure
 
@@ -57,6 +58,7 @@ def plot_learning_curves(runs, out: Path) -> list[Path]:
         xs, ys = zip(*points)
         ax.plot(xs, [100 * y for y in ys], marker=".", label=name)
     ax.set(xlabel="epoch", ylabel=f"{TAG} (%)", title=f"{TAG} during training")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.5 between two of them
     ax.grid(alpha=0.3)
     add_legend(ax, len(curves), fontsize="small")
     return [save_figure(fig, out / "learning-curves.png")]
