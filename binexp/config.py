@@ -113,8 +113,8 @@ class TrainerConfig:
 class PaperConfig:
     """The published numbers an experiment reproduces; `binexp report` sets each run's results beside them."""
     source: str = MISSING  # where the numbers are printed, e.g. "SBN Table 1, CIFAR-10"
-    # the group options the numbers are for (dataset, architecture, method -> option): a run of the experiment
-    # that picks another (a sweep of methods over it) is not set beside them
+    # what the numbers are for: a group -> its option (the group's `name`), or a dotted key -> its value
+    # (method.base: bnn); a run of the experiment that differs (a sweep of methods over it) is not set beside them
     choices: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)  # metrics.json key -> the paper's value in %
 

@@ -126,13 +126,28 @@ def load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
     except RuntimeError as err:
         detail = " ".join(line.strip() for line in str(err).splitlines()[1:3])
         network = f"(method={cfg.method.name}, architecture={cfg.architecture.name})"
-        if overrides:
+        if overrides and _fits_the_run_as_saved(run_dir, saved, dm):
             raise ConfigError(f"ckpt={ckpt}: {path} does not fit the network that run_overrides={list(overrides)} "
                               f"make of {run_dir} {network}: an override that changes the network's layers cannot "
                               f"take the run's weights. {detail}") from None
         raise ConfigError(f"ckpt={ckpt}: {path} does not fit the network of {run_dir} {network}; was it saved by "
                           f"another run? {detail}") from None
     return cfg, dm, module, path
+
+
+def _fits_the_run_as_saved(run_dir: Path, saved: dict, dm) -> bool:
+    """Whether the checkpoint loads into the run's network built without run_overrides: then they are what broke it."""
+    from binexp.train import build_method, build_module
+
+    cfg = load_run_config(run_dir)
+    module = build_module(cfg, dm, build_method(cfg))
+    if saved.get(BINARY_WEIGHTS_KEY):
+        freeze_sign_weights(module.net)
+    try:
+        module.load_state_dict(saved["state_dict"])
+    except RuntimeError:
+        return False
+    return True
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

@@ -323,6 +323,9 @@ def _fit_test_evaluate(cfg, run_dir, dm, method, module, callbacks, trainer, ckp
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)  # a signal raises RunInterrupted
 
     metrics = fit_metrics(trainer.callback_metrics) or dict(module.fit_metrics_at_checkpoint)
+    for cb in callbacks:
+        if isinstance(cb, ScheduleCallback):
+            metrics.update({f"schedule/{k}": float(v) for k, v in cb.last_values.items()})
     for result in trainer.test(module, datamodule=dm, verbose=False):
         metrics.update(scalar_metrics(result))
     for ckpt_cb in trainer.checkpoint_callbacks:

@@ -249,6 +249,28 @@ def test_a_run_cut_by_max_steps_inside_an_epoch_resumes_at_its_next_batch(tmp_pa
     for key in ("trainer/global_step", "trainer/epochs", "test/acc", "test/loss"):
         assert resumed[key] == straight[key], key
 
+def test_a_run_cut_by_max_steps_measures_its_last_step_once_and_keeps_its_schedule_values(tmp_path):
+    """ABR cut by max_steps=6 in phase 2 (phase 1: one epoch of 4 steps). Stopped after its checkpoint (no
+    metrics.json), the resumed run still reports the last step's schedule values; resumed to max_steps=10, its
+    curves hold each step once: a run to 10 at once's, and step 6, where the cut one stopped."""
+    common = SMOKE + ABR + ["schedule.phase1_epochs=1", "trainer.log_every_n_steps=50"]
+    cut_dir = tmp_path / "cut"
+    first = train(compose_train(common + ["trainer.max_steps=6"], run_dir=cut_dir))
+    assert first["schedule/phase"] == 2.0 and first["schedule/slope_lambda"] == pytest.approx(1e-2)
+    (cut_dir / "metrics.json").unlink()  # what a kill in the test or the protocol leaves
+    again = train(compose_train(common + ["trainer.max_steps=6", f"resume={cut_dir}"], run_dir=cut_dir))
+    assert again["schedule/phase"] == 2.0 and again["schedule/slope_lambda"] == first["schedule/slope_lambda"]
+
+    train(compose_train(common + ["trainer.max_steps=10", f"resume={cut_dir}"], run_dir=cut_dir))
+    train(compose_train(common + ["trainer.max_steps=10"], run_dir=tmp_path / "straight"))
+
+    def rows(run_dir: Path) -> list[tuple[str, str]]:  # (step, layer)
+        return [(r.split(",")[0], r.split(",")[2]) for r in (run_dir / "binarization.csv").read_text().splitlines()[1:]]
+
+    assert len(rows(cut_dir)) == len(set(rows(cut_dir)))
+    assert set(rows(cut_dir)) == set(rows(tmp_path / "straight")) | {("6", "fc1")}
+
+
 def test_a_run_started_before_a_config_key_existed_continues(tmp_path, caplog):
     """A checkpoint whose saved config lacks a key the schema has now (an older binexp) is the same job: rerun into
     its directory, it continues; a value both configs hold and that differs is still refused."""

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from binexp.report import DEFAULT_METRICS, Run
-from binexp.report.papers import write_paper_table
+from binexp.report.papers import other_choices, write_paper_table
 from tests.conftest import compose_train
 
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
@@ -58,6 +58,17 @@ def test_an_experiments_paper_numbers_name_metrics_a_run_writes(experiment):
     assert paper.source and len(paper.metrics) >= 1
     for metric, value in OmegaConf.to_container(paper.metrics).items():
         assert metric in DEFAULT_METRICS and 10 <= value <= 100, (experiment, metric, value)
+    # its own run is set beside the numbers (a saved config: enum options as their names)
+    saved = OmegaConf.to_container(compose_train([f"experiment={experiment}"]), resolve=False, enum_to_str=True)
+    assert {"dataset", "architecture", "method"} <= set(saved["paper"]["choices"])
+    assert other_choices(saved, saved["paper"]) == {}
+
+
+def test_an_sbn_run_on_another_base_is_not_set_beside_the_papers_number_for_its_experiments_base():
+    saved = OmegaConf.to_container(compose_train(["experiment=sbn_table1_sbn_bnn", "method.base=bc"]), resolve=False,
+                                   enum_to_str=True)
+    assert other_choices(saved, saved["paper"]) == {"method.base": "bc"}
+    assert other_choices({"trainer": {}}, {"choices": {"trainer": "gpu"}}) == {"trainer": ""}  # a group with no name
 
 
 def _unfinished_run(path: Path) -> Path:

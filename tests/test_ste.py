@@ -116,6 +116,9 @@ def test_a_threshold_shifts_the_sign_its_gradient_window_and_its_curves():
     assert x.grad.tolist() == [[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]]
     assert act.threshold.grad.tolist() == [-2.0, -2.0]
     assert act.probe_summary(act.probe_counts()) == {"passing": 4 / 6, "ones": 4 / 6, "constant": 0.0}
+    fixed = SignActivation("fc1")  # fixed thresholds are a buffer: saved and moved with the layer, not trained
+    fixed.register_buffer("threshold", torch.tensor([0.5, -1.0]))
+    assert list(fixed.state_dict()) == ["threshold"] and fixed(x.detach()).tolist() == y.tolist()
 
 
 def test_sign_layers_curves_wait_for_training_and_never_stop_a_run_as_collapsed(tmp_path):

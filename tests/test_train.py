@@ -199,6 +199,12 @@ def test_eval_tests_on_the_runs_own_test_batches_and_refuses_changing_its_groups
                                           r"of .*: an override that changes the network's layers cannot take the run's "
                                           r"weights\. (Missing key|size mismatch)"):
         evaluate(eval_config(run=str(run_dir), accelerator="cpu", run_overrides=["architecture.width=2"]))
+    other = tmp_path / "other-run" / "last.ckpt"  # another network's checkpoint: not the overrides' doing
+    other.parent.mkdir()
+    torch.save({"state_dict": {"net.nothing": torch.zeros(1)}}, other)
+    with pytest.raises(ConfigError, match=r"does not fit the network of .*; was it saved by another run\?"):
+        evaluate(eval_config(run=str(run_dir), accelerator="cpu", ckpt=str(other),
+                             run_overrides=["trainer.limit_test_batches=1.0"]))
     with pytest.raises(ConfigError, match=r"accelerator=nope: .*\(allowed: auto, cpu, gpu"):
         evaluate(eval_config(run=str(run_dir), accelerator="nope"))
     with pytest.raises(ConfigError, match=r"trainer.limit_test_batches=-1 \(the run's, or run_overrides'\): "):

@@ -60,7 +60,7 @@ class SignActivation(nn.Module, RecordedProbe):
         self.block_name, self.t_clip = name, t_clip
         self.layer_name = name
         self.probing = False
-        self.threshold: Optional[torch.Tensor] = None
+        self.register_buffer("threshold", None)  # a subclass makes it a Parameter, or a buffer of fixed values
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.threshold is not None:

@@ -167,6 +167,8 @@ class BinarizationCurves(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
             self._record(trainer, pl_module)
+        elif trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
+            self._record(trainer, pl_module)  # the last step, before CutEpochCheckpoint saves the state after it
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytorch_lightning as pl
 import torch
 
@@ -31,7 +33,7 @@ class ScheduleCallback(pl.Callback):
     def __init__(self, schedule: Schedule, log_every_n_steps: int = 50):
         self.schedule = schedule
         self.log_every_n_steps = log_every_n_steps
-        self._values: dict[str, float] = {}  # those of the last step trained
+        self._values: dict[str, float] = {}  # those of the last step trained (or restored)
 
     def progress(self, trainer: pl.Trainer) -> Progress:
         steps_per_epoch = max(int(trainer.num_training_batches // trainer.accumulate_grad_batches), 1)
@@ -49,9 +51,15 @@ class ScheduleCallback(pl.Callback):
         if trainer.global_step % self.log_every_n_steps == 0:
             pl_module.log_dict({f"schedule/{k}": float(v) for k, v in values.items()}, on_step=True, on_epoch=False)
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        # the epoch's last values, so that metrics.json ends with the schedule's end (the step logging above
-        # samples every log_every_n_steps steps, and its last sample can be from an earlier phase)
-        if self._values:
-            pl_module.log_dict({f"schedule/{k}": float(v) for k, v in self._values.items()}, on_step=False,
-                               on_epoch=True)
+    @property
+    def last_values(self) -> dict[str, float]:
+        """The values of the last step trained: metrics.json's `schedule/*` (the step log above samples every
+        log_every_n_steps steps, and its last sample can be from an earlier phase)."""
+        return dict(self._values)
+
+    def state_dict(self) -> dict[str, Any]:
+        # a run resumed after its last step (stopped in the test or the protocol) trains none, and reports these
+        return {"values": dict(self._values)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._values = dict(state_dict.get("values", {}))

@@ -1,6 +1,6 @@
 """Each run beside the published numbers of the experiment it ran (the experiment's `paper:` block): `paper.csv`.
 
-An experiment names its source, the group options the numbers are for, and, per metrics.json key, the paper's
+An experiment names its source, the group options (and keys) the numbers are for, and, per metrics.json key, the paper's
 value in %; a run whose config has such a block, and those options, gets one row per key: ours, the paper's, and
 the difference.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import sys
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -27,10 +28,20 @@ class PaperRow:
         return None if self.ours is None else self.ours - self.paper
 
 
+def _chosen(config: dict, key: str) -> str:
+    """A group's option (its `name`), or a dotted key's value; "" where the run's config has neither."""
+    node: object = config
+    for part in key.split(".") if "." in key else (key, "name"):
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, Enum):  # a composed config's typed option; a saved one holds its name
+        node = node.value
+    return "" if node is None or isinstance(node, (dict, list)) else str(node)
+
+
 def other_choices(config: dict, paper: dict) -> dict[str, str]:
-    """group -> the run's option, where it is not the one the paper's numbers are for."""
-    ran = {group: str((config.get(group) or {}).get("name", "")) for group in paper.get("choices") or {}}
-    return {group: option for group, option in ran.items() if option != str(paper["choices"][group])}
+    """key -> the run's option or value, where it is not the one the paper's numbers are for."""
+    ran = {key: _chosen(config, key) for key in paper.get("choices") or {}}
+    return {key: value for key, value in ran.items() if value != str(paper["choices"][key])}
 
 
 def paper_rows(runs) -> list[PaperRow]:
