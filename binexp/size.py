@@ -1,8 +1,9 @@
 """Model size as deployed (BMXNet's Table 2): 1 bit per binary weight, 32 bits for every other float tensor.
 
 Binary weights are the `weight` of layers marked `BinaryWeights`; everything else that a deployed model needs
-(float weights, biases, batch-norm parameters and running statistics, slopes) counts as float32. Integer buffers
-(BN's num_batches_tracked) are training bookkeeping and are not counted.
+(float weights, biases, batch-norm parameters and running statistics, slopes, thresholds) counts as float32.
+Training bookkeeping is not counted: integer buffers (BN's num_batches_tracked) and the buffers a schedule writes
+(ABR's slope_lambda and phase, SBN's nu).
 """
 
 from __future__ import annotations
@@ -10,11 +11,18 @@ from __future__ import annotations
 from torch import nn
 
 from binexp.binarize.base import BinaryWeights
+from binexp.schedules import Schedule
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [cls, *(sub for direct in cls.__subclasses__() for sub in _subclasses(direct))]
 
 
 def model_size(net: nn.Module) -> dict[str, float]:
     binary_ids = {id(m.weight) for m in net.modules() if isinstance(m, BinaryWeights)}
-    tensors = {id(t): t for t in [*net.parameters(), *net.buffers()] if t.is_floating_point()}
+    scheduled = {value for schedule in _subclasses(Schedule) for value in schedule.provides}
+    buffers = [b for m in net.modules() for name, b in m._buffers.items() if b is not None and name not in scheduled]
+    tensors = {id(t): t for t in [*net.parameters(), *buffers] if t.is_floating_point()}
     binary = sum(t.numel() for i, t in tensors.items() if i in binary_ids)
     total = sum(t.numel() for t in tensors.values())
     return {

@@ -82,6 +82,9 @@ def test_model_size_counts_one_bit_per_binary_weight():
     assert size["size/binary_params"] == 128 and size["size/params"] == 128 + floats
     assert size["size/bytes_binary"] == 128 / 8 + 4 * floats
     assert size["size/bytes_float"] == 4 * (128 + floats)
+    net[0].register_buffer("nu", torch.tensor(3.0))  # a schedule's value (SBN's nu): training state, not deployed
+    net[0].register_buffer("fixed", torch.ones(2))  # any other float buffer is
+    assert model_size(net)["size/params"] == 128 + floats + 2
 
 
 def test_sign_curves_count_the_inputs_inside_the_gradient_window_ones_and_constant_units():
