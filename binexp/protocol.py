@@ -42,7 +42,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from binexp.binarize.base import BinaryWeights, evaluating, step_mode
-from binexp.binarize.binary_bn import BinaryBN, binary_bn_layers, fixed_point_outputs, input_ranges
+from binexp.binarize.binary_bn import (
+    BinaryBN,
+    _BinaryBNStepForm,
+    binary_bn_layers,
+    fixed_point_outputs,
+    input_ranges,
+)
 from binexp.binarize.functional import SignActivation, binary_sign
 from binexp.distributed import gather_in_order, sum_over_shards
 from binexp.errors import ConfigError
@@ -91,6 +97,12 @@ def has_step_form(net: nn.Module) -> bool:
     accuracy is defined, and equals `regular` for a network with nothing left to step (STE's without a BN before
     its signs, BinaryConnect's)."""
     return any(hasattr(m, "step") or isinstance(m, (SignActivation, BinaryWeights)) for m in net.modules())
+
+
+def nothing_to_step(net: nn.Module) -> bool:
+    """Binary already: no layer whose step form is another function (ABR's rectifiers, SBN's tanh, the baseline's
+    thresholded ReLUs), only BinaryBN, which is sign(BN(x)) exactly; so step mode must not change a prediction."""
+    return not any(hasattr(m, "step") and not isinstance(m, _BinaryBNStepForm) for m in net.modules())
 
 
 def classifier_of(net: nn.Module) -> nn.Linear:
@@ -315,6 +327,11 @@ def run_protocol(net: nn.Module, method, dm, cfg: ProtocolConfig, seed: int = 0,
         log.info("protocol skipped: trainer.limit_test_batches leaves no test batches")
         return {}
     out = {"protocol/regular": accuracy(net, test), "protocol/binary": accuracy(net, test, step=True)}
+    if out["protocol/binary"] != out["protocol/regular"] and nothing_to_step(net):
+        log.warning("step mode changed the test accuracy of a network with nothing to step (%.4f -> %.4f): a layer "
+                    "computes in training what its step form does not (a SignActivation's binarize() must be sign "
+                    "in the forward, a shift goes in its `threshold`); `binexp export` names such a layer",
+                    out["protocol/regular"], out["protocol/binary"])
     if cfg.bn_batches > 0:  # every rank the same shuffled batches, so the statistics agree across ranks
         train = dm.batches("train", train=True, device=_device(net), shard=False)
         reestimated = bn_reestimated_network(net, train, cfg.bn_batches)

@@ -1,9 +1,13 @@
-"""Callbacks the tests plug into runs through config (`+callbacks.x._target_=tests.helpers.X`)."""
+"""Callbacks and a method the tests plug into runs through config (`+callbacks.x._target_=tests.helpers.X`,
+`method._target_=tests.helpers.ShiftedInsideBinarize`)."""
 
 from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
+
+from binexp.binarize.functional import SignActivation, sign_ste
+from binexp.binarize.ste import STE
 
 
 class PoisonWeightsAtStep(pl.Callback):
@@ -53,3 +57,15 @@ class RecordBatches(pl.Callback):
         lr = trainer.optimizers[0].param_groups[0]["lr"]
         with open(self.path, "a") as f:
             f.write(f"{trainer.global_step} {batch_idx} {batch[1][:4].tolist()} {lr:.8f}\n")
+
+
+class _ShiftedSign(SignActivation):
+    def binarize(self, x: torch.Tensor) -> torch.Tensor:
+        return sign_ste(x - 0.5, self.t_clip)  # wrong: a shift belongs in `threshold`, which step mode honours
+
+
+class ShiftedInsideBinarize(STE):
+    """STE whose activations write a shift into binarize(): its step form (BinaryBN, then the sign) drops it."""
+
+    def act(self, name, channels, *, last=False):
+        return _ShiftedSign(name, self.t_clip)

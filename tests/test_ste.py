@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -181,6 +182,22 @@ def test_a_network_binary_already_gets_the_protocol_and_its_derived_checkpoints(
     assert metrics["protocol/binary"] == metrics["protocol/regular"] == metrics["test/acc"]
     assert "protocol/finetuned" in metrics and "protocol/binary_weights" in metrics
     assert (run_dir / "checkpoints" / "binary_weights.ckpt").exists()
+
+
+def test_step_mode_changing_a_binary_networks_accuracy_is_flagged(tmp_path, caplog):
+    """A shift written into binarize() (not `threshold`) trains one network and steps another: the protocol says so.
+    A plain STE network, stepped by BinaryBN, keeps every prediction and gets no such line."""
+    from binexp.train import train
+
+    common = ["dataset=synthetic", "debug=smoke", "method=ste", "architecture.batch_norm=true", "architecture.conv_act=true"]
+    flag = "step mode changed the test accuracy of a network with nothing to step"
+    with caplog.at_level(logging.WARNING, logger="binexp"):
+        plain = train(compose_train(common, run_dir=tmp_path / "plain"))
+    assert plain["protocol/binary"] == plain["protocol/regular"] and flag not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="binexp"):
+        shifted = train(compose_train(common + ["method._target_=tests.helpers.ShiftedInsideBinarize"],
+                                      run_dir=tmp_path / "shifted"))
+    assert shifted["protocol/binary"] != shifted["protocol/regular"] and flag in caplog.text
 
 
 def test_a_t_clip_multirun_gives_two_runs_and_a_two_row_report(tmp_path):
