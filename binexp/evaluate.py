@@ -119,14 +119,12 @@ def load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
                           f"{str(err).splitlines()[0] if str(err) else ''})") from None
     if not isinstance(saved, dict) or "state_dict" not in saved:
         raise ConfigError(f"ckpt={ckpt}: {path} holds no state_dict; it is not a checkpoint of `binexp train`")
-    if saved.get(BINARY_WEIGHTS_KEY):
-        freeze_sign_weights(module.net)
-    try:
-        module.load_state_dict(saved["state_dict"])
-    except RuntimeError as err:
+    err = _load_weights(module, saved)
+    if err is not None:
         detail = " ".join(line.strip() for line in str(err).splitlines()[1:3])
         network = f"(method={cfg.method.name}, architecture={cfg.architecture.name})"
-        if overrides and _fits_the_run_as_saved(run_dir, saved, dm):
+        as_saved = load_run_config(run_dir) if overrides else None  # does the checkpoint fit it, overrides aside?
+        if as_saved is not None and _load_weights(build_module(as_saved, dm, build_method(as_saved)), saved) is None:
             raise ConfigError(f"ckpt={ckpt}: {path} does not fit the network that run_overrides={list(overrides)} "
                               f"make of {run_dir} {network}: an override that changes the network's layers cannot "
                               f"take the run's weights. {detail}") from None
@@ -135,19 +133,16 @@ def load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
     return cfg, dm, module, path
 
 
-def _fits_the_run_as_saved(run_dir: Path, saved: dict, dm) -> bool:
-    """Whether the checkpoint loads into the run's network built without run_overrides: then they are what broke it."""
-    from binexp.train import build_method, build_module
-
-    cfg = load_run_config(run_dir)
-    module = build_module(cfg, dm, build_method(cfg))
+def _load_weights(module, saved: dict) -> RuntimeError | None:
+    """The checkpoint's weights into `module` (Section 4.4's layers frozen first, as saved); the error if they do
+    not fit."""
     if saved.get(BINARY_WEIGHTS_KEY):
         freeze_sign_weights(module.net)
     try:
         module.load_state_dict(saved["state_dict"])
-    except RuntimeError:
-        return False
-    return True
+    except RuntimeError as err:
+        return err
+    return None
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

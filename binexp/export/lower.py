@@ -34,7 +34,7 @@ from binexp.binarize.abr import BoundedRectifier
 from binexp.binarize.base import BinaryWeights, evaluating
 from binexp.binarize.binary_bn import BinaryBN, _BinaryBNStepForm
 from binexp.binarize.fp import ThresholdableReLU
-from binexp.binarize.functional import SignActivation
+from binexp.binarize.functional import SignActivation, binary_sign
 from binexp.binarize.sbn import ScaledTanh
 from binexp.errors import BinexpError
 
@@ -152,7 +152,7 @@ def check_sign_forward(act: SignActivation, channels: int, where: str) -> None:
     x = SIGN_PROBE[:, None].expand(len(SIGN_PROBE), channels).contiguous()
     with torch.no_grad():
         out = act.binarize(x)
-    wrong = (out != torch.where(x >= 0, 1.0, -1.0)).any(dim=1).nonzero()
+    wrong = (out != binary_sign(x)).any(dim=1).nonzero()
     if len(wrong):
         at = float(SIGN_PROBE[wrong[0, 0]])
         raise ExportError(f"{where}: binarize(x) is not sign(x) in the forward (at x={at:g} it gives "
