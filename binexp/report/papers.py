@@ -44,16 +44,21 @@ def other_choices(config: dict, paper: dict) -> dict[str, str]:
     return {key: value for key, value in ran.items() if value != str(paper["choices"][key])}
 
 
-def paper_rows(runs) -> list[PaperRow]:
-    rows = []
+def paper_rows(runs) -> tuple[list[PaperRow], list[str]]:
+    """The rows beside the papers, and a line for each run of an experiment that picked what its numbers are not for."""
+    rows, left_out = [], []
     for r in runs:
         paper = (r.config or {}).get("paper") or {}
-        if other_choices(r.config or {}, paper):
+        other = other_choices(r.config or {}, paper)
+        if other:
+            left_out.append(f"{r.name}: not beside {paper.get('source', 'the paper')}, whose numbers are for "
+                            + ", ".join(f"{g}={paper['choices'][g]}" for g in other) + " (the run: "
+                            + ", ".join(f"{g}={o}" for g, o in other.items()) + ")")
             continue
         for metric, value in (paper.get("metrics") or {}).items():
             ours = r.metrics.get(metric)
             rows.append(PaperRow(r.name, paper.get("source", ""), metric, None if ours is None else 100 * ours, float(value)))
-    return rows
+    return rows, left_out
 
 
 def _pct(value: Optional[float], signed: bool = False) -> str:
@@ -63,14 +68,9 @@ def _pct(value: Optional[float], signed: bool = False) -> str:
 
 
 def write_paper_table(runs, out: Path) -> list[Path]:
-    rows = paper_rows(runs)
-    for r in runs:
-        paper = (r.config or {}).get("paper") or {}
-        other = other_choices(r.config or {}, paper)
-        if other:
-            print(f"{r.name}: not beside {paper.get('source', 'the paper')}, whose numbers are for "
-                  + ", ".join(f"{g}={paper['choices'][g]}" for g in other) + " (the run: "
-                  + ", ".join(f"{g}={o}" for g, o in other.items()) + ")")
+    rows, left_out = paper_rows(runs)
+    for line in left_out:
+        print(line)
     if not rows:
         return []
     from rich.console import Console
