@@ -1,13 +1,17 @@
 """Model size as deployed (BMXNet's Table 2): 1 bit per binary weight, 32 bits for every other float tensor.
 
 Binary weights are the `weight` of layers marked `BinaryWeights`; everything else that a deployed model needs
-(float weights, biases, batch-norm parameters and running statistics, slopes, thresholds) counts as float32.
+(float weights, biases, batch-norm parameters and running statistics, slopes, thresholds) counts as float32, and
+so do the scales a binary layer multiplies its output by (BWN/XNOR's alpha per output channel, BMXNet FB's mean |W|):
+training derives them from the float weights; a deployed model has only the signs, so it stores them. They are not
+parameters, so `size/params` and the all-float `size/bytes_float` leave them out.
 Training bookkeeping is not counted: integer buffers (BN's num_batches_tracked) and the buffers a schedule writes
 (ABR's slope_lambda and phase, SBN's nu).
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from binexp.binarize.base import BinaryWeights
@@ -16,6 +20,12 @@ from binexp.schedules import Schedule
 
 def _subclasses(cls: type) -> list[type]:
     return [cls, *(sub for direct in cls.__subclasses__() for sub in _subclasses(direct))]
+
+
+def _stored_scales(net: nn.Module) -> int:
+    with torch.no_grad():
+        scales = [m.output_scale() for m in net.modules() if isinstance(m, BinaryWeights)]
+    return sum(scale.numel() for scale in scales if scale is not None)
 
 
 def model_size(net: nn.Module) -> dict[str, float]:
@@ -29,6 +39,6 @@ def model_size(net: nn.Module) -> dict[str, float]:
         "size/params": float(total),
         "size/binary_params": float(binary),
         "size/bytes_float": 4.0 * total,
-        "size/bytes_binary": (binary + 7) // 8 + 4.0 * (total - binary),
+        "size/bytes_binary": (binary + 7) // 8 + 4.0 * (total - binary + _stored_scales(net)),
     }
 

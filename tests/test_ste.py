@@ -88,6 +88,19 @@ def test_model_size_counts_one_bit_per_binary_weight():
     assert model_size(net)["size/params"] == 128 + floats + 2
 
 
+def test_model_size_counts_the_scales_a_deployed_binary_layer_stores():
+    from binexp.binarize.hard import SignConv2d
+
+    bwn = SignConv2d(3, 8, 3, bias=False, scaled=True)  # alpha per output channel: 8 floats
+    fb = BinaryLinear(16, 8, bias=False, scaling="forward_backward")  # one mean |W| for the layer
+    backward_only = BinaryLinear(16, 8, bias=False, scaling="backward")  # scaled in the gradient only: nothing stored
+    size = model_size(torch.nn.Sequential(bwn, fb, backward_only))
+    binary = 8 * 27 + 128 + 128
+    assert size["size/binary_params"] == binary and size["size/params"] == binary
+    assert size["size/bytes_binary"] == binary / 8 + 4 * (8 + 1)
+    assert size["size/bytes_float"] == 4 * binary
+
+
 def test_sign_curves_count_the_inputs_inside_the_gradient_window_ones_and_constant_units():
     x = torch.tensor([[1.0, -0.25, 0.0, 2.0], [0.1, -0.6, 0.4, -3.0], [0.3, -0.9, 0.2, -5.0]])
     act = SignActivation("fc1", t_clip=0.5)
