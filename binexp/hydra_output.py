@@ -81,8 +81,9 @@ def discard_launch_record(run_dir: Path, record: Path | None) -> None:
 
 def discard_refused_first_launch(run_dir: Path, record: Path | None) -> None:
     """A refused launch that made the directory's first record (`.hydra/` is chosen only where none was) removes it;
-    and when Hydra's log of the launch is then all the directory holds, the log and the directory too, so no
-    folder reads as an unfinished run. A user's own files in the folder are never touched."""
+    and when Hydra's log of the launch is then all the directory holds, the log and the directory too (and its empty
+    parents below the working directory), so no folder reads as an unfinished run. A user's own files in the folder
+    are never touched."""
     if record != run_dir / RECORD or any((run_dir / name).exists() for name in ("checkpoints", "metrics.json")):
         return
     logs = close_file_logs_in(run_dir)
@@ -91,6 +92,17 @@ def discard_refused_first_launch(run_dir: Path, record: Path | None) -> None:
         for log in logs:
             log.unlink(missing_ok=True)
         run_dir.rmdir()
+        _remove_empty_parents(run_dir, stop=Path.cwd())
+
+
+def _remove_empty_parents(folder: Path, stop: Path) -> None:
+    """Hydra makes a run directory's parents too (`logs/train/runs/`): the empty ones below `stop` go with it, so a
+    first run refused in a fresh folder leaves it as it was. Nothing outside `stop` is touched."""
+    folder, stop = folder.resolve(), stop.resolve()
+    for parent in folder.parents:
+        if parent == stop or stop not in parent.parents or any(parent.iterdir()):
+            return
+        parent.rmdir()
 
 
 def close_file_logs_in(folder: Path) -> list[Path]:

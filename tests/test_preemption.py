@@ -217,7 +217,7 @@ def test_a_run_trained_over_keeps_only_the_record_of_the_launch_that_did_it(tmp_
     discard_launch_record(run_dir, run_dir / ".hydra" / "rerun-2")
     assert sorted(p.name for p in (run_dir / ".hydra").iterdir()) == ["config.yaml"]
 
-def test_a_refused_first_launch_takes_only_what_hydra_made(tmp_path):
+def test_a_refused_first_launch_takes_only_what_hydra_made(tmp_path, monkeypatch):
     from binexp.hydra_output import discard_refused_first_launch
 
     def launch(run_dir: Path) -> logging.Handler:  # what Hydra makes before binexp runs: .hydra/ and the job's log
@@ -231,6 +231,18 @@ def test_a_refused_first_launch_takes_only_what_hydra_made(tmp_path):
     handler = launch(fresh)
     discard_refused_first_launch(fresh, fresh / ".hydra")
     assert not fresh.exists() and handler not in logging.getLogger().handlers
+    monkeypatch.chdir(tmp_path)  # Hydra's default run dir: logs/train/runs/<time>, parents made with it
+    (tmp_path / "logs" / "eval").mkdir(parents=True)
+    nested = tmp_path / "logs" / "train" / "runs" / "2026-12-07_01-00-00"
+    launch(nested)
+    discard_refused_first_launch(nested, nested / ".hydra")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs"]  # logs/ holds eval/, which was there before
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["eval"]
+    outside = tmp_path / "elsewhere" / "run"  # a run dir outside the working directory: its parents stay
+    monkeypatch.chdir(tmp_path / "logs" / "eval")
+    launch(outside)
+    discard_refused_first_launch(outside, outside / ".hydra")
+    assert not outside.exists() and (tmp_path / "elsewhere").is_dir()
     users = tmp_path / "users"  # hydra.run.dir pointed at a folder of the user's own
     users.mkdir()
     (users / "notes.log").write_text("mine")
