@@ -36,7 +36,8 @@ class ScheduleCallback(pl.Callback):
         self._values: dict[str, float] = {}  # those of the last step trained (or restored)
 
     def progress(self, trainer: pl.Trainer) -> Progress:
-        steps_per_epoch = max(int(trainer.num_training_batches // trainer.accumulate_grad_batches), 1)
+        # Lightning also steps on an epoch's last batch when the accumulation is short, so an epoch is ceil(n/a) steps
+        steps_per_epoch = max(-(-int(trainer.num_training_batches) // int(trainer.accumulate_grad_batches)), 1)
         return Progress(trainer.global_step, steps_per_epoch, int(trainer.max_epochs or 1))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
