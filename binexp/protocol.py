@@ -285,10 +285,11 @@ def freeze_sign_weights(net: nn.Module) -> list[nn.Parameter]:
 
 
 def binary_weights_network(net: nn.Module, method, dm, cfg: ProtocolConfig) -> nn.Module:
-    """Section 4.4 on a copy: weights but the first layer's set to sign(W) and frozen; biases, BN and the method's
-    own parameters (ABR slopes) finetuned."""
+    """Section 4.4 on a copy: weights but the first layer's set to sign(W) and frozen, the first layer's kept real
+    and frozen too ("We leave the conv1 parameters to be real values ... Then we finetune the bias and slope
+    parameters"); biases, BN and the method's own parameters (ABR slopes) finetuned."""
     net = copy.deepcopy(net)
-    frozen = {id(w) for w in freeze_sign_weights(net)}
+    frozen = {id(w) for w in freeze_sign_weights(net)} | {id(first_layer_of(net).weight)}
     trainable = [p for p in net.parameters() if id(p) not in frozen]
     # every rank repeats this small job on the whole data: the same result as one process, no gradient sync
     loader = dm.batches("train", train=True, device=_device(net), shard=False)

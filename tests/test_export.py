@@ -372,7 +372,11 @@ def test_section_4_4_binary_weight_network_is_saved_and_exports_its_weights_as_b
     _, dm, module, path = load_trained(run_dir, "binary_weights")
     assert path == run_dir / "checkpoints" / "binary_weights.ckpt"
     layers = [m for m in module.net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    assert type(layers[0]) is nn.Conv2d  # the first layer keeps its float weights
+    assert type(layers[0]) is nn.Conv2d  # the first layer keeps its float weights, as trained: only biases and slopes train
+    trained = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    first = next(k for k in trained if k.endswith(".weight"))
+    assert torch.equal(module.net.state_dict()[first.removeprefix("net.")], trained[first])
+    assert not torch.equal(module.net.state_dict()["features.0.bias"], trained["net.features.0.bias"])
     assert all(set(m.weight.unique().tolist()) <= {-1.0, 1.0} and not m.weight.requires_grad for m in layers[1:])
     assert accuracy(module.net, dm.batches("test"), step=True) == metrics["protocol/binary_weights"]
     last, _ = export_run(run_dir)

@@ -44,19 +44,34 @@ def test_weights_are_signs_and_get_the_straight_through_gradient():
     assert layer.weight.grad.tolist() == [[1.0, 2.0, 3.0, 4.0]]
 
 
-def test_scaling_modes_on_a_hand_made_weight_tensor():
-    w = torch.tensor([0.5, -1.5, 2.0, -1.0], requires_grad=True)  # mean |w| = 1.25
-    assert binary_weight(w, "none").tolist() == [1.0, -1.0, 1.0, -1.0]
-    assert weight_scale(w, "none") is None and weight_scale(w, "backward") is None
-    fb = binary_weight(w, "forward_backward") * weight_scale(w, "forward_backward")
-    assert fb.tolist() == [1.25, -1.25, 1.25, -1.25]
-    fb.sum().backward()
-    assert w.grad.tolist() == [1.25] * 4
-    w.grad = None
-    b = binary_weight(w, "backward")
-    assert b.tolist() == [1.0, -1.0, 1.0, -1.0]
-    b.sum().backward()
-    assert w.grad.tolist() == [1.25] * 4
+@pytest.mark.parametrize("mode, output, input_grad", [
+    ("none", -2.0, [1.0, -1.0, 1.0, -1.0]),
+    ("backward", -2.0, [1.25, -1.25, 1.25, -1.25]),  # B: alpha * sign(W) only in the input gradient
+    ("forward_backward", -2.5, [1.25, -1.25, 1.25, -1.25]),  # FB: alpha * sign(W) in both passes
+])
+def test_scaling_modes_on_a_hand_made_weight_tensor(mode, output, input_grad):
+    """BMXNet's N / B / FB with alpha = mean |W| = 1.25; W's own gradient is out_grad x input in every mode."""
+    layer = BinaryLinear(4, 1, bias=False, scaling=mode)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.5, -1.5, 2.0, -1.0]]))
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0]], requires_grad=True)
+    out = layer(x)
+    out.backward()
+    assert out.item() == output
+    assert x.grad.tolist() == [input_grad]
+    assert layer.weight.grad[0].tolist() == pytest.approx([1.0, 2.0, 3.0, 4.0], rel=1e-6)
+    assert layer.signs().tolist() == [[1.0, -1.0, 1.0, -1.0]]  # what the export packs; FB's alpha is the output scale
+    scale = weight_scale(layer.weight, mode)
+    assert (scale is None) if mode != "forward_backward" else scale.item() == 1.25
+
+
+def test_backward_scaling_keeps_sign_inputs_exact():
+    """B scales a gradient only: the values a binary layer computes stay the integers the popcount export reproduces."""
+    conv = BinaryConv2d(8, 4, 3, padding=1, bias=False, scaling="backward")
+    x = torch.randint(0, 2, (2, 8, 5, 5)).float() * 2 - 1
+    plain = BinaryConv2d(8, 4, 3, padding=1, bias=False)
+    plain.load_state_dict(conv.state_dict())
+    assert torch.equal(conv(x), plain(x)) and torch.equal(conv(x), conv(x).round())
 
 
 def test_first_and_last_layers_stay_float_unless_asked():

@@ -4,9 +4,11 @@ Forward: sign(x) with sign(0) = +1 (eq. 1). Backward: the gradient passes where 
 elsewhere (eq. 2, Hubara et al.); `method.t_clip=null` never cancels. The clip applies to activations; latent
 weights get the plain straight-through gradient (their range is what the optimizer makes of it).
 
-`method.scaling` is the paper's Figure 4b, after Zhou et al. (DoReFa): `none` (N), `backward` (B: the forward
-uses sign(W), the gradient reaching W is scaled by mean|W|), `forward_backward` (FB: sign(W) * mean|W| in both
-passes, one scalar per layer). The first and last layers stay full precision by default (`binarize_first`,
+`method.scaling` is the paper's Figure 4b, after Zhou et al. (DoReFa), with alpha = mean|W|, one scalar per layer:
+`none` (N); `backward` (B: "the scaling factor on weights only in backward computation": the forward uses sign(W),
+the gradient sent to the layer's input is computed with alpha * sign(W)); `forward_backward` (FB: alpha * sign(W) in
+both passes). In every mode the gradient reaching W is the one reaching sign(W), unscaled, as in BMXNet's
+QConvolution (its weight gradient is out_grad x input) and DoReFa (sign(W / alpha) * alpha has gradient 1). The first and last layers stay full precision by default (`binarize_first`,
 `binarize_last`); their inputs follow the architecture (the first reads the image).
 """
 
@@ -41,19 +43,41 @@ class STEConfig(MethodConfig):
     binarize_last: bool = False
 
 
+class _ScaleGrad(torch.autograd.Function):
+    """The identity, its gradient multiplied by `scale` (exact values forward: no x * a + (x - x * a) rounding)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scale)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (scale,) = ctx.saved_tensors
+        return grad * scale, None
+
+
+def _alpha(w: torch.Tensor) -> torch.Tensor:
+    return w.detach().abs().mean().clamp_min(torch.finfo(w.dtype).tiny)
+
+
 def binary_weight(w: torch.Tensor, scaling: str) -> torch.Tensor:
-    """sign(w) with the straight-through gradient; for `backward` the gradient reaching w is scaled by mean|w|.
-    The forward value is sign(w) in every mode: `forward_backward` scales the layer's output (`weight_scale`)."""
+    """sign(w), its gradient passed straight through to w unscaled in every mode. The forward value is sign(w):
+    `forward_backward` multiplies the layer's output by alpha (`weight_scale`), and the gradient through here is
+    divided by alpha so that w's gradient does not pick that alpha up."""
     b = sign_ste(w, None)
-    if scaling != Scaling.backward.value:
-        return b
-    alpha = w.detach().abs().mean()
-    return alpha * b + ((1 - alpha) * b).detach()  # the value of sign(w), the gradient of alpha * sign(w)
+    return _ScaleGrad.apply(b, 1 / _alpha(w)) if scaling == Scaling.forward_backward.value else b
 
 
 def weight_scale(w: torch.Tensor, scaling: str) -> torch.Tensor | None:
     """DoReFa's scalar mean|w| for `forward_backward` (a constant of the step, as in the paper); else None."""
-    return w.detach().abs().mean() if scaling == Scaling.forward_backward.value else None
+    return _alpha(w) if scaling == Scaling.forward_backward.value else None
+
+
+def layer_input(x: torch.Tensor, w: torch.Tensor, scaling: str) -> torch.Tensor:
+    """The layer's input as it goes in: for `backward` its gradient is scaled by alpha, which is what computing the
+    input gradient with alpha * sign(W) gives; the forward and W's gradient are N's."""
+    return _ScaleGrad.apply(x, _alpha(w)) if scaling == Scaling.backward.value else x
 
 
 class _STEWeights(BinaryWeights):
@@ -75,7 +99,7 @@ class BinaryConv2d(_STEWeights, nn.Conv2d):
         self.scaling = scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.finish(self._conv_forward(x, self.signs(), None))
+        return self.finish(self._conv_forward(layer_input(x, self.weight, self.scaling), self.signs(), None))
 
 
 class BinaryLinear(_STEWeights, nn.Linear):
@@ -84,7 +108,7 @@ class BinaryLinear(_STEWeights, nn.Linear):
         self.scaling = scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.finish(F.linear(x, self.signs()))
+        return self.finish(F.linear(layer_input(x, self.weight, self.scaling), self.signs()))
 
 
 class STE(Method):
