@@ -183,6 +183,8 @@ CASES = [
     ("resnet18", "ste", []),
     ("densenet13", "bnn", []),
     ("resnet18", "bwn", []),
+    ("resnet18", "ste", ["architecture.shortcut=binary", "method.scaling=forward_backward"]),
+    ("resnet26_bottleneck", "xnor", ["architecture.shortcut=binary"]),
 ]
 
 

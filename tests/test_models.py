@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hydra.errors import ConfigCompositionException
 from torch import nn
 
 from binexp.binarize.base import BinaryWeights
@@ -35,6 +36,32 @@ def test_resnet_depth_is_its_name(arch, depth, block, count):
     assert sum(isinstance(m, block) for m in net.modules()) == count
     binary = [m for m in _weight_layers(net) if isinstance(m, BinaryWeights)]
     assert len(binary) == depth - 2  # stem and classifier stay float (the paper's setup)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet26_bottleneck"])
+def test_binary_shortcuts_are_the_methods_strided_1x1_convs_on_the_blocks_signs(arch):
+    net = _ste(arch, "architecture.shortcut=binary")
+    blocks = [b for b in net.stages if b.shortcut is not None]
+    assert len(blocks) == 4 if arch == "resnet26_bottleneck" else 3
+    seen = {}
+    for b in blocks:
+        assert isinstance(b.shortcut, BinaryWeights) and b.shortcut.kernel_size == (1, 1)
+        b.act1.register_forward_hook(lambda m, i, o, b=b: seen.update({("act", id(b)): o}))
+        b.shortcut.register_forward_hook(lambda m, i, o, b=b: seen.update({("in", id(b)): i[0]}))
+    net.eval()(torch.randn(2, 3, 32, 32))
+    for b in blocks:
+        assert torch.equal(seen[("in", id(b))], seen[("act", id(b))])  # it reads the +-1 activations
+        assert set(seen[("in", id(b))].unique().tolist()) == {-1.0, 1.0}
+    float_net = _ste(arch)
+    binary_count = sum(isinstance(m, BinaryWeights) for m in net.modules())
+    assert binary_count == sum(isinstance(m, BinaryWeights) for m in float_net.modules()) + len(blocks)
+
+
+def test_a_bad_shortcut_names_the_key_and_the_allowed_values():
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_train(["architecture=resnet18", "architecture.shortcut=bin"])
+    text = str(err.value.__cause__)
+    assert "architecture.shortcut" in text and "[float, binary]" in text
 
 
 def test_bottleneck_squeezes_to_a_quarter_and_expands_back():

@@ -14,7 +14,7 @@ import torch
 
 from binexp.binarize.bitpack import pack_signs, xnor_popcount_dot
 from binexp.binarize.functional import SignActivation
-from binexp.binarize.ste import STE, BinaryConv2d, BinaryLinear, binary_weight, weight_scale
+from binexp.binarize.ste import STE, BinaryConv2d, BinaryLinear, weight_scale
 from binexp.models import build_model
 from binexp.size import model_size
 from tests.conftest import compose_train

@@ -12,17 +12,28 @@ BMXNet's Table 3 variants (depth = convs in the blocks + stem + classifier):
 - ResNet-26 bottleneck: `bottleneck=true`, (2,2,2,2) blocks of 1x1 -> 3x3 -> 1x1 (3 * 8 + 2 = 26) with
   ResNet-50's widths: `channels` are the stage outputs (256, 512, 1024, 2048), the inner convs a quarter of
   that (64 ... 512). The paper gives neither; this is the standard (He et al. / MXNet) reading.
+
+Downsampling shortcuts (`shortcut`): `float` (the default) average-pools the block's input and projects it with a
+float 1x1 conv and BN, so the shortcut carries what binarization drops; `binary` is BMXNet v2's: the method's own
+1x1 conv, strided, on the block's activated input (binary under a binarizing method), which the paper's Table 3
+sizes count as binary.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
 from torch import nn
 
 from binexp.binarize.base import Method
 from binexp.models.base import ArchitectureConfig, scaled
+
+
+class Shortcut(str, Enum):
+    float = "float"
+    binary = "binary"
 
 
 @dataclass
@@ -33,21 +44,35 @@ class ResNetConfig(ArchitectureConfig):
     channels: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
     stem_channels: int = 64
     bottleneck: bool = False  # 1x1 -> 3x3 -> 1x1 blocks whose inner convs have a quarter of `channels`
+    shortcut: Shortcut = Shortcut.float  # downsampling shortcuts: float projection, or the method's 1x1 conv
 
 
-def _projection(in_ch: int, out_ch: int, stride: int) -> nn.Module | None:
-    if stride == 1 and in_ch == out_ch:
-        return None
-    # float projection of the block input: the shortcut carries the information binarization drops
-    return nn.Sequential(
-        nn.AvgPool2d(stride) if stride > 1 else nn.Identity(),
-        nn.Conv2d(in_ch, out_ch, 1, bias=False),
-        nn.BatchNorm2d(out_ch),
-    )
+class _Block(nn.Module):
+    """The pre-activation block's shortcut: none where the shape stays; else a projection of the block's input
+    (`float`) or the method's strided 1x1 conv of its activated input (`binary`)."""
+
+    def _make_shortcut(self, method: Method, name: str, in_ch: int, out_ch: int, stride: int, kind: str) -> None:
+        self.shortcut_reads_act = False
+        if stride == 1 and in_ch == out_ch:
+            self.shortcut = None
+        elif kind == Shortcut.binary.value:
+            self.shortcut = method.conv(f"{name}.shortcut", in_ch, out_ch, 1, stride=stride, bias=False)
+            self.shortcut_reads_act = True
+        else:
+            self.shortcut = nn.Sequential(
+                nn.AvgPool2d(stride) if stride > 1 else nn.Identity(),
+                nn.Conv2d(in_ch, out_ch, 1, bias=False),
+                nn.BatchNorm2d(out_ch),
+            )
+
+    def _identity(self, x: torch.Tensor, activated: torch.Tensor) -> torch.Tensor:
+        if self.shortcut is None:
+            return x
+        return self.shortcut(activated if self.shortcut_reads_act else x)
 
 
-class BasicBlock(nn.Module):
-    def __init__(self, method: Method, name: str, in_ch: int, out_ch: int, stride: int):
+class BasicBlock(_Block):
+    def __init__(self, method: Method, name: str, in_ch: int, out_ch: int, stride: int, shortcut: str = "float"):
         super().__init__()
         self.bn1 = method.bn(f"{name}.conv1", in_ch)
         self.act1 = method.act(f"{name}.conv1", in_ch)
@@ -55,21 +80,20 @@ class BasicBlock(nn.Module):
         self.bn2 = method.bn(f"{name}.conv2", out_ch)
         self.act2 = method.act(f"{name}.conv2", out_ch)
         self.conv2 = method.conv(f"{name}.conv2", out_ch, out_ch, 3, padding=1, bias=False)
-        self.shortcut = _projection(in_ch, out_ch, stride)
+        self._make_shortcut(method, name, in_ch, out_ch, stride, shortcut)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.shortcut is None else self.shortcut(x)
-        out = self.conv1(self.act1(self.bn1(x)))
-        out = self.conv2(self.act2(self.bn2(out)))
-        return out + identity
+        activated = self.act1(self.bn1(x))
+        out = self.conv2(self.act2(self.bn2(self.conv1(activated))))
+        return out + self._identity(x, activated)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
     """1x1 (reduce to out_ch / 4) -> 3x3 (strided) -> 1x1 (expand to out_ch), each pre-activation."""
 
     expansion = 4
 
-    def __init__(self, method: Method, name: str, in_ch: int, out_ch: int, stride: int):
+    def __init__(self, method: Method, name: str, in_ch: int, out_ch: int, stride: int, shortcut: str = "float"):
         super().__init__()
         mid = max(1, out_ch // self.expansion)
         self.bn1 = method.bn(f"{name}.conv1", in_ch)
@@ -81,21 +105,20 @@ class Bottleneck(nn.Module):
         self.bn3 = method.bn(f"{name}.conv3", mid)
         self.act3 = method.act(f"{name}.conv3", mid)
         self.conv3 = method.conv(f"{name}.conv3", mid, out_ch, 1, bias=False)
-        self.shortcut = _projection(in_ch, out_ch, stride)
+        self._make_shortcut(method, name, in_ch, out_ch, stride, shortcut)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.shortcut is None else self.shortcut(x)
-        out = self.conv1(self.act1(self.bn1(x)))
-        out = self.conv2(self.act2(self.bn2(out)))
+        activated = self.act1(self.bn1(x))
+        out = self.conv2(self.act2(self.bn2(self.conv1(activated))))
         out = self.conv3(self.act3(self.bn3(out)))
-        return out + identity
+        return out + self._identity(x, activated)
 
 
 class ResNet(nn.Module):
     def __init__(
         self, method: Method, image_shape: tuple[int, int, int], num_classes: int, width: float = 1.0,
         blocks: tuple[int, ...] = (2, 2, 2, 2), channels: tuple[int, ...] = (64, 128, 256, 512), stem_channels: int = 64,
-        bottleneck: bool = False,
+        bottleneck: bool = False, shortcut: str = "float",
     ):
         super().__init__()
         if len(blocks) != len(channels):
@@ -108,7 +131,7 @@ class ResNet(nn.Module):
             c = scaled(c, width)
             for b in range(n):
                 stride = 2 if (b == 0 and s > 1) else 1
-                stages.append(block(method, f"layer{s}.{b}", prev, c, stride))
+                stages.append(block(method, f"layer{s}.{b}", prev, c, stride, str(getattr(shortcut, "value", shortcut))))
                 prev = c
         self.stages = nn.Sequential(*stages)
         self.head_bn = method.bn("head", prev)
