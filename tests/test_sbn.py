@@ -90,7 +90,9 @@ def test_fixed_point_thresholds_count_their_disagreements():
     assert fixed.codes.dtype == torch.int8 and fixed.bits_per_channel == 9
     f = fixed.fraction_bits
     assert f == fraction_bits(data_range) and data_range * 2**f <= 127 < data_range * 2 ** (f + 1)  # the most that fit
-    assert (fixed.thresholds * 2**fixed.fraction_bits == fixed.codes.double()).all()
+    finite = fixed.codes > -128  # the lowest code is T = -inf (the constant channels)
+    assert (fixed.thresholds[finite] * 2**fixed.fraction_bits == fixed.codes[finite].double()).all()
+    assert fixed.thresholds[~finite].eq(-math.inf).all() and (~finite).sum() >= 1
     assert torch.equal(fixed(x)[:, :3], binary_sign(bn(x))[:, :3])  # the constant channels stay constant
     differ, total = disagreements(bn, [x, x[:4]], bits=8, data_range=data_range)
     assert total == x.numel() + x[:4].numel()
@@ -140,6 +142,28 @@ def test_thresholds_beyond_the_code_range_stay_constant_up_to_its_ends(integer_i
     assert exact(x)[:, 0].eq(-1).all() and exact(x)[:, 1].eq(1).all()
     assert exact(x)[:, 2].eq(1).all() and exact(x)[:, 3].eq(-1).all()
     assert torch.equal(fixed(x), exact(x))
+
+
+@pytest.mark.parametrize("integer_inputs", [False, True])
+def test_gamma_zero_channels_stay_constant_over_the_whole_data_range(integer_inputs):
+    """A layer whose finite thresholds are small but whose inputs reach 300, beyond the codes' range: its gamma = 0
+    channels (always +1, always -1) keep their one output for every input (the lowest code is T = -inf)."""
+    bn = SignBatchNorm1d(3)
+    bn.eps = 0.0
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([10.0, 0.0, 0.0]))
+        bn.running_var.fill_(100.0)
+        bn.weight.copy_(torch.tensor([1.0, 0.0, 0.0]))
+        bn.bias.copy_(torch.tensor([0.0, 0.5, -0.5]))
+    bn.eval()
+    exact = BinaryBN.from_batchnorm(bn)
+    fixed = exact.quantize(bits=8, data_range=300.0, integer_inputs=integer_inputs)
+    x = torch.arange(-300.0, 301.0).view(-1, 1).expand(-1, 3)
+    assert exact(x)[:, 1].eq(1).all() and exact(x)[:, 2].eq(-1).all()
+    assert torch.equal(fixed(x), exact(x))
+    assert fixed.fraction_bits == fraction_bits(10.0)  # from the largest finite |T|: thresholds keep their precision
+    far = torch.tensor([[-1e30] * 3, [1e30] * 3])
+    assert torch.equal(fixed(far)[:, 1:], exact(far)[:, 1:])
 
 
 def test_fixed_point_bn_puts_its_forms_into_the_network_and_counts_their_flips():

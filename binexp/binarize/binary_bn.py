@@ -101,8 +101,9 @@ class BinaryBN:
         With `integer_inputs` (a binary layer's sums) and f >= 0, every input lies on the code grid of 2^-f, and each
         code is s*T rounded up on it (s = sign(gamma)): s*x >= s*code*2^-f exactly where s*x >= s*T, for every such
         x. Otherwise each code is T's nearest, which moves T by at most half a step and favours neither output.
-        A channel whose comparison has one outcome for every |x| up to the largest code's value (gamma = 0, or T
-        beyond it; that covers the data range) keeps it there.
+        The lowest code stands for T = -inf: with the sign of gamma it makes the channels that are constant (gamma =
+        0) constant for every input, as the paper's special case is; a T beyond the codes' range becomes constant
+        where its comparison never fires inside the range, and clamps to the range's end where it always fires.
         """
         finite = self.threshold[torch.isfinite(self.threshold)].abs()
         max_abs = finite.max().item() if finite.numel() else 0.0
@@ -117,11 +118,15 @@ class BinaryBN:
         else:
             codes = torch.round(scaled)
         negative = self.negative.clone()
-        # x >= T with T above the code range: -1 for every |x| <= high * 2^-f. A code of `high` would fire at its top,
-        # so the channel becomes x <= low * 2^-f, below it. Every other out-of-range code clamps correctly.
-        never = ~negative & (codes > high)
-        codes = codes.clamp(low, high)
-        codes[never], negative[never] = low, True
+        # The code `low` is reserved for T = -inf, so a constant channel stays constant for every input, however far
+        # beyond the codes' range: (low, gamma > 0) is always +1 (gamma = 0, beta >= 0), (low, gamma < 0) always -1.
+        # A finite T beyond the range on the side where its comparison never fires there becomes always -1 too
+        # (a clamped code would fire at the range's end); on the other side it clamps to the end, firing throughout.
+        always_plus = ~negative & (codes < low + 1)
+        always_minus = (~negative & (codes > high)) | (negative & (codes < low + 1))
+        codes = codes.clamp(low + 1, high)
+        codes[always_plus | always_minus] = low
+        negative[always_plus], negative[always_minus] = False, True
         return FixedPointBinaryBN(codes=codes.to(torch.int8 if bits <= 8 else torch.int32), negative=negative,
                                   fraction_bits=f, bits=bits)
 
@@ -141,7 +146,8 @@ def fraction_bits(max_abs: float, bits: int = 8) -> int:
 
 @dataclass(frozen=True)
 class FixedPointBinaryBN:
-    """BinaryBN with T stored as `codes * 2^-fraction_bits` (int8 by default): 9 bits per channel."""
+    """BinaryBN with T stored as `codes * 2^-fraction_bits` (int8 by default; the lowest code is T = -inf):
+    9 bits per channel."""
 
     codes: torch.Tensor
     negative: torch.Tensor
@@ -154,7 +160,8 @@ class FixedPointBinaryBN:
 
     @property
     def thresholds(self) -> torch.Tensor:
-        return self.codes.to(torch.float64) * 2.0 ** -self.fraction_bits
+        values = self.codes.to(torch.float64) * 2.0 ** -self.fraction_bits
+        return values.masked_fill(self.codes == -(2 ** (self.bits - 1)), -math.inf)  # the reserved code
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return BinaryBN(threshold=self.thresholds, negative=self.negative)(x)
