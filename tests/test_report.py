@@ -19,15 +19,19 @@ EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "expe
 def test_paper_table_sets_each_metric_beside_the_papers(tmp_path):
     paper = {"source": "SBN Table 1, CIFAR-10", "metrics": {"protocol/binary": 88.5}}
     runs = [
-        Run(tmp_path / "sbn_bc", {"protocol/binary": 0.8564, "test/acc": 0.8736}, config={"paper": paper}),
+        Run(tmp_path / "sbn_bc", {"protocol/binary": 0.8564, "test/acc": 0.8736}, config={"paper": paper},
+            overrides={"experiment": "sbn_table1_sbn_bc", "seed": "1"}),
         Run(tmp_path / "stopped", {"val/acc": 0.5}, config={"paper": paper}),
         Run(tmp_path / "no_paper", {"test/acc": 0.9}, config={"paper": None}),
+        Run(tmp_path / "smoke", {"protocol/binary": 0.31}, config={"paper": paper},  # not the experiment's recipe
+            overrides={"experiment": "sbn_table1_sbn_bc", "trainer.max_epochs": "2", "dataset.subset": "2000"}),
     ]
     assert write_paper_table(runs, tmp_path) == [tmp_path / "paper.csv"]
     assert (tmp_path / "paper.csv").read_text().splitlines() == [
-        "run,source,metric,ours,paper,difference",
-        'sbn_bc,"SBN Table 1, CIFAR-10",protocol/binary,85.64,88.5,-2.86',
-        'stopped,"SBN Table 1, CIFAR-10",protocol/binary,,88.5,',
+        "run,source,metric,ours,paper,difference,changed",
+        'sbn_bc,"SBN Table 1, CIFAR-10",protocol/binary,85.64,88.5,-2.86,',
+        'stopped,"SBN Table 1, CIFAR-10",protocol/binary,,88.5,,',
+        'smoke,"SBN Table 1, CIFAR-10",protocol/binary,31.0,88.5,-57.5,dataset.subset=2000 trainer.max_epochs=2',
     ]
 
 
@@ -40,7 +44,7 @@ def test_a_run_that_picked_another_method_is_not_set_beside_the_papers(tmp_path,
             for name, acc in [("ste", 0.9913), ("rsign", 0.9925)]]
     assert write_paper_table(runs, tmp_path) == [tmp_path / "paper.csv"]
     assert (tmp_path / "paper.csv").read_text().splitlines() == [
-        "run,source,metric,ours,paper,difference", "ste,\"BMXNet Table 2, MNIST\",test/acc,99.13,99.3,-0.17"]
+        "run,source,metric,ours,paper,difference,changed", "ste,\"BMXNet Table 2, MNIST\",test/acc,99.13,99.3,-0.17,"]
     assert ("rsign: not beside BMXNet Table 2, MNIST, whose numbers are for method=ste (the run: method=rsign)"
             in capsys.readouterr().out)
 
@@ -178,6 +182,35 @@ def test_a_key_one_run_leaves_at_its_default_shows_the_configs_value(tmp_path):
     assert [r.value("seed") for r in runs] == ["0", "1"]
     assert runs[0].value("method") == "" and runs[0].value("nope.key") == ""
     assert Run(tmp_path / "2", {}, {}, config).value("method.t_clip") == "null"
+
+
+def test_a_group_left_at_its_default_shows_the_option_composed_and_a_methods_own_schedule_varies(tmp_path):
+    """One ABR run named architecture=lenet on the command line, one left it at its default, one fp run: the same
+    architecture is not a difference, and the schedule ABR brought (two_phase, not fp's constant) is."""
+    from binexp.report import load_run, report
+
+    for job, overrides, method, schedule, acc in [
+        ("0", ["method=abr", "architecture=lenet", "seed=0"], "abr", "two_phase", 0.89),
+        ("1", ["method=abr", "seed=1"], "abr", "two_phase", 0.88),
+        ("2", ["method=fp", "seed=0"], "fp", "constant", 0.90),
+    ]:
+        run = tmp_path / "runs" / job
+        (run / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create({"task_name": "train", "seed": 0}), run / ".hydra" / "config.yaml")
+        OmegaConf.save(OmegaConf.create(overrides), run / ".hydra" / "overrides.yaml")
+        choices = {"architecture": "lenet", "method": method, "schedule": schedule, "experiment": None,
+                   "hydra/launcher": "basic"}
+        OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"choices": choices}}}), run / ".hydra" / "hydra.yaml")
+        (run / "metrics.json").write_text(json.dumps({"test/acc": acc}))
+    assert load_run(tmp_path / "runs" / "1").value("architecture") == "lenet"
+    assert load_run(tmp_path / "runs" / "1").value("experiment") == ""
+    runs, _ = report([tmp_path / "runs"], out=tmp_path / "out")
+    header, *rows = (tmp_path / "out" / "report.csv").read_text().splitlines()
+    assert header.split(",")[:4] == ["run", "method", "schedule", "seed"]
+    assert [row.split(",")[1:4] for row in rows] == [["abr", "two_phase", "0"], ["abr", "two_phase", "1"],
+                                                     ["fp", "constant", "0"]]
+    over_seeds = (tmp_path / "out" / "report-over-seeds.csv").read_text().splitlines()
+    assert [row.split(",")[:2] for row in over_seeds[1:]] == [["abr", "two_phase"], ["fp", "constant"]]
 
 
 def test_a_resumed_runs_settings_are_its_first_launchs_with_each_resumes_on_top(tmp_path):

@@ -2,7 +2,7 @@
 
 A run is any folder holding `.hydra/config.yaml` (Hydra's copy of its config); a multirun folder is searched for
 them. A run without `metrics.json` (stopped, or still running) is listed as unfinished, with its curves so far.
-The table shows the overrides that differ between runs and their final metrics, the runs in the order of those
+The table shows the overrides and config groups that differ between runs and their final metrics, the runs in the order of those
 overrides' values (numbers as numbers: t_clip 0.25 before 1.0 before 10). Runs that also vary `seed` get a second
 table and report-over-seeds.csv: each setting's mean and standard deviation over its seeds (binexp.report.seeds). A run is named by its path below the
 folder all the runs share, so two sweeps' job 0 under one folder are `a/0` and `b/0`. Plots and further tables (the
@@ -33,16 +33,21 @@ class Run:
     overrides: dict[str, str] = field(default_factory=dict)
     config: dict | None = None
     label: str = ""  # set by find_runs: the path below the runs' common folder
+    choices: dict[str, str] = field(default_factory=dict)  # config group -> the option composed ("" for none)
 
     @property
     def name(self) -> str:
         return self.label or self.path.resolve().name  # `binexp report .` inside a run names it, not ""
 
     def value(self, key: str) -> str:
-        """The run's override of `key`; where it has none, the value in its composed config (a sweep's runs that
-        left `seed` at its default show 0, not a blank), or "" where that is not a plain value."""
+        """The run's override of `key`; where it has none, the option a config group composed (a run that left
+        `architecture` at its default shows lenet, and `schedule` shows the one its method brought), or the value in
+        its composed config (a sweep's runs that left `seed` at its default show 0, not a blank), or "" where that is
+        not a plain value."""
         if key in self.overrides:
             return self.overrides[key]
+        if key in self.choices:
+            return self.choices[key]
         node: Any = self.config
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
@@ -72,7 +77,15 @@ def load_run(path: Path) -> Run:
                 overrides[key.lstrip("+~")] = value
     cfg_file = path / ".hydra" / "config.yaml"
     config = OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=False) if cfg_file.exists() else None
-    return Run(path, metrics, overrides, config)
+    return Run(path, metrics, overrides, config, choices=_group_choices(path / ".hydra" / "hydra.yaml"))
+
+
+def _group_choices(hydra_file: Path) -> dict[str, str]:
+    """Hydra's record of the option each config group composed, Hydra's own groups left out."""
+    if not hydra_file.exists():
+        return {}
+    choices = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.choices", default=None) or {}
+    return {str(g): "" if o is None else str(o) for g, o in choices.items() if not str(g).startswith("hydra")}
 
 
 def find_runs(paths: list[Path]) -> list[Run]:
@@ -119,7 +132,8 @@ def _has_run_files(path: Path) -> bool:
 
 
 def varying_overrides(runs: list[Run]) -> list[str]:
-    keys = sorted({k for r in runs for k in r.overrides})
+    """The overrides and config groups whose values differ between the runs (a method's own schedule included)."""
+    keys = sorted({k for r in runs for k in [*r.overrides, *r.choices]})
     return [k for k in keys if len({r.value(k) for r in runs}) > 1]
 
 

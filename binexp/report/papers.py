@@ -1,8 +1,9 @@
 """Each run beside the published numbers of the experiment it ran (the experiment's `paper:` block): `paper.csv`.
 
 An experiment names its source, the group options (and keys) the numbers are for, and, per metrics.json key, the paper's
-value in %; a run whose config has such a block, and those options, gets one row per key: ours, the paper's, and
-the difference.
+value in %; a run whose config has such a block, and those options, gets one row per key: ours, the paper's, the
+difference, and the run's own overrides of the experiment's recipe (`trainer.max_epochs=2 dataset.subset=2000`:
+then the difference is not the paper's).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class PaperRow:
     metric: str
     ours: Optional[float]  # % ; None when the run has no such metric (stopped early, or a protocol turned off)
     paper: float
+    changed: str = ""  # the run's own overrides of the experiment's recipe (epochs, subset, ...): not the paper's setup
 
     @property
     def difference(self) -> Optional[float]:
@@ -55,10 +57,16 @@ def paper_rows(runs) -> tuple[list[PaperRow], list[str]]:
                             + ", ".join(f"{g}={paper['choices'][g]}" for g in other) + " (the run: "
                             + ", ".join(f"{g}={o}" for g, o in other.items()) + ")")
             continue
+        changed = " ".join(f"{k}={v}" for k, v in sorted(r.overrides.items()) if k not in _NOT_RECIPE
+                           and k not in (paper.get("choices") or {}))
         for metric, value in (paper.get("metrics") or {}).items():
             ours = r.metrics.get(metric)
-            rows.append(PaperRow(r.name, paper.get("source", ""), metric, None if ours is None else 100 * ours, float(value)))
+            rows.append(PaperRow(r.name, paper.get("source", ""), metric, None if ours is None else 100 * ours,
+                                 float(value), changed))
     return rows, left_out
+
+
+_NOT_RECIPE = ("experiment", "seed")  # which recipe a run took and its draw, not a change of the recipe
 
 
 def _pct(value: Optional[float], signed: bool = False) -> str:
@@ -77,16 +85,22 @@ def write_paper_table(runs, out: Path) -> list[Path]:
     from rich.table import Table
 
     table = Table(title="against the papers (%)")
-    for name, justify in [("run", "left"), ("paper", "left"), ("metric", "left"), ("ours", "right"),
-                          ("paper's", "right"), ("ours - paper's", "right")]:
+    changed = any(row.changed for row in rows)
+    columns = [("run", "left"), ("paper", "left"), ("metric", "left"), ("ours", "right"), ("paper's", "right"),
+               ("ours - paper's", "right"), *([("the run changed", "left")] if changed else [])]
+    for name, justify in columns:
         table.add_column(name, justify=justify)
     for row in rows:
-        table.add_row(row.run, row.source, row.metric, _pct(row.ours), _pct(row.paper), _pct(row.difference, signed=True))
+        table.add_row(row.run, row.source, row.metric, _pct(row.ours), _pct(row.paper), _pct(row.difference, signed=True),
+                      *([row.changed] if changed else []))
     Console(width=None if sys.stdout.isatty() else 220).print(table)
+    if changed:
+        print("Runs with changes did not train the experiment's recipe as it is: their difference is not the paper's.")
     path = out / "paper.csv"
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["run", "source", "metric", "ours", "paper", "difference"])
+        writer.writerow(["run", "source", "metric", "ours", "paper", "difference", "changed"])
         for row in rows:
-            writer.writerow([row.run, row.source, row.metric, *("" if v is None else round(v, 2) for v in (row.ours, row.paper, row.difference))])
+            writer.writerow([row.run, row.source, row.metric,
+                             *("" if v is None else round(v, 2) for v in (row.ours, row.paper, row.difference)), row.changed])
     return [path]
