@@ -162,7 +162,8 @@ class BinarizationCurves(pl.Callback):
         self._last_step = state_dict.get("last_step")
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._record(trainer, pl_module)
+        if trainer.global_step == 0:  # the record before training; a resumed run's curve goes on at its next point
+            self._record(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
