@@ -54,8 +54,10 @@ def _config_groups() -> set[str]:
 def _resume_args(args: list[str]) -> list[str]:
     """`resume=<dir>` re-composes the run's saved config (not today's defaults) into the same directory."""
     value = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
-    if not value:
+    if value is None or value == "null":
         return args
+    if not value.strip():  # an unset shell variable: not a new run with today's defaults
+        _fail("resume=: empty; resume takes a run directory made by `binexp train` (resume=logs/train/runs/<time>)")
     run_dir = Path(value).resolve()
     saved = run_dir / ".hydra" / "config.yaml"
     if not saved.exists():

@@ -45,6 +45,7 @@ from binexp.module import Classifier, fit_metrics, scalar_metrics
 from binexp.optim import build_optimizer
 from binexp.profiling import NoProfiler
 from binexp.protocol import PhaseEvaluation, protocol_config, run_protocol
+from binexp.ranges import check_ranges
 from binexp.schedules import Schedule
 from binexp.size import model_size
 
@@ -123,8 +124,27 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path) 
         extra["strategy"] = chosen
     if cfg.trainer.get("profiler") is None:
         extra["profiler"] = NoProfiler()
-    return build(cfg.trainer, drop=tuple(extra), callbacks=callbacks, logger=loggers or False,
-                 default_root_dir=str(run_dir), **extra)
+    try:
+        return build(cfg.trainer, drop=tuple(extra), callbacks=callbacks, logger=loggers or False,
+                     default_root_dir=str(run_dir), **extra)
+    except Exception as err:  # Lightning's refusal (no GPU for accelerator=gpu, an unknown precision), wrapped by Hydra
+        refusal = _lightning_refusal(err)
+        if refusal is None:
+            raise
+        chosen = ", ".join(f"trainer.{k}={cfg.trainer.get(k)}" for k in ("accelerator", "devices", "precision", "strategy"))
+        raise ConfigError(f"trainer: Lightning refused {chosen}: {refusal}") from None
+
+
+def _lightning_refusal(err: BaseException) -> str | None:
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, (MisconfigurationException, ValueError)) and not isinstance(err, ConfigError):
+            return str(err)
+        seen.add(id(err))
+        err = err.__cause__
+    return None
 
 
 def last_checkpoint(run_dir: Path) -> Path:
@@ -280,6 +300,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     record = launch_record(run_dir)
     try:
+        check_ranges(cfg)
         if cfg.get("resume"):
             check_override_types(cfg, launch_overrides() or [])
             continue_last_launch(cfg, last_checkpoint(Path(cfg.resume)), run_dir)

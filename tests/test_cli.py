@@ -40,6 +40,8 @@ def test_eval_and_resume_without_a_run_directory_say_so_and_create_nothing(tmp_p
         out = binexp(*args, cwd=tmp_path)
         assert out.returncode == 2, args
         assert f"{missing}/.hydra/config.yaml not found" in out.stderr and "Traceback" not in out.stderr
+    out = binexp("train", "resume=", cwd=tmp_path)  # an unset shell variable: refused, not a new default run
+    assert out.returncode == 2 and "resume=: empty; resume takes a run directory" in out.stderr
     assert list(tmp_path.iterdir()) == []  # no eval/<time>/ folder inside a directory that was never a run
 
 def test_a_refused_eval_says_why_and_leaves_no_folder_in_the_run(tmp_path):

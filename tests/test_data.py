@@ -203,7 +203,7 @@ def test_caffe_image_subtracts_the_per_pixel_mean_of_the_training_images():
 
 
 def test_datamodule_computes_the_mean_image_from_its_training_split_only():
-    dm = SyntheticData(num_train=64, num_test=16, val_size=16, normalize="caffe_image", seed=0)
+    dm = SyntheticData(num_train=64, num_test=16, val_size=16, normalize="caffe_image", seed=0, batch_size=16)
     dm.setup()
     expected = dm.splits["train"].images.double().mean(0) / 255
     assert torch.allclose(torch.tensor(dm.norm.mean_image, dtype=torch.float64), expected)
@@ -269,7 +269,7 @@ def test_image_folder_source(tmp_path):
             (tmp_path / "imgs" / split / name).mkdir(parents=True)
             for i in range(n):
                 Image.fromarray(np.full((8, 8, 3), 40 * c + i, np.uint8)).save(tmp_path / "imgs" / split / name / f"{i}.png")
-    dm = ImageFolderData(folder=str(tmp_path / "imgs"), root=str(tmp_path), cache_dir=None, val_size=2)
+    dm = ImageFolderData(folder=str(tmp_path / "imgs"), root=str(tmp_path), cache_dir=None, val_size=2, batch_size=4)
     dm.setup()
     assert dm.num_classes == 2 and len(dm.splits["train"]) == 10 and len(dm.splits["test"]) == 4
     assert dm.splits["test"].images[:, 0, 0, 0].tolist() == [0, 40, 1, 41]  # cat 0, dog 0, cat 1, dog 1

@@ -111,6 +111,25 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path):
         train(cfg)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["optimizer.lr=-0.1"], r"optimizer\.lr=-0\.1: allowed is a number >= 0"),
+    (["seed=-1"], r"seed=-1: allowed is null or a whole number in 0\.\.4294967295"),
+    (["architecture.width=0"], r"architecture\.width=0\.0: allowed is a number > 0"),
+    (["trainer.max_epochs=0"], r"trainer\.max_epochs=0: allowed is a whole number >= 1"),
+    (["trainer.accumulate_grad_batches=0"], r"trainer\.accumulate_grad_batches=0: allowed is a whole number >= 1"),
+    (["method.t_clip=-0.5"], r"method\.t_clip=-0\.5: allowed is null or a number >= 0"),
+    (["dataset.subset=20"], r"dataset\.batch_size=64: more than the 20 training samples .*allowed is a batch size <= 20"),
+    (["dataset.subset=null", "dataset.val_size=100000"], r"dataset\.val_size=\d+ leaves nothing to train on .*allowed is a count <"),
+    (["trainer.precision=foo"], r"trainer: Lightning refused .*trainer\.precision=foo, .*Precision 'foo' is invalid"),
+])
+def test_out_of_range_values_are_refused_naming_the_key_before_training(tmp_path, overrides, message):
+    run_dir = tmp_path / "runs" / "x"
+    run_dir.mkdir(parents=True)
+    with pytest.raises(ConfigError, match=message):
+        train(compose_train(SMOKE + ["method=ste", *overrides], run_dir=run_dir))
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra"]  # the composed config only: nothing trained
+
+
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     poison = [
         "+callbacks.poison._target_=tests.helpers.PoisonWeightsAtStep", "+callbacks.poison.step=5",

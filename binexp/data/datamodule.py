@@ -107,6 +107,10 @@ class ImageData(pl.LightningDataModule):
         self.norm = InputNorm.from_stats(self.normalize, mean, std, mean_image)
         if self.subset:
             train = balanced_subset(train, self.subset, len(self.classes))
+        if len(train) < self.batch_size:  # training drops the last incomplete batch: there would be none
+            raise ConfigError(f"dataset.batch_size={self.batch_size}: more than the {len(train)} training samples "
+                              f"(dataset.subset={self.subset}, dataset.val_size={n_val}), so no training batch; "
+                              f"allowed is a batch size <= {len(train)}")
         self.splits.update(train=train, test=test)
 
     def batches(

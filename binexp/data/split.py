@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from binexp.errors import ConfigError
+
 
 @dataclass
 class Split:
@@ -39,7 +41,8 @@ def balanced_subset(split: Split, n: int, num_classes: int) -> Split:
 def stratified_holdout(split: Split, n: int, num_classes: int, seed: int) -> tuple[Split, Split]:
     """A seeded random validation set of n samples, balanced over classes, and the rest for training."""
     if n >= len(split):
-        raise ValueError(f"dataset.val_size={n} leaves nothing to train on ({len(split)} training samples)")
+        raise ConfigError(f"dataset.val_size={n} leaves nothing to train on ({len(split)} training samples); "
+                          f"allowed is a count < {len(split)}")
     g = torch.Generator().manual_seed(seed)
     held = []
     for c, count in enumerate(_per_class_counts(n, num_classes)):

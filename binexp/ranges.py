@@ -1,0 +1,76 @@
+"""Value ranges of the numeric keys that torch, Lightning or the schedules would take without a word (a zero width
+trains 1-channel layers, a negative t_clip cancels every gradient) or reject with a traceback that does not name
+the key (a negative lr, seed -1, zero accumulation). Checked once, before anything is built; keys a run's config
+does not have (t_clip outside method=ste, betas outside Adam) are skipped. Keys whose own module checks them
+(dataset.subset, protocol.bn_bits, ...) are not repeated here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from binexp.errors import ConfigError
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: _number(v) and v >= low), f"a number >= {low:g}"
+
+
+def _above(low: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: _number(v) and v > low), f"a number > {low:g}"
+
+
+def _or_null(rule: tuple[Callable[[Any], bool], str]) -> tuple[Callable[[Any], bool], str]:
+    check, text = rule
+    return (lambda v: v is None or check(v)), f"null or {text}"
+
+
+_COUNT = ((lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1), "a whole number >= 1")
+_SEED = ((lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32)),
+         "null or a whole number in 0..4294967295")
+_BETAS = ((lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v)),
+          "two numbers in [0, 1)")
+_SHARE = ((lambda v: v is None or (_number(v) and 0 < v <= 1)), "null or a share in (0, 1]")
+
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "seed": _SEED,
+    "trainer.max_epochs": _COUNT,
+    "trainer.accumulate_grad_batches": _COUNT,
+    "trainer.log_every_n_steps": _COUNT,
+    "trainer.gradient_clip_val": _or_null(_at_least(0)),
+    "architecture.width": _above(0),
+    "method.t_clip": _or_null(_at_least(0)),
+    "optimizer.lr": _at_least(0),
+    "optimizer.momentum": _at_least(0),
+    "optimizer.weight_decay": _at_least(0),
+    "optimizer.eps": _at_least(0),
+    "optimizer.betas": _BETAS,
+    "optimizer.bias_lr_mult": _at_least(0),
+    "lr_scheduler.scheduler.gamma": _above(0),
+    "schedule.lambda1": _at_least(0),
+    "schedule.lambda2": _at_least(0),
+    "dataset.augment.crop_padding": _at_least(0),
+    "protocol.finetune_epochs": _at_least(0),
+    "protocol.finetune_lr": _at_least(0),
+    "protocol.binary_weights_epochs": _at_least(0),
+    "protocol.binary_weights_lr": _at_least(0),
+    "protocol.bn_batches": _at_least(0),
+    "callbacks.binarization.stop_on_collapse": _SHARE,
+}
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """A ConfigError naming the first key whose value is outside its range, and the range."""
+    for key, (check, allowed) in RULES.items():
+        node = OmegaConf.select(cfg, key, default="<absent>", throw_on_missing=False)
+        if isinstance(node, str) and node == "<absent>":
+            continue
+        value = OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
+        if not check(value):
+            raise ConfigError(f"{key}={value!r}: allowed is {allowed}")
