@@ -177,7 +177,7 @@ class GracefulStop(pl.Callback):
         self._hand_on_requeue(trainer)
         raise RunInterrupted(
             f"stopped at step {trainer.global_step} (epoch {trainer.current_epoch}); saved {self.checkpoint}.\n"
-            f"Resume with: binexp train resume={run_dir}"
+            + resume_hint(run_dir)
         )
 
     def _hand_on_requeue(self, trainer) -> None:
@@ -220,3 +220,22 @@ class SignalAtStep(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), getattr(signal, self.signal_name))
+
+
+def resume_hint(run_dir: Path) -> str:
+    """How to go on: this run alone, or, for a job of a sweep (whose later jobs did not start), the sweep again."""
+    import shlex
+    import sys
+
+    from hydra.types import RunMode
+
+    from binexp.hydra_output import running_hydra
+
+    alone = f"binexp train resume={run_dir}"
+    hc = running_hydra()
+    if hc is None or hc.mode != RunMode.MULTIRUN:
+        return f"Resume with: {alone}"
+    args = [a for a in sys.argv[1:] if not a.startswith("hydra.sweep.dir=")]  # Hydra's arguments: the task is gone
+    again = shlex.join(["binexp", "train", *args, f"hydra.sweep.dir={hc.sweep.dir}"])
+    return (f"This run is job {hc.job.num} of a sweep whose later jobs have not run. Resume the sweep (finished jobs "
+            f"are skipped, this one continues from its checkpoint) with:\n  {again}\nor this job alone with: {alone}")
