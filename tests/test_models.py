@@ -57,6 +57,15 @@ def test_binary_shortcuts_are_the_methods_strided_1x1_convs_on_the_blocks_signs(
     assert binary_count == sum(isinstance(m, BinaryWeights) for m in float_net.modules()) + len(blocks)
 
 
+@pytest.mark.parametrize("shortcut", ["float", "binary"])
+def test_resnets_take_mnists_28x28_images(shortcut):
+    """28 -> 14 -> 7 -> 4: a float shortcut's average pool rounds up as the strided conv does."""
+    cfg = compose_train(["architecture=resnet18", "method=ste", "dataset=mnist", "architecture.width=0.125",
+                         f"architecture.shortcut={shortcut}"])
+    net = build_model(cfg.architecture, build(cfg.method), (1, 28, 28), num_classes=10)
+    assert net.stages(net.stem(torch.randn(2, 1, 28, 28))).shape == (2, 64, 4, 4)
+
+
 def test_a_bad_shortcut_names_the_key_and_the_allowed_values():
     with pytest.raises(ConfigCompositionException) as err:
         compose_train(["architecture=resnet18", "architecture.shortcut=bin"])

@@ -60,7 +60,8 @@ class _Block(nn.Module):
             self.shortcut_reads_act = True
         else:
             self.shortcut = nn.Sequential(
-                nn.AvgPool2d(stride) if stride > 1 else nn.Identity(),
+                # ceil: an odd map (MNIST's 28 -> 14 -> 7) halves to the strided conv's ceil(7 / 2) = 4
+                nn.AvgPool2d(stride, ceil_mode=True) if stride > 1 else nn.Identity(),
                 nn.Conv2d(in_ch, out_ch, 1, bias=False),
                 nn.BatchNorm2d(out_ch),
             )
