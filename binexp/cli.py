@@ -130,6 +130,15 @@ def _check_override_keys(args: list[str]) -> None:
             _fail(f"{key}: the default {group} has no such key (its keys: {keys}), and a sweep is composed with it "
                   f"before its jobs; give a key of the swept options as a one-value sweep: '{key}=choice({value})'")
         _fail(f"{key}: no such key (the keys under {parent or 'the top level'}: {keys})")
+    from dataclasses import fields
+
+    from binexp.config import TrainConfig
+
+    known = {f.name for f in fields(TrainConfig)}
+    unread = sorted({o.key_or_group for o in parsed if o.is_add() and "." not in o.key_or_group}
+                    - known - _config_groups() - {"hydra"})
+    if unread:  # a top-level key nothing reads: Hydra adds it and the run ignores it
+        _fail(f"+{unread[0]}: not a key binexp reads (the top-level keys: {', '.join(sorted(known))})")
 
 
 def _check_launcher_installed(args: list[str]) -> None:

@@ -92,6 +92,8 @@ def test_eval_help_lists_evals_keys_not_trains_groups(tmp_path):
      "with it before its jobs; give a key of the swept options as a one-value sweep: 'method.binarize_first=choice(false)'"),
     (["method=ste", "+method.tclip=0.5", "dataset=synthetic"],  # added with +: refused when the method is built
      "method.tclip: not a parameter of binexp.binarize.ste.STE (it takes t_clip, scaling, binarize_first, binarize_last)"),
+    (["+foo=1", "dataset=synthetic"],  # a top-level key nothing reads
+     "+foo: not a key binexp reads (the top-level keys: architecture, callbacks, channels_last, dataset, "),
 ])
 def test_an_unknown_key_names_the_keys_that_are_there(tmp_path, args, message):
     out = binexp("train", *args, f"hydra.run.dir={tmp_path / 'r'}", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
