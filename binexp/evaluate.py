@@ -105,10 +105,12 @@ def load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
     cfg = load_run_config(run_dir)
     if overrides:
         from binexp.config import check_override_keys, check_override_types
+        from binexp.ranges import check_ranges
 
         check_override_keys(cfg, overrides, f"the config of {run_dir}")
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
         check_override_types(cfg, overrides)
+        check_ranges(cfg)
     path = find_checkpoint(run_dir, ckpt)
     dm = build_data(cfg)
     module = build_module(cfg, dm, build_method(cfg))
@@ -188,11 +190,8 @@ def _evaluate(cfg: DictConfig) -> dict[str, float]:
             accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, **limits,
         )
-    except (MisconfigurationException, ValueError) as err:  # Lightning's words for a setting it cannot take
-        message = str(err).splitlines()[0]
-        bad_limit = next((k for k in limits if k in message), None)
-        if bad_limit is not None:
-            raise ConfigError(f"trainer.{bad_limit}={limits[bad_limit]} (the run's, or run_overrides'): {message}") from None
+    except (MisconfigurationException, ValueError) as err:  # Lightning's words for an accelerator it cannot take
+        message = str(err).splitlines()[0]  # (the limits were checked with the run's config: binexp.ranges)
         raise ConfigError(f"accelerator={cfg.accelerator}: {message} (allowed: auto, cpu, gpu, and what Lightning "
                           "names)") from None
     metrics = scalar_metrics(trainer.test(module, datamodule=dm, verbose=False)[0])

@@ -37,6 +37,8 @@ _SEED = ((lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)
 _BETAS = ((lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v)),
           "two numbers in [0, 1)")
 _SHARE = ((lambda v: v is None or (_number(v) and 0 < v <= 1)), "null or a share in (0, 1]")
+_LIMIT = ((lambda v: (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+           or (isinstance(v, float) and 0 <= v <= 1)), "a count of batches >= 0 or a share in [0.0, 1.0]")
 
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": _SEED,
@@ -44,6 +46,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.accumulate_grad_batches": _COUNT,
     "trainer.log_every_n_steps": _COUNT,
     "trainer.gradient_clip_val": _or_null(_at_least(0)),
+    "trainer.limit_train_batches": _LIMIT,
+    "trainer.limit_val_batches": _LIMIT,
+    "trainer.limit_test_batches": _LIMIT,
+    "lr_scheduler.interval": ((lambda v: v in ("step", "epoch")), "step or epoch"),
     "architecture.width": _above(0),
     "method.t_clip": _or_null(_at_least(0)),
     "optimizer.lr": _at_least(0),

@@ -226,8 +226,10 @@ def test_eval_tests_on_the_runs_own_test_batches_and_refuses_changing_its_groups
                              run_overrides=["trainer.limit_test_batches=1.0"]))
     with pytest.raises(ConfigError, match=r"accelerator=nope: .*\(allowed: auto, cpu, gpu"):
         evaluate(eval_config(run=str(run_dir), accelerator="nope"))
-    with pytest.raises(ConfigError, match=r"trainer.limit_test_batches=-1 \(the run's, or run_overrides'\): "):
-        evaluate(eval_config(run=str(run_dir), accelerator="cpu", run_overrides=["trainer.limit_test_batches=-1"]))
+    for bad, shown in (("-1", "-1"), ("abc", "'abc'"), ("1.5", "1.5")):
+        with pytest.raises(ConfigError, match=rf"trainer.limit_test_batches={shown}: allowed is a count of batches >= 0 "
+                                              r"or a share in \[0.0, 1.0\]"):
+            evaluate(eval_config(run=str(run_dir), accelerator="cpu", run_overrides=[f"trainer.limit_test_batches={bad}"]))
     from binexp.config import check_override_keys
     from binexp.evaluate import load_run_config
 
