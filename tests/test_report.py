@@ -108,7 +108,7 @@ def test_report_lists_a_stopped_run_as_unfinished_with_its_learning_curve(tmp_pa
 
     report([tmp_path / "sweep"], out=tmp_path / "out")
     header, row = (tmp_path / "out" / "report.csv").read_text().splitlines()
-    assert header.endswith(",finished") and row.endswith(",false")
+    assert header.endswith(",finished,path") and row.endswith(f",false,{tmp_path / 'sweep' / '0'}")
 
 
 def _finished_run(path: Path, t_clip: str, acc: float) -> Path:
@@ -131,7 +131,8 @@ def test_two_sweeps_under_one_folder_keep_their_jobs_apart_in_numeric_order(tmp_
     assert runs[0].file_stem == "a_1"
     rows = (tmp_path / "out" / "report.csv").read_text().splitlines()
     assert [row.split(",")[1] for row in rows] == ["method.t_clip", "0.5", "2.0", "10", "null"]
-    assert [row.rpartition(",")[2] for row in rows] == ["finished", "true", "true", "true", "true"]
+    assert [row.split(",")[-2] for row in rows] == ["finished", "true", "true", "true", "true"]
+    assert [row.split(",")[0] for row in rows] == ["run", "a/1", "b/0", "a/0", "b/1"]  # the table's names
     assert written == [tmp_path / "out" / "report.csv"]  # "null" is not a number: no accuracy-vs-t_clip plot
     with pytest.raises(SystemExit, match=r"--metrics test/accc: in no run's metrics.json; they hold .*test/acc"):
         report([tmp_path / "sweeps"], out=tmp_path / "out", metrics=["test/acc", "test/accc"])
@@ -151,7 +152,7 @@ def test_report_refuses_a_missing_folder_an_unknown_metric_and_a_file_as_out_bef
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs" / "report.csv").exists()
     _unfinished_run(tmp_path / "unfinished" / "0")  # a sweep in progress, none finished: tabulated as it stands
     report([tmp_path / "unfinished"], out=tmp_path / "out", metrics=["test/acc"])
-    assert (tmp_path / "out" / "report.csv").read_text().splitlines()[1].endswith(",false")
+    assert (tmp_path / "out" / "report.csv").read_text().splitlines()[1].split(",")[-2] == "false"
 
 
 def test_a_run_reported_from_inside_its_folder_is_named_after_it(tmp_path, monkeypatch):

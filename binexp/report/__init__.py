@@ -127,6 +127,14 @@ def in_override_order(runs: list[Run], keys: list[str]) -> list[Run]:
     return sorted(runs, key=lambda run: (*[value_order(run.value(k)) for k in keys], run.name))
 
 
+def run_labels(runs: list[Run]) -> dict[str, str]:
+    """name -> how figures label the run: multirun jobs are named 0, 1, ... (or a/0, b/0 for two sweeps), so there
+    the overrides and groups that vary are added (fp and ste jobs are told apart by `method=...`)."""
+    numbered = any(r.name.rpartition("/")[2].isdigit() for r in runs)
+    keys = varying_overrides(runs) if numbered else []
+    return {r.name: ", ".join([r.name, *(f"{k}={v}" for k in keys if (v := r.value(k)))]) for r in runs}
+
+
 def _has_run_files(path: Path) -> bool:
     return (path / "metrics.json").exists() or (path / ".hydra" / "config.yaml").exists()
 
@@ -153,10 +161,11 @@ def write_csv(runs: list[Run], out: Path, keys: list[str], metrics: list[str]) -
     path = out / "report.csv"
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["run", *keys, *metrics, "finished"])  # unfinished: stopped or still running, no metrics.json
+        # run: the name the table and paper.csv use; unfinished: stopped or still running, no metrics.json
+        writer.writerow(["run", *keys, *metrics, "finished", "path"])
         for r in runs:
-            writer.writerow([str(r.path), *[r.value(k) for k in keys], *[r.metrics.get(m, "") for m in metrics],
-                             str(r.finished).lower()])
+            writer.writerow([r.name, *[r.value(k) for k in keys], *[r.metrics.get(m, "") for m in metrics],
+                             str(r.finished).lower(), str(r.path)])
     return path
 
 

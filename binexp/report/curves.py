@@ -110,6 +110,9 @@ def plot_binarization(runs, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    from binexp.report import run_labels
+
+    labels = run_labels(runs)  # a sweep's job 4 is titled with its method and seed too
     written = []
     for run in runs:
         path = run.path / CSV_NAME
@@ -124,7 +127,7 @@ def plot_binarization(runs, out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for key, label in kind.last:
             ax.plot(curves[last_layer]["step"], [100 * v for v in curves[last_layer][key]], label=label)
-        ax.set(xlabel="training step", ylabel=kind.ylabel, ylim=(0, 101), title=f"{run.name}: {last_layer}")
+        ax.set(xlabel="training step", ylabel=kind.ylabel, ylim=(0, 101), title=f"{labels[run.name]}: {last_layer}")
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))  # more 5-digit step labels overlap at this width
         ax.legend(loc="best", fontsize="small")
         written.append(save_figure(fig, out / f"{run.file_stem}-binarization.png"))
@@ -137,7 +140,7 @@ def plot_binarization(runs, out: Path) -> list[Path]:
                     color=f"C{blocks.index(block) % 10}", linestyle="--" if part == "act" else "-")
         ylabels = {k.per_layer_ylabel for k in kinds.values()}
         ax.set(xlabel="training step", ylabel=ylabels.pop() if len(ylabels) == 1 else "% (each layer's own measure)",
-               ylim=(0, 101), title=run.name)
+               ylim=(0, 101), title=labels[run.name])
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         add_legend(ax, len(curves), loc="lower right")
         written.append(save_figure(fig, out / f"{run.file_stem}-binarization-layers.png"))

@@ -33,16 +33,10 @@ def learning_curve(run_dir: Path, tag: str = TAG) -> list[tuple[float, float]]:
 
 
 def plot_learning_curves(runs, out: Path) -> list[Path]:
-    from binexp.report import varying_overrides
+    from binexp.report import run_labels
 
-    names = [r.name for r in runs]
-    # multirun jobs are named 0, 1, ... (or a/0, b/0 for two sweeps): there the overrides tell runs apart
-    keys = varying_overrides(runs) if any(n.rpartition("/")[2].isdigit() for n in names) else []
-
-    def label(run) -> str:
-        return ", ".join([run.name, *(f"{k}={v}" for k in keys if (v := run.value(k)))])  # a key the run lacks: left out
-
-    curves = {label(r): points for r in runs if (points := learning_curve(r.path))}
+    labels = run_labels(runs)
+    curves = {labels[r.name]: points for r in runs if (points := learning_curve(r.path))}  # in the table's order
     if not curves:
         return []
     import matplotlib
@@ -54,9 +48,11 @@ def plot_learning_curves(runs, out: Path) -> list[Path]:
     from binexp.report.curves import add_legend, crowded, save_figure
 
     fig, ax = plt.subplots(figsize=(8, 4) if crowded(len(curves)) else (6, 4))
-    for name, points in sorted(curves.items()):
+    for i, (name, points) in enumerate(curves.items()):
         xs, ys = zip(*points)
-        ax.plot(xs, [100 * y for y in ys], marker=".", label=name)
+        # ten colours, then the next line style: runs 0 and 10 are not drawn alike
+        ax.plot(xs, [100 * y for y in ys], marker=".", label=name, color=f"C{i % 10}",
+                linestyle=("-", "--", ":", "-.")[i // 10 % 4])
     ax.set(xlabel="epoch", ylabel=f"{TAG} (%)", title=f"{TAG} during training")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.5 between two of them
     ax.grid(alpha=0.3)

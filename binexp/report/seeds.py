@@ -88,7 +88,10 @@ def _cell(s: Summary, runs: int) -> str:
 
     if s.mean is None:
         return "-"
-    text = _format(s.mean) if not s.sd else f"{s.mean:.4f} ± {s.sd:.4f}"  # equal over the seeds (a size): the value
+    if s.n > 1:  # a spread of 0 (a size, or two seeds that hit the same count) is still a mean of n
+        text = f"{s.mean:.4f} ± {s.sd:.4f}" if s.sd else f"{_format(s.mean)} ± 0"
+    else:
+        text = _format(s.mean)
     return text if s.n == runs else f"{text} (n={s.n})"  # some runs lack it, or it is not finite there
 
 
