@@ -154,7 +154,7 @@ def last_checkpoint(run_dir: Path) -> Path:
     return ckpt
 
 
-def continue_last_launch(cfg: DictConfig, ckpt: Path, run_dir: Path) -> None:
+def continue_last_launch(cfg: DictConfig, ckpt: Path, run_dir: Path) -> dict:
     """`resume=`: train for as long as the launch that saved last.ckpt asked (an earlier resume may have extended
     the run), unless this launch sets trainer.max_epochs / max_steps itself; the schedules follow that length.
     A finished run with nothing left to train is refused rather than tested again over its metrics."""
@@ -181,6 +181,21 @@ def continue_last_launch(cfg: DictConfig, ckpt: Path, run_dir: Path) -> None:
             f"{max_steps}): {epochs} epochs, {steps} steps in last.ckpt; pass a larger trainer.max_epochs (or "
             f"max_steps) to train on, or `binexp eval run=...` to evaluate it"
         )
+    return saved
+
+
+def check_checkpoint_fits(module: pl.LightningModule, saved: dict, cfg: DictConfig) -> None:
+    """A resume whose overrides change the network's layers (architecture.width=2) cannot load the run's weights:
+    refused before anything is written, rather than by Lightning's size-mismatch traceback inside fit."""
+    own, theirs = module.state_dict(), saved.get("state_dict", {})
+    missing, unexpected = sorted(set(own) - set(theirs)), sorted(set(theirs) - set(own))
+    shapes = sorted(k for k in set(own) & set(theirs) if own[k].shape != theirs[k].shape)
+    if missing or unexpected or shapes:
+        found = (f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(unexpected[:3])}"
+                 if unexpected else ", ".join(f"{k} {tuple(theirs[k].shape)} saved, {tuple(own[k].shape)} built"
+                                              for k in shapes[:3]))
+        raise ConfigError(f"resume={cfg.resume}: last.ckpt does not fit the network this launch builds ({found}); "
+                          f"an override that changes the network's layers cannot continue the run: start a new run")
 
 
 def clear_earlier_run(run_dir: Path) -> None:
@@ -301,9 +316,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     record = launch_record(run_dir)
     try:
         check_ranges(cfg)
+        saved = None
         if cfg.get("resume"):
             check_override_types(cfg, launch_overrides() or [])
-            continue_last_launch(cfg, last_checkpoint(Path(cfg.resume)), run_dir)
+            saved = continue_last_launch(cfg, last_checkpoint(Path(cfg.resume)), run_dir)
         state, found = existing_run(cfg, run_dir)
         if state == "finished":
             discard_launch_record(run_dir, record)
@@ -315,6 +331,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         schedule = build_schedule(cfg, method)
         protocol = protocol_config(cfg)  # checked before training, used after it
         module = build_module(cfg, dm, method)
+        if saved is not None:
+            check_checkpoint_fits(module, saved, cfg)
         callbacks = build_callbacks(cfg, schedule, method, dm)
         trainer = build_trainer(cfg, callbacks, run_dir)
         ckpt = last_checkpoint(Path(cfg.resume)) if cfg.get("resume") else found

@@ -313,3 +313,13 @@ def test_lightnings_hook_name_bypasses_module_attribute_checks_and_nothing_else_
     assert "extra" in dict(module.named_children()) and "extra.weight" in dict(module.named_parameters())
     with pytest.raises(TypeError, match="cannot assign"):  # nn.Module's checks still guard the rest
         module.extra = 3.0
+
+
+def test_a_resume_whose_overrides_change_the_layers_is_refused_before_writing(tmp_path):
+    run_dir, _ = run(tmp_path, [])
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    cfg = compose_train(SMOKE + [f"resume={run_dir}", "architecture.width=2", "trainer.max_epochs=3"], run_dir=run_dir)
+    with pytest.raises(ConfigError, match=r"resume=.*: last.ckpt does not fit the network this launch builds \(.* saved, "
+                                          r".* built.*\); an override that changes the network's layers cannot continue"):
+        train(cfg)
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
