@@ -69,6 +69,16 @@ def _resume_args(args: list[str]) -> list[str]:
         if sep and name in groups:
             _fail(f"{arg}: resume={value} continues the run's own config, whose group choices are fixed; override "
                   f"its keys instead ({name}.<key>=<value>), or start a new run")
+    from omegaconf import OmegaConf
+
+    from binexp.config import check_override_keys
+    from binexp.errors import ConfigError
+
+    dotted = [a for a in rest if "=" in a and not a.startswith(("-", "+", "~", "hydra."))]
+    try:  # a typo would get Hydra's "To append to your config use +key", which only hides it
+        check_override_keys(OmegaConf.load(saved), dotted, f"the config of {run_dir}")
+    except ConfigError as err:
+        _fail(str(err))
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     return [
         "--config-dir", str(saved.parent), "--config-name", "config",

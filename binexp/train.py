@@ -315,11 +315,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     record = launch_record(run_dir)
     try:
-        check_ranges(cfg)
         saved = None
         if cfg.get("resume"):
-            check_override_types(cfg, launch_overrides() or [])
+            check_override_types(cfg, launch_overrides() or [])  # types first: a resumed config has no schema
             saved = continue_last_launch(cfg, last_checkpoint(Path(cfg.resume)), run_dir)
+        check_ranges(cfg)
         state, found = existing_run(cfg, run_dir)
         if state == "finished":
             discard_launch_record(run_dir, record)
