@@ -14,9 +14,16 @@ from binexp.errors import ConfigError
 DESCRIPTIVE_KEYS = ("name",)
 
 
-def build(node: DictConfig, drop: tuple[str, ...] = (), **kwargs: Any) -> Any:
+def build(node: DictConfig, drop: tuple[str, ...] = (), named: bool = True, **kwargs: Any) -> Any:
+    """The object `node` describes, its keys checked against the target's parameters; the keys in `drop` are not
+    passed, nor, for a config group's option (`named`), its `name`, which says which option it is. A callback or a
+    logger is not named: its `name` is a parameter (TensorBoardLogger's)."""
     spec = OmegaConf.to_container(node, resolve=True)
-    for key in (*DESCRIPTIVE_KEYS, *drop):
+    if not isinstance(spec.get("_target_"), str):
+        where = node._get_full_key("_target_").rpartition(".")[0] if isinstance(node, DictConfig) else ""
+        raise ConfigError(f"{where or 'the config'}: no _target_ (the class to build); its keys: "
+                          f"{', '.join(map(str, spec)) or 'none'}")
+    for key in (*(DESCRIPTIVE_KEYS if named else ()), *drop):
         spec.pop(key, None)
     _check_parameters(node, spec, kwargs)
     return instantiate(spec, _convert_="all", **kwargs)

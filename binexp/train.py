@@ -104,7 +104,7 @@ def build_module(cfg: DictConfig, dm: ImageData, method: Method) -> Classifier:
 
 
 def build_callbacks(cfg: DictConfig, schedule: Schedule, method: Method, dm: ImageData) -> list[pl.Callback]:
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks = [build(c, named=False) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if not cfg.trainer.get("enable_progress_bar", True):  # trainer=cluster: Lightning refuses a bar it may not draw
         callbacks = [cb for cb in callbacks if not isinstance(cb, ProgressBar)]
     if not dm.has_validation:  # dataset.val_size=0: nothing to rank checkpoints by, keep last.ckpt only
@@ -116,7 +116,7 @@ def build_callbacks(cfg: DictConfig, schedule: Schedule, method: Method, dm: Ima
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path) -> pl.Trainer:
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    loggers = [build(c, named=False) for c in (cfg.get("logger") or {}).values() if c is not None]
     extra = {}
     strategy = cfg.trainer.get("strategy", "auto")
     chosen = strategy_for(strategy, cfg.trainer.get("devices", 1), int(cfg.trainer.get("num_nodes", 1)))
