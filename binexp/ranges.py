@@ -62,6 +62,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "schedule.lambda1": _at_least(0),
     "schedule.lambda2": _at_least(0),
     "dataset.augment.crop_padding": _at_least(0),
+    "dataset.num_classes": _COUNT,  # the synthetic dataset's
+    "dataset.num_train": _COUNT,
+    "dataset.num_test": _COUNT,
+    "dataset.noise": _at_least(0),
     "protocol.finetune_epochs": _at_least(0),
     "protocol.finetune_lr": _at_least(0),
     "protocol.binary_weights_epochs": _at_least(0),

@@ -144,6 +144,9 @@ def test_report_refuses_a_missing_folder_an_unknown_metric_and_a_file_as_out_bef
     _finished_run(tmp_path / "runs" / "a", "0.5", 0.4)
     with pytest.raises(SystemExit, match=f"binexp report: {tmp_path / 'nope'}: no such directory"):
         report([tmp_path / "nope", tmp_path / "runs"])  # a mistyped run is not just missing from the table
+    (tmp_path / "t.sh").write_text("")
+    with pytest.raises(SystemExit, match=f"binexp report: {tmp_path / 't.sh'}: not a directory"):
+        report([tmp_path / "t.sh"])
     (tmp_path / "file").write_text("")
     with pytest.raises(SystemExit, match=f"--out {tmp_path / 'file'}: exists and is not a directory"):
         report([tmp_path / "runs"], out=tmp_path / "file")

@@ -121,6 +121,7 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path):
     (["dataset.subset=20"], r"dataset\.batch_size=64: more than the 20 training samples .*allowed is a batch size <= 20"),
     (["dataset.subset=null", "dataset.val_size=100000"], r"dataset\.val_size=\d+ leaves nothing to train on .*allowed is a count <"),
     (["trainer.precision=foo"], r"trainer: Lightning refused .*trainer\.precision=foo, .*Precision 'foo' is invalid"),
+    (["dataset.num_classes=0"], r"dataset\.num_classes=0: allowed is a whole number >= 1"),
     (["+callbacks.extra.every=1"], r"callbacks\.extra: no _target_ \(the class to build\); its keys: every"),
     (["+callbacks.extra._target_=nope.Class"], r"callbacks\.extra\._target_=nope\.Class: no module 'nope'"),
 ])

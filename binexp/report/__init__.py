@@ -190,9 +190,9 @@ def print_table(runs: list[Run], keys: list[str], metrics: list[str]) -> None:
 
 
 def report(paths: list[Path], out: Path | None = None, metrics: list[str] | None = None) -> tuple[list[Run], list[Path]]:
-    missing = [str(p) for p in paths if not p.is_dir()]
+    missing = [f"{p}: {'not a directory' if p.exists() else 'no such directory'}" for p in paths if not p.is_dir()]
     if missing:  # a mistyped run would otherwise just be missing from the table
-        raise SystemExit(f"binexp report: {', '.join(missing)}: no such directory (give run or multirun directories)")
+        raise SystemExit(f"binexp report: {'; '.join(missing)} (give run or multirun directories)")
     if out is not None and out.exists() and not out.is_dir():
         raise SystemExit(f"binexp report: --out {out}: exists and is not a directory")
     runs = find_runs(paths)
