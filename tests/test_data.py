@@ -308,6 +308,15 @@ def test_bad_sizes_name_the_key_and_the_allowed_values(key, value, allowed):
     with pytest.raises(ConfigError, match=rf"^dataset\.{key}={value}: allowed is {re.escape(allowed)}$"):
         SyntheticData(**{key: value})
 
+def test_a_missing_image_folder_says_where_to_point_and_not_to_download(tmp_path):
+    dm = ImageFolderData(folder=str(tmp_path / "nope"), root=str(tmp_path), cache_dir=None)
+    with pytest.raises(DatasetNotFoundError, match="image folder .*nope not found") as err:
+        dm.setup()
+    text = str(err.value)
+    assert str(tmp_path / "nope" / "train") in text and "Point dataset.folder at a folder with train/<class>/" in text
+    assert "download" not in text.replace("never downloaded", "")
+
+
 def test_missing_cifar_lists_both_layouts(tmp_path):
     dm = CIFAR10Data(root=str(tmp_path), download=False)
     with pytest.raises(DatasetNotFoundError, match="cifar10-jpeg") as err:

@@ -102,5 +102,7 @@ class ImageFolderData(ImageData):
 
     def load(self) -> tuple[Split, Split, list[str]]:
         if not has_image_folder(self.folder):
-            raise not_found(f"image folder {self.folder}", [str(self.folder / "train"), str(self.folder / "test")])
+            raise not_found(f"image folder {self.folder}", [str(self.folder / "train"), str(self.folder / "test")],
+                            fix="Point dataset.folder at a folder with train/<class>/ and test/<class>/ image folders "
+                                "(an image folder is never downloaded).")
         return read_image_folder(self.folder, self.cache_dir)
