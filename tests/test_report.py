@@ -297,3 +297,22 @@ def test_no_seed_summary_when_the_seed_does_not_vary_or_no_setting_has_two(tmp_p
     assert group_over_seeds([run("a", "0.5", "0"), run("b", "1.0", "1")], ["method.t_clip", "seed"]) == []
     [group] = group_over_seeds([run("a", "0.5", "0"), run("b", "0.5", "1")], ["seed"])
     assert group.setting == {} and group.seeds == ["0", "1"]
+
+
+def test_a_sweep_stopped_before_some_jobs_names_them(tmp_path, capsys):
+    """A Ctrl-C in job 1 of a 2 x 2 sweep: jobs 2 and 3 never got a folder; the report says so."""
+    from binexp.report import never_started, report
+
+    sweep = tmp_path / "sweep"
+    for job in ("0", "1"):
+        _finished_run(sweep / job, "0.5", 0.4)
+    hydra = {"sweep": {"dir": str(sweep), "subdir": "${hydra.job.num}"}, "sweeper": {"params": None},
+             "overrides": {"task": ["method=fp,ste", "seed=0,1", "trainer.max_epochs=2"]}}
+    OmegaConf.save(OmegaConf.create({"hydra": hydra}), sweep / "multirun.yaml")
+    assert never_started(sweep) == [2, 3]
+    report([sweep], out=tmp_path / "out")
+    assert (f"sweep {sweep}: jobs 2, 3 never started (the sweep stopped before them); its command again with "
+            f"hydra.sweep.dir={sweep} runs them") in capsys.readouterr().out.replace("\n", "")
+    hydra["sweeper"]["params"] = {"seed": "0,1"}  # a sweep this count does not expand: no claim
+    OmegaConf.save(OmegaConf.create({"hydra": hydra}), sweep / "multirun.yaml")
+    assert never_started(sweep) == []

@@ -127,6 +127,25 @@ def in_override_order(runs: list[Run], keys: list[str]) -> list[Run]:
     return sorted(runs, key=lambda run: (*[value_order(run.value(k)) for k in keys], run.name))
 
 
+def never_started(sweep_dir: Path) -> list[int]:
+    """The job numbers of the sweep recorded in `sweep_dir`/multirun.yaml that have no folder: a sweep stopped before
+    them (Ctrl-C, a kill) leaves them unrun, and the table could not say so. Only Hydra's basic sweeper over
+    command-line sweeps into job-number folders is counted; anything else returns []."""
+    import math
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hydra = OmegaConf.to_container(OmegaConf.load(sweep_dir / "multirun.yaml"), resolve=False).get("hydra") or {}
+    if (hydra.get("sweeper") or {}).get("params") or (hydra.get("sweep") or {}).get("subdir") != "${hydra.job.num}":
+        return []
+    try:
+        parsed = OverridesParser.create().parse_overrides([str(o) for o in hydra["overrides"]["task"]])
+        jobs = math.prod(len(list(o.sweep_string_iterator())) for o in parsed if o.is_sweep_override())
+    except Exception:  # a sweep this count cannot expand (interval, an unparsable override)
+        return []
+    return [n for n in range(jobs) if not (sweep_dir / str(n)).exists()]
+
+
 def run_labels(runs: list[Run]) -> dict[str, str]:
     """name -> how figures label the run: multirun jobs are named 0, 1, ... (or a/0, b/0 for two sweeps), so there
     the overrides and groups that vary are added (fp and ste jobs are told apart by `method=...`)."""
@@ -210,6 +229,12 @@ def report(paths: list[Path], out: Path | None = None, metrics: list[str] | None
     out = out or paths[0]
     out.mkdir(parents=True, exist_ok=True)
     print_table(runs, keys, metrics)
+    for sweep_dir in sorted({p.parent for root in paths for p in [root / "multirun.yaml", *root.rglob("multirun.yaml")]
+                             if p.exists()}):
+        missing = never_started(sweep_dir)
+        if missing:
+            print(f"sweep {sweep_dir}: job{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} never started "
+                  f"(the sweep stopped before them); its command again with hydra.sweep.dir={sweep_dir} runs them")
     written = [write_csv(runs, out, keys, metrics)]
     seed_groups = group_over_seeds(runs, keys)
     if seed_groups:
