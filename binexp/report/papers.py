@@ -57,7 +57,7 @@ def paper_rows(runs) -> tuple[list[PaperRow], list[str]]:
                             + ", ".join(f"{g}={paper['choices'][g]}" for g in other) + " (the run: "
                             + ", ".join(f"{g}={o}" for g, o in other.items()) + ")")
             continue
-        changed = " ".join(f"{k}={v}" for k, v in sorted(r.overrides.items()) if k not in _NOT_RECIPE
+        changed = " ".join(f"{k}={v}" for k, v in sorted(r.overrides.items()) if not _not_recipe(k)
                            and k not in (paper.get("choices") or {}))
         for metric, value in (paper.get("metrics") or {}).items():
             ours = r.metrics.get(metric)
@@ -66,7 +66,11 @@ def paper_rows(runs) -> tuple[list[PaperRow], list[str]]:
     return rows, left_out
 
 
-_NOT_RECIPE = ("experiment", "seed")  # which recipe a run took and its draw, not a change of the recipe
+def _not_recipe(key: str) -> bool:
+    """Which recipe a run took, its draw, where it ran and how it logged: not a change of the recipe. A trainer
+    option (`trainer=gpu`, `trainer=cluster`) picks the hardware; its keys (`trainer.max_epochs`) are the recipe's."""
+    return key in ("experiment", "seed", "trainer", "logger", "existing_run", "dataset.root") or key.startswith(
+        ("paths.", "hydra.", "callbacks.progress."))
 
 
 def _pct(value: Optional[float], signed: bool = False) -> str:
