@@ -224,27 +224,26 @@ def test_abr_run_writes_curves_protocol_and_firing_matrix(tmp_path):
     assert "protocol/phase1_binary" in header and "protocol/finetuned" in header
 
 
-def test_slopes_grow_by_the_schedule(tmp_path):
-    """4 steps at lambda1 then 8 at lambda2, each adding lambda/|k| outside the lr: k ends above the phase-1 growth."""
-    _, metrics = run(tmp_path, ["optimizer.lr=0.0", "schedule.lambda1=0.01", "schedule.lambda2=0.1", "trainer.max_epochs=3",
-                                "schedule.phase1_epochs=1"])
+def _assert_slopes_grew(tmp_path, extra: list[str], steps1: int, steps2: int) -> None:
+    """With lr 0 the slopes move only by the growth: steps1 steps of k += 0.01/k in phase 1, steps2 of 0.1/k after."""
+    run(tmp_path, ["optimizer.lr=0.0", "schedule.lambda1=0.01", "schedule.lambda2=0.1", "trainer.max_epochs=3",
+                   "schedule.phase1_epochs=1", *extra])
     k = 1.0
-    for lam in [0.01] * 4 + [0.1] * 8:
+    for lam in [0.01] * steps1 + [0.1] * steps2:
         k += lam / k
     net_k = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]["net.classifier.2.slope"]
     assert torch.allclose(net_k, torch.full_like(net_k, k), rtol=1e-5)
+
+
+def test_slopes_grow_by_the_schedule(tmp_path):
+    """4 steps at lambda1 then 8 at lambda2, each adding lambda/|k| outside the lr: k ends above the phase-1 growth."""
+    _assert_slopes_grew(tmp_path, [], steps1=4, steps2=8)
 
 
 def test_phases_follow_epochs_when_gradient_accumulation_leaves_a_short_last_step(tmp_path):
     """4 batches an epoch accumulated by 3 are 2 optimizer steps (Lightning steps on the epoch's last batch too):
     2 steps at lambda1, then 4 at lambda2; counting 1 step an epoch would start phase 2 after the first step."""
-    run(tmp_path, ["optimizer.lr=0.0", "schedule.lambda1=0.01", "schedule.lambda2=0.1", "trainer.max_epochs=3",
-                   "schedule.phase1_epochs=1", "trainer.accumulate_grad_batches=3"])
-    k = 1.0
-    for lam in [0.01] * 2 + [0.1] * 4:
-        k += lam / k
-    net_k = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]["net.classifier.2.slope"]
-    assert torch.allclose(net_k, torch.full_like(net_k, k), rtol=1e-5)
+    _assert_slopes_grew(tmp_path, ["trainer.accumulate_grad_batches=3"], steps1=2, steps2=4)
 
 
 def test_metrics_end_with_the_schedules_last_values_between_logged_steps(tmp_path):
