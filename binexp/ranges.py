@@ -37,6 +37,9 @@ _SEED = ((lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)
 _BETAS = ((lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v)),
           "two numbers in [0, 1)")
 _SHARE = ((lambda v: v is None or (_number(v) and 0 < v <= 1)), "null or a share in (0, 1]")
+_COUNTS = ((lambda v: isinstance(v, list) and len(v) > 0 and all(_COUNT[0](c) for c in v)), "whole numbers >= 1")
+_FRACTIONS = ((lambda v: isinstance(v, list) and all(_number(f) and 0 < f < 1 for f in v)),
+              "fractions of training in (0, 1)")
 _LIMIT = ((lambda v: (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
            or (isinstance(v, float) and 0 <= v <= 1)), "a count of batches >= 0 or a share in [0.0, 1.0]")
 
@@ -51,6 +54,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.limit_test_batches": _LIMIT,
     "lr_scheduler.interval": ((lambda v: v in ("step", "epoch")), "step or epoch"),
     "architecture.width": _above(0),
+    "architecture.channels": _COUNTS,
+    "architecture.hidden": _COUNT,
+    "architecture.stem_channels": _COUNT,
+    "architecture.growth": _COUNT,
     "method.t_clip": _or_null(_at_least(0)),
     "optimizer.lr": _at_least(0),
     "optimizer.momentum": _at_least(0),
@@ -59,6 +66,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optimizer.betas": _BETAS,
     "optimizer.bias_lr_mult": _at_least(0),
     "lr_scheduler.scheduler.gamma": _above(0),
+    "lr_scheduler.scheduler.at": _FRACTIONS,  # multistep's milestones
     "schedule.lambda1": _at_least(0),
     "schedule.lambda2": _at_least(0),
     "dataset.augment.crop_padding": _at_least(0),

@@ -122,6 +122,10 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path):
     (["dataset.subset=null", "dataset.val_size=100000"], r"dataset\.val_size=\d+ leaves nothing to train on .*allowed is a count <"),
     (["trainer.precision=foo"], r"trainer: Lightning refused .*trainer\.precision=foo, .*Precision 'foo' is invalid"),
     (["dataset.num_classes=0"], r"dataset\.num_classes=0: allowed is a whole number >= 1"),
+    (["architecture.channels=[0,50]"], r"architecture\.channels=\[0, 50\]: allowed is whole numbers >= 1"),
+    (["architecture.hidden=0"], r"architecture\.hidden=0: allowed is a whole number >= 1"),
+    (["lr_scheduler=multistep", "lr_scheduler.scheduler.at=[1.5]"],
+     r"lr_scheduler\.scheduler\.at=\[1\.5\]: allowed is fractions of training in \(0, 1\)"),
     (["+callbacks.extra.every=1"], r"callbacks\.extra: no _target_ \(the class to build\); its keys: every"),
     (["+callbacks.extra._target_=nope.Class"], r"callbacks\.extra\._target_=nope\.Class: no module 'nope'"),
 ])
