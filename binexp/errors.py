@@ -36,17 +36,22 @@ class RunInterrupted(BinexpError):
     exit_code = 130
 
 
-def user_error(err: BaseException) -> BinexpError | None:
-    """The BinexpError that `err` is or was raised from: Hydra's instantiate wraps what a constructor raises
-    (`method.scope=foo` fails inside ABR's), and its message should reach the user as it was written."""
+def raised_from(err: BaseException, kinds: tuple[type, ...]) -> BaseException | None:
+    """The first of `err` and the errors it was raised from that is one of `kinds`, or None."""
     seen: set[int] = set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
-        if isinstance(current, BinexpError):
+        if isinstance(current, kinds):
             return current
         seen.add(id(current))
         current = current.__cause__  # `raise ... from`: a wrapper; a mere __context__ is another failure
     return None
+
+
+def user_error(err: BaseException) -> BinexpError | None:
+    """The BinexpError that `err` is or was raised from: Hydra's instantiate wraps what a constructor raises
+    (`method.scope=foo` fails inside ABR's), and its message should reach the user as it was written."""
+    return raised_from(err, (BinexpError,))
 
 
 def without_search_path(err: BaseException) -> str:

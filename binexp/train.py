@@ -30,7 +30,7 @@ from binexp.callbacks.schedule import ScheduleCallback
 from binexp.config import check_override_types
 from binexp.data.datamodule import ImageData
 from binexp.distributed import launcher_of, quiet_other_ranks, strategy_for
-from binexp.errors import ConfigError, user_error
+from binexp.errors import ConfigError, raised_from, user_error
 from binexp.hparams import log_hparams
 from binexp.hydra_output import (
     adopt_launch_record,
@@ -128,23 +128,13 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path) 
         return build(cfg.trainer, drop=tuple(extra), callbacks=callbacks, logger=loggers or False,
                      default_root_dir=str(run_dir), **extra)
     except Exception as err:  # Lightning's refusal (no GPU for accelerator=gpu, an unknown precision), wrapped by Hydra
-        refusal = _lightning_refusal(err)
-        if refusal is None:
+        from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+        refusal = raised_from(err, (ConfigError, MisconfigurationException, ValueError))
+        if refusal is None or isinstance(refusal, ConfigError):
             raise
         chosen = ", ".join(f"trainer.{k}={cfg.trainer.get(k)}" for k in ("accelerator", "devices", "precision", "strategy"))
         raise ConfigError(f"trainer: Lightning refused {chosen}: {refusal}") from None
-
-
-def _lightning_refusal(err: BaseException) -> str | None:
-    from pytorch_lightning.utilities.exceptions import MisconfigurationException
-
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, (MisconfigurationException, ValueError)) and not isinstance(err, ConfigError):
-            return str(err)
-        seen.add(id(err))
-        err = err.__cause__
-    return None
 
 
 def last_checkpoint(run_dir: Path) -> Path:
