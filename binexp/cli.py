@@ -230,8 +230,8 @@ def _hydra_task(config_name: str, fn):
             err = user_error(raised)
             if err is None:
                 raise
-            # a user-fixable problem: its message, no traceback
-            logging.getLogger("binexp").error("%s", err)
+            # a user-fixable problem: its message, no traceback; once on the terminal, and in the run's log file
+            _log_to_files(str(err))
             print(f"binexp: error: {err}", file=sys.stderr)
             if isinstance(err, NonFiniteLossError) and _in_sweep():
                 _DIVERGED.append(str(cfg.get("run_dir")))  # a diverging job is a sweep's result, not its end
@@ -239,6 +239,14 @@ def _hydra_task(config_name: str, fn):
             raise SystemExit(err.exit_code) from None
 
     return app
+
+
+def _log_to_files(message: str) -> None:
+    """An ERROR record for the log files only: Hydra's console handler would print the message a second time."""
+    record = logging.getLogger("binexp").makeRecord("binexp", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 _DIVERGED: list[str] = []  # run directories of this sweep's jobs that stopped on a non-finite loss

@@ -44,6 +44,26 @@ def test_eval_and_resume_without_a_run_directory_say_so_and_create_nothing(tmp_p
     assert out.returncode == 2 and "resume=: empty; resume takes a run directory" in out.stderr
     assert list(tmp_path.iterdir()) == []  # no eval/<time>/ folder inside a directory that was never a run
 
+def test_export_and_verify_without_arguments_name_only_the_missing_path(tmp_path):
+    # argparse lists a '*' positional without a default as required too, which its options are not
+    for task, missing in (("export", "run"), ("verify", "artifact")):
+        out = binexp(task, cwd=tmp_path)
+        assert out.returncode == 2
+        assert out.stderr.endswith(f"binexp {task}: error: the following arguments are required: {missing}\n"), out.stderr
+
+
+def test_a_refused_resume_prints_its_message_once_and_logs_it_in_the_run(tmp_path):
+    run_dir = tmp_path / "run"
+    assert binexp("train", "dataset=synthetic", "debug=smoke", f"hydra.run.dir={run_dir}", cwd=tmp_path).returncode == 0
+    for ckpt in (run_dir / "checkpoints").iterdir():
+        ckpt.unlink()
+    out = binexp("train", f"resume={run_dir}", cwd=tmp_path)
+    message = f"resume={run_dir}: no checkpoint at {run_dir}/checkpoints/last.ckpt; nothing to resume from"
+    assert out.returncode == 2 and out.stderr == f"binexp: error: {message}\n"
+    assert message not in out.stdout  # Hydra's console log handler does not repeat it
+    assert (run_dir / "train.log").read_text().endswith(f"[binexp][ERROR] - {message}\n")
+
+
 def test_a_refused_eval_says_why_and_leaves_no_folder_in_the_run(tmp_path):
     from tests.test_train import run
 

@@ -245,7 +245,7 @@ def _print_rows(title: str, rows: list[tuple[str, str]]) -> None:
 def main_export(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="binexp export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="a run directory made by `binexp train`")
-    parser.add_argument("options", nargs="*", help="ckpt=last|best|binary_weights|bn_reestimated|<path>, out=<.safetensors file or folder>")
+    parser.add_argument("options", nargs="*", default=[], help="ckpt=last|best|binary_weights|bn_reestimated|<path>, out=<.safetensors file or folder>")
     args = parser.parse_args(argv)
     opts, _ = _key_values(args.options, ("ckpt", "out"))
     out = opts.get("out")
@@ -267,7 +267,7 @@ def main_export(argv: list[str]) -> None:
 def main_verify(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="binexp verify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("artifact", type=Path, help="a file written by `binexp export`")
-    parser.add_argument("options", nargs="*", help="run=<dir> ckpt=<path> limit=N batch_size=N dataset=<name> dataset.<key>=<value>")
+    parser.add_argument("options", nargs="*", default=[], help="run=<dir> ckpt=<path> limit=N batch_size=N dataset=<name> dataset.<key>=<value>")
     args = parser.parse_args(argv)
     opts, dataset = _key_values(args.options, VERIFY_KEYS, dotted_prefix="dataset.")
     result = verify_artifact(
