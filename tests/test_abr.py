@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from binexp.callbacks.binarization import TrainingCollapsed, clear_units, firing
 from binexp.errors import ConfigError
 from binexp.evaluate import load_trained
 from binexp.models import build_model
-from binexp.protocol import FrozenSignConv2d, FrozenSignLinear, accuracy, freeze_sign_weights
+from binexp.protocol import FrozenSignConv2d, FrozenSignLinear, PhaseEvaluation, accuracy, freeze_sign_weights
 from binexp.schedules import Progress, TwoPhase
 from binexp.train import train
 from tests.conftest import SMOKE, compose_train
@@ -345,3 +346,30 @@ def test_section_4_4_scale_in_step_mode_is_a_rescaled_bias():
 def step_of(abr: BoundedRectifier, y: torch.Tensor) -> torch.Tensor:
     with step_mode(abr):
         return abr(y)
+
+
+class _PredictsByForm(nn.Module):
+    """Class 0 in its training form, class 1 in its step form."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(1))
+        self.step = False
+
+    def forward(self, x):
+        return F.one_hot(torch.full((len(x),), int(self.step)), 2).float()
+
+
+def test_phase_evaluation_records_both_forms_at_the_end_of_the_milestone_epoch_only():
+    batches = [(torch.zeros(4, 1), torch.tensor([0, 0, 0, 1]))]
+    logged = []
+    logger = SimpleNamespace(log_metrics=lambda metrics, step: logged.append((step, metrics)))
+    callback = PhaseEvaluation({"phase1": 2})
+    net = _PredictsByForm()
+    for epoch in range(3):
+        trainer = SimpleNamespace(current_epoch=epoch, global_step=10 * (epoch + 1), loggers=[logger],
+                                  datamodule=SimpleNamespace(batches=lambda split: batches))
+        callback.on_train_epoch_end(trainer, SimpleNamespace(net=net))
+        assert net.step is False  # back in its training form
+    found = {"protocol/phase1_regular": 0.75, "protocol/phase1_binary": 0.25}
+    assert callback.results == found and logged == [(20, found)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -65,13 +66,15 @@ def test_every_optimizer_option_builds_with_its_lr(option):
 
 @pytest.mark.parametrize("option", options("lr_scheduler"))
 def test_every_lr_scheduler_option_builds_and_steps(option):
-    cfg = compose_train([f"lr_scheduler={option}", "dataset=synthetic"])
+    cfg = compose_train([f"lr_scheduler={option}", "dataset=synthetic", "trainer.max_epochs=4"])
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     scheduler = build(cfg.lr_scheduler.scheduler)(optimizer=opt)
     assert scheduler.get_last_lr() == [0.1]
     opt.step()
     scheduler.step()
-    assert len(scheduler.get_last_lr()) == 1 and 0.0 < scheduler.get_last_lr()[0] <= 0.1
+    after_one = {"caffe_inv": 0.1 * (1 + 1e-4) ** -0.75, "cosine": 0.05 * (1 + math.cos(math.pi / 4)),
+                 "exponential": 0.1 * 0.955, "multistep": 0.1}  # multistep's first milestone: 0.8 * 4 epochs
+    assert scheduler.get_last_lr() == [pytest.approx(after_one[option], rel=1e-12)]
 
 
 def built_trainer(cfg, run_dir: Path):

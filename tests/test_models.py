@@ -42,7 +42,7 @@ def test_resnet_depth_is_its_name(arch, depth, block, count):
 def test_binary_shortcuts_are_the_methods_strided_1x1_convs_on_the_blocks_signs(arch):
     net = _ste(arch, "architecture.shortcut=binary")
     blocks = [b for b in net.stages if b.shortcut is not None]
-    assert len(blocks) == 4 if arch == "resnet26_bottleneck" else 3
+    assert len(blocks) == (4 if arch == "resnet26_bottleneck" else 3)
     seen = {}
     for b in blocks:
         assert isinstance(b.shortcut, BinaryWeights) and b.shortcut.kernel_size == (1, 1)

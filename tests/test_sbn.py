@@ -501,6 +501,15 @@ def test_sbn_run_binarizes_and_a_resumed_run_has_the_same_nu(tmp_path):
     assert all(layer["values"] > 0 and 0 <= layer["flips"] <= layer["values"] for layer in fixed["layers"].values())
     assert metrics["protocol/fixed_bn_flips"] == (sum(layer["flips"] for layer in fixed["layers"].values())
                                                   / sum(layer["values"] for layer in fixed["layers"].values()))
+    from binexp.evaluate import load_trained
+    from binexp.protocol import accuracy, fixed_point_bn
+
+    cfg, dm, module, _ = load_trained(straight_dir, "last")  # the protocol measured the trained network itself
+    test, train_batches = dm.batches("test"), dm.batches("train", train=True, shard=False)
+    assert metrics["protocol/regular"] == accuracy(module.net, test)
+    assert metrics["protocol/binary"] == accuracy(module.net, test, step=True)
+    assert metrics["protocol/binary_fixed_bn"] == fixed_point_bn(module.net, train_batches, test, 8,
+                                                                 cfg.protocol.bn_range_batches)[0]
     rows = list(csv.DictReader((straight_dir / "binarization.csv").open()))
     layers = [r["layer"] for r in rows if r["step"] == "0"]
     assert layers == ["conv1.weight", "conv1.act", "conv2.weight", "conv2.act", "fc1.weight", "fc1.act", "fc2.weight"]

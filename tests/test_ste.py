@@ -117,15 +117,16 @@ def test_model_size_counts_the_scales_a_deployed_binary_layer_stores():
 
 
 def test_sign_curves_count_the_inputs_inside_the_gradient_window_ones_and_constant_units():
-    x = torch.tensor([[1.0, -0.25, 0.0, 2.0], [0.1, -0.6, 0.4, -3.0], [0.3, -0.9, 0.2, -5.0]])
+    x = torch.tensor([[1.0, -0.25, 0.0, 2.0], [0.1, -0.5, 0.5, -3.0], [0.3, -0.9, 0.2, -5.0]])
     act = SignActivation("fc1", t_clip=0.5)
     act.probe_reset()
     act.probing = True
     assert torch.equal(act(x), torch.where(x >= 0, 1.0, -1.0))  # probing leaves the output as it is
     act.probing = False
     act(torch.full((3, 4), 9.0))  # not probing: not counted
-    # 6 of 12 inputs have |x| <= 0.5; 7 outputs are +1 (sign(0) = +1); units 0, 1 and 2 keep one sign
-    assert act.probe_summary(act.probe_counts()) == {"passing": 0.5, "ones": 7 / 12, "constant": 0.75}
+    # 7 of 12 inputs have |x| <= 0.5 (the gradient passes at +-t_clip itself); 7 outputs are +1 (sign(0) = +1);
+    # units 0, 1 and 2 keep one sign
+    assert act.probe_summary(act.probe_counts()) == {"passing": 7 / 12, "ones": 7 / 12, "constant": 0.75}
     everything = SignActivation("fc1", t_clip=None)  # no cancellation: the gradient passes everywhere
     everything.probe_reset()
     everything.probing = True

@@ -1,0 +1,81 @@
+"""binexp.ranges: each rule refuses a value outside its range naming the key and the range, takes one inside it,
+and names a key that the shipped configs have (a misspelt rule would never apply)."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from binexp.errors import ConfigError
+from binexp.ranges import RULES, check_ranges
+from tests.conftest import SMOKE, compose_train
+
+# (outside, inside) per key
+CASES = {
+    "seed": (-1, 0),
+    "trainer.max_epochs": (0, 1),
+    "trainer.accumulate_grad_batches": (0, 1),
+    "trainer.log_every_n_steps": (0, 1),
+    "trainer.gradient_clip_val": (-0.1, None),
+    "trainer.limit_train_batches": (1.5, 1.0),
+    "trainer.limit_val_batches": (-1, 0),
+    "trainer.limit_test_batches": (2.0, 5),
+    "lr_scheduler.interval": ("batch", "epoch"),
+    "architecture.width": (0, 0.125),
+    "architecture.channels": ([16, 0], [16, 32]),
+    "architecture.hidden": (0, 1),
+    "architecture.stem_channels": (0, 1),
+    "architecture.growth": (0, 1),
+    "method.t_clip": (-0.5, None),
+    "optimizer.lr": (-0.1, 0),
+    "optimizer.momentum": (-0.9, 0.9),
+    "optimizer.weight_decay": (-1e-4, 0),
+    "optimizer.eps": (-1e-8, 1e-8),
+    "optimizer.betas": ([0.9, 1.0], [0.0, 0.999]),
+    "optimizer.bias_lr_mult": (-2, 0),
+    "lr_scheduler.scheduler.gamma": (0, 0.1),
+    "lr_scheduler.scheduler.at": ([0.5, 1.0], [0.5, 0.75]),
+    "schedule.lambda1": (-1, 0),
+    "schedule.lambda2": (-0.1, 1e-4),
+    "dataset.augment.crop_padding": (-4, 0),
+    "dataset.num_classes": (0, 1),
+    "dataset.num_train": (0, 1),
+    "dataset.num_test": (0, 1),
+    "dataset.noise": (-0.5, 0),
+    "protocol.finetune_epochs": (-1, 0),
+    "protocol.finetune_lr": (-0.01, 0.01),
+    "protocol.binary_weights_epochs": (-1, 0),
+    "protocol.binary_weights_lr": (-1, 0.001),
+    "protocol.bn_batches": (-1, 0),
+    "callbacks.binarization.stop_on_collapse": (0, 1.0),
+}
+
+
+def _config(key: str, value) -> OmegaConf:
+    cfg = OmegaConf.create()
+    OmegaConf.update(cfg, key, value, force_add=True)
+    return cfg
+
+
+def test_every_rule_has_a_case():
+    assert sorted(CASES) == sorted(RULES)
+
+
+@pytest.mark.parametrize("key", sorted(RULES))
+def test_a_value_outside_a_rule_is_refused_naming_the_key_and_the_range(key):
+    outside, inside = CASES[key]
+    with pytest.raises(ConfigError) as err:
+        check_ranges(_config(key, outside))
+    assert str(err.value) == f"{key}={outside!r}: allowed is {RULES[key][1]}"
+    check_ranges(_config(key, inside))
+
+
+def test_every_rule_names_a_key_of_the_shipped_configs():
+    configs = [SMOKE + ["method=ste"], SMOKE + ["method=abr", "optimizer=adam", "lr_scheduler=multistep"],
+               ["dataset=synthetic", "architecture=densenet13", "lr_scheduler=exponential"],
+               ["experiment=abr_sec44_cifar10"], ["dataset=synthetic", "architecture=resnet18"]]
+    present = set()
+    for overrides in configs:
+        cfg = compose_train(overrides)
+        present |= {k for k in RULES if OmegaConf.select(cfg, k, default="<absent>", throw_on_missing=False) != "<absent>"}
+    assert sorted(set(RULES) - present) == []
