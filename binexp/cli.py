@@ -58,10 +58,15 @@ def _resume_args(args: list[str]) -> list[str]:
         return args
     if not value.strip():  # an unset shell variable: not a new run with today's defaults
         _fail("resume=: empty; resume takes a run directory made by `binexp train` (resume=logs/train/runs/<time>)")
+    from binexp.errors import ConfigError
+    from binexp.evaluate import load_run_config
+
     run_dir = Path(value).resolve()
     saved = run_dir / ".hydra" / "config.yaml"
-    if not saved.exists():
-        _fail(f"resume={value}: {saved} not found; resume takes a run directory made by `binexp train`")
+    try:
+        run_cfg = load_run_config(run_dir, key="resume")
+    except ConfigError as err:
+        _fail(str(err))
     rest = [a for a in args if not a.startswith("resume=")]
     groups = _config_groups()
     for arg in rest:
@@ -69,14 +74,11 @@ def _resume_args(args: list[str]) -> list[str]:
         if sep and name in groups:
             _fail(f"{arg}: resume={value} continues the run's own config, whose group choices are fixed; override "
                   f"its keys instead ({name}.<key>=<value>), or start a new run")
-    from omegaconf import OmegaConf
-
     from binexp.config import check_override_keys
-    from binexp.errors import ConfigError
 
     dotted = [a for a in rest if "=" in a and not a.startswith(("-", "+", "~", "hydra."))]
     try:  # a typo would get Hydra's "To append to your config use +key", which only hides it
-        check_override_keys(OmegaConf.load(saved), dotted, f"the config of {run_dir}")
+        check_override_keys(run_cfg, dotted, f"the config of {run_dir}")
     except ConfigError as err:
         _fail(str(err))
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")

@@ -45,14 +45,22 @@ class EvalConfig:
     run_overrides: list[str] = field(default_factory=list)  # dotted key=value changes to the run's config
 
 
-def load_run_config(run_dir: Path) -> DictConfig:
+TRAINED_KEYS = ("dataset", "architecture", "method")  # what a training run's config has and an eval's has not
+
+
+def load_run_config(run_dir: Path, key: str = "run") -> DictConfig:
+    """The saved config of a training run; `key` names the option that gave `run_dir` in errors."""
     saved = run_dir / ".hydra" / "config.yaml"
     if not saved.exists():
-        raise ConfigError(f"run={run_dir}: {saved} not found; `run` takes a directory made by `binexp train`")
+        raise ConfigError(f"{key}={run_dir}: {saved} not found; `{key}` takes a directory made by `binexp train`")
     from binexp.config import register_configs
 
     register_configs()  # the saved config keeps interpolations (${floordiv:...}) that need binexp's resolvers
     cfg = OmegaConf.load(saved)
+    missing = [key for key in TRAINED_KEYS if key not in cfg]
+    if missing:  # e.g. an eval/<time>/ folder, which has a .hydra/config.yaml of its own
+        raise ConfigError(f"{key}={run_dir}: not a training run (its {saved} has no {', '.join(missing)}); `{key}` takes "
+                          f"a directory made by `binexp train`")
     cfg.run_dir = str(run_dir)
     return cfg
 

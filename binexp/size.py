@@ -22,16 +22,20 @@ def _subclasses(cls: type) -> list[type]:
     return [cls, *(sub for direct in cls.__subclasses__() for sub in _subclasses(direct))]
 
 
-def _stored_scales(net: nn.Module) -> int:
+def _output_scales(net: nn.Module) -> list[torch.Tensor]:
     with torch.no_grad():
         scales = [m.output_scale() for m in net.modules() if isinstance(m, BinaryWeights)]
-    return sum(scale.numel() for scale in scales if scale is not None)
+    return [scale for scale in scales if scale is not None]
 
 
 def model_size(net: nn.Module) -> dict[str, float]:
     binary_ids = {id(m.weight) for m in net.modules() if isinstance(m, BinaryWeights)}
     scheduled = {value for schedule in _subclasses(Schedule) for value in schedule.provides}
-    buffers = [b for m in net.modules() for name, b in m._buffers.items() if b is not None and name not in scheduled]
+    scales = _output_scales(net)
+    # a scale kept as a buffer (Section 4.4's frozen mean |W|) is counted once, with the other scales
+    kept_scales = {id(scale) for scale in scales}
+    buffers = [b for m in net.modules() for name, b in m._buffers.items()
+               if b is not None and name not in scheduled and id(b) not in kept_scales]
     tensors = {id(t): t for t in [*net.parameters(), *buffers] if t.is_floating_point()}
     binary = sum(t.numel() for i, t in tensors.items() if i in binary_ids)
     total = sum(t.numel() for t in tensors.values())
@@ -39,6 +43,6 @@ def model_size(net: nn.Module) -> dict[str, float]:
         "size/params": float(total),
         "size/binary_params": float(binary),
         "size/bytes_float": 4.0 * total,
-        "size/bytes_binary": (binary + 7) // 8 + 4.0 * (total - binary + _stored_scales(net)),
+        "size/bytes_binary": (binary + 7) // 8 + 4.0 * (total - binary + sum(scale.numel() for scale in scales)),
     }
 

@@ -373,3 +373,12 @@ def test_phase_evaluation_records_both_forms_at_the_end_of_the_milestone_epoch_o
         assert net.step is False  # back in its training form
     found = {"protocol/phase1_regular": 0.75, "protocol/phase1_binary": 0.25}
     assert callback.results == found and logged == [(20, found)]
+
+
+def test_step_form_fires_by_the_sign_of_y_even_where_k_times_y_underflows():
+    rect = BoundedRectifier("fc1", 3)
+    rect.slope.data = torch.tensor([0.25, -2.0, 0.0])
+    rect.step = True
+    tiny = 1e-45  # 0.25 * -tiny rounds to -0.0, which `k*y >= 0` would count as firing
+    y = torch.tensor([[-tiny, -tiny, -5.0], [tiny, tiny, 3.0], [0.0, -0.0, 7.0]])
+    assert rect(y).tolist() == [[0.0, 1.0, 1.0], [1.0, 0.0, 1.0], [1.0, 1.0, 1.0]]

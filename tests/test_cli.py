@@ -64,6 +64,20 @@ def test_a_refused_resume_prints_its_message_once_and_logs_it_in_the_run(tmp_pat
     assert (run_dir / "train.log").read_text().endswith(f"[binexp][ERROR] - {message}\n")
 
 
+def test_an_eval_folder_given_as_a_run_is_named_as_not_a_training_run(tmp_path):
+    folder = tmp_path / "eval" / "2026-01-01_00-00-00"  # what `binexp eval` leaves inside a run
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text("run: somewhere\nckpt: last\n")
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"")
+    message = (f"{folder}: not a training run (its {folder}/.hydra/config.yaml has no dataset, architecture, method); "
+               f"`{{}}` takes a directory made by `binexp train`\n")
+    for args, key in ((["train", f"resume={folder}"], "resume"), (["eval", f"run={folder}"], "run"),
+                      (["export", str(folder)], "run")):
+        out = binexp(*args, cwd=tmp_path)
+        assert out.returncode == 2 and out.stderr.endswith(f"binexp: error: {key}={message.format(key)}"), out.stderr
+
+
 def test_a_refused_eval_says_why_and_leaves_no_folder_in_the_run(tmp_path):
     from tests.test_train import run
 

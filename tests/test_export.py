@@ -306,7 +306,7 @@ def saved(tmp_path):
 
 def test_a_written_file_reads_back_identically(saved):
     manifest, tensors = artifact.read(saved)
-    assert manifest["format"] == "binexp-step" and manifest["version"] == 1 and manifest["method"] == "ste"
+    assert manifest["format"] == "binexp-step" and manifest["version"] == 2 and manifest["method"] == "ste"
     assert set(tensors) == set(manifest["checksums"])
     assert any(name.endswith("weight_bits") for name in tensors)
 
@@ -327,6 +327,27 @@ def test_an_altered_tensor_is_refused(saved):
     saved.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="does not match its checksum; the file was altered or damaged"):
         artifact.read(saved)
+
+
+def test_an_altered_tensor_type_is_refused(saved):
+    data = saved.read_bytes()
+    header = data[: 8 + int.from_bytes(data[:8], "little")]
+    name = next(n for n in artifact.read(saved)[1] if n.endswith(".bias"))
+    entry = f'"{name}":{{"dtype":"F32"'.encode()
+    assert header.count(entry) == 1
+    saved.write_bytes(data.replace(entry, entry.replace(b"F32", b"I32"), 1))  # same bytes, read as integers
+    with pytest.raises(ArtifactError, match=f"tensor {name} does not match its checksum; the file was altered"):
+        artifact.read(saved)
+
+
+def test_a_version_1_file_still_reads(saved, tmp_path):
+    manifest, tensors = artifact.read(saved)
+    manifest["version"] = 1  # its checksums covered the bytes only
+    manifest["checksums"] = {n: artifact._sha256(a.tobytes())[:16] for n, a in tensors.items()}
+    old = tmp_path / "v1.safetensors"
+    artifact.write(old, manifest, tensors)
+    read_manifest, read_tensors = artifact.read(old)
+    assert read_manifest == manifest and all(np.array_equal(read_tensors[n], a) for n, a in tensors.items())
 
 
 def test_an_altered_manifest_is_refused(saved):
@@ -439,6 +460,30 @@ def test_verify_refuses_a_checkpoint_that_is_not_the_exported_one(tmp_path):
         verify_artifact(path)
 
 
+def test_verify_that_cannot_write_its_json_still_returns_its_result(tmp_path, monkeypatch, caplog):
+    run_dir, _ = run(tmp_path, ["method=ste"])
+    path, _ = export_run(run_dir)
+    (tmp_path / "a-file").write_text("")
+    unwritable = tmp_path / "a-file" / "verify.json"  # its folder is a file: a real OSError
+    monkeypatch.setattr("binexp.export.commands.sidecar", lambda artifact_path, kind: unwritable)
+    result = verify_artifact(path, limit=16)
+    assert result["samples"] == 16 and result["differing_predictions"] == 0
+    assert f"verify: could not write {unwritable} (Not a directory); the result is printed only" in caplog.text
+
+
+def test_verify_refuses_other_data_than_the_export_was_made_for(tmp_path):
+    run_dir, _ = run(tmp_path, ["method=ste"])
+    path, _ = export_run(run_dir)
+    with pytest.raises(ConfigError, match=r"dataset.normalize=caffe: .*model.safetensors was exported for inputs "
+                                          r"normalised as mean_only \(mean \[0.4979\]\); verify checks it on those inputs"):
+        verify_artifact(path, overrides=["dataset.normalize=caffe"])
+    manifest, tensors = artifact.read(path)
+    artifact.write(path, {**manifest, "dataset": "mnist"}, tensors)  # as if exported from an MNIST run
+    with pytest.raises(ConfigError, match=r"run=.* trains ste on lenet \(synthetic\), but .* is an export of ste on "
+                                          r"lenet \(mnist\): give the run it came from"):
+        verify_artifact(path)
+
+
 def test_export_targets_and_the_checkpoints_it_reads_are_checked(tmp_path):
     run_dir, _ = run(tmp_path, ["method=ste"])
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -452,6 +497,10 @@ def test_export_targets_and_the_checkpoints_it_reads_are_checked(tmp_path):
     assert not (tmp_path / "new").exists()  # a refused export makes no folder
     out, _ = export_run(run_dir, "last", str(tmp_path / "new") + "/")
     assert out == tmp_path / "new" / "model.safetensors" and out.is_file()
+    for target in (run_dir / "metrics.json" / "model.safetensors", str(run_dir / "metrics.json") + "/"):
+        with pytest.raises(ConfigError, match=f"out={target}: cannot make the folder {run_dir / 'metrics.json'} "
+                                              f"\\({run_dir / 'metrics.json'} is a file\\)"):
+            export_run(run_dir, "last", target)
     before = last.read_bytes()
     with pytest.raises(ConfigError, match=r"out=.*last.ckpt: an export is a .safetensors file \(e.g. out=.*last.safetensors\)"):
         export_run(run_dir, "last", last)  # it would have overwritten the checkpoint it reads
@@ -470,8 +519,8 @@ def test_verify_finds_a_moved_run_and_refuses_a_run_of_another_network(tmp_path)
     run_dir, _ = run(tmp_path, ["method=ste"])
     export_run(run_dir)
     abr, _ = run(tmp_path, ["method=abr"], name="abr")
-    with pytest.raises(ConfigError, match=r"run=.*abr trains abr on lenet, but .*model.safetensors is an export of ste "
-                                          r"on lenet: give the run it came from"):
+    with pytest.raises(ConfigError, match=r"run=.*abr trains abr on lenet \(synthetic\), but .*model.safetensors is an "
+                                          r"export of ste on lenet \(synthetic\): give the run it came from"):
         verify_artifact(run_dir / "export" / "model.safetensors", run=str(abr))
     moved = run_dir.rename(tmp_path / "moved")
     result = verify_artifact(moved / "export" / "model.safetensors", limit=64)  # its run and checkpoint, found

@@ -116,6 +116,19 @@ def test_model_size_counts_the_scales_a_deployed_binary_layer_stores():
     assert size["size/bytes_float"] == 4 * binary
 
 
+def test_section_4_4s_frozen_scales_are_counted_once():
+    from binexp.protocol import freeze_sign_weights
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 8, 3, bias=False), torch.nn.Flatten(),
+                              torch.nn.Linear(8, 10, bias=False))
+    before = model_size(net)
+    freeze_sign_weights(net)  # the first conv stays float; the second gets 8 scales (one per unit), the classifier 1
+    binary = 8 * 36 + 80
+    assert model_size(net) == {"size/params": before["size/params"], "size/binary_params": binary,
+                               "size/bytes_float": before["size/bytes_float"],
+                               "size/bytes_binary": binary / 8 + 4 * (4 * 27 + 4 + 8 + 1)}
+
+
 def test_sign_curves_count_the_inputs_inside_the_gradient_window_ones_and_constant_units():
     x = torch.tensor([[1.0, -0.25, 0.0, 2.0], [0.1, -0.5, 0.5, -3.0], [0.3, -0.9, 0.2, -5.0]])
     act = SignActivation("fc1", t_clip=0.5)

@@ -57,8 +57,10 @@ class BoundedRectifier(nn.Module, RecordedProbe):
         return self.slope.view(1, -1, *([1] * (y.dim() - 2))).to(y.dtype)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        ky = self._k(y) * y
-        out = (ky >= 0).to(y.dtype) if self.step else torch.clamp(ky + 0.5, 0.0, 1.0)
+        if self.step:  # 1[k*y >= 0] as sign(k)*y >= 0: a k*y that underflows to -0.0 must not fire where y < 0
+            out = (torch.sign(self._k(y)) * y >= 0).to(y.dtype)
+        else:
+            out = torch.clamp(self._k(y) * y + 0.5, 0.0, 1.0)
         if self.probing:
             self._record(out.detach())
         return out

@@ -20,7 +20,7 @@ from binexp.errors import BinexpError
 from binexp.export.lower import Op
 
 FORMAT = "binexp-step"
-VERSION = 1
+VERSION = 2  # 2: the tensor checksums cover dtype and shape (version 1 files still read)
 MANIFEST_KEY, CHECKSUM_KEY = "binexp.manifest", "binexp.manifest_sha256"
 
 
@@ -32,10 +32,12 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _tensor_digest(array: np.ndarray) -> str:
+def _tensor_digest(array: np.ndarray, version: int = VERSION) -> str:
     # 64 bits of sha256 per tensor: catches damage as surely as the whole digest, and keeps the manifest, a fixed
-    # cost in every file, small next to small models
-    return _sha256(array.tobytes())[:16]
+    # cost in every file, small next to small models. From version 2 the dtype and shape are hashed too: they live
+    # in the safetensors header, outside the manifest's own checksum, and an I32 read as F32 changes predictions
+    described = b"" if version < 2 else f"{array.dtype.str}{array.shape}".encode()
+    return _sha256(described + array.tobytes())[:16]
 
 
 def manifest_and_tensors(ops: list[Op], input_name: str, output_name: str, info: dict) -> tuple[dict, dict[str, np.ndarray]]:
@@ -108,6 +110,6 @@ def read(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
         missing = sorted(set(expected) - set(tensors))[:5]
         raise ArtifactError(f"{path}: tensors {missing} listed in the manifest are missing; the file is damaged")
     for name, digest in expected.items():
-        if _tensor_digest(tensors[name]) != digest:
+        if _tensor_digest(tensors[name], manifest.get("version", 1)) != digest:
             raise ArtifactError(f"{path}: tensor {name} does not match its checksum; the file was altered or damaged")
     return manifest, tensors

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ from binexp.export.popcount import backend
 from binexp.export.runtime import StepModel
 
 VERIFY_KEYS = ("run", "ckpt", "limit", "batch_size", "dataset")
+log = logging.getLogger("binexp")
 
 
 class VerificationFailed(BinexpError):
@@ -66,6 +69,7 @@ def size_table(net: torch.nn.Module, manifest: dict, tensors: dict[str, np.ndarr
 
 def export_run(run_dir: Path, ckpt: str = "last", out: Path | str | None = None) -> tuple[Path, dict[str, float]]:
     cfg, dm, module, path = load_trained(run_dir, ckpt)
+    out = export_target(out, run_dir, ckpt, path)  # before the lowering: a target that cannot be written fails fast
     net = module.eval().net
     ops, input_name, output_name = lower(net, dm.image_shape)
     info = {
@@ -78,8 +82,10 @@ def export_run(run_dir: Path, ckpt: str = "last", out: Path | str | None = None)
         "source": {"run_dir": str(run_dir.resolve()), "checkpoint": str(path.resolve()), "checkpoint_sha256": _sha256_file(path)},
     }
     manifest, tensors = artifact.manifest_and_tensors(ops, input_name, output_name, info)
-    out = export_target(out, run_dir, ckpt, path)
-    file_bytes = artifact.write(out, manifest, tensors)
+    try:
+        file_bytes = artifact.write(out, manifest, tensors)
+    except OSError as err:
+        raise ConfigError(f"out={out}: cannot write the export there ({err.strerror})") from None
     sizes = size_table(net, manifest, tensors, file_bytes)
     sidecar(out, "size").write_text(json.dumps(sizes, indent=2) + "\n")
     return out, sizes
@@ -93,15 +99,27 @@ def export_target(out: Path | str | None, run_dir: Path, ckpt: str, ckpt_path: P
         ckpt = "last"
     default = default_artifact(run_dir, ckpt)
     if out is None:
-        return default
+        return _writable(default, "the run's export folder")
     raw, out = str(out), Path(out)
     if out.is_dir() or raw.endswith("/"):
-        out.mkdir(parents=True, exist_ok=True)
-        return out / default.name
+        return _writable(out / default.name, f"out={raw}")
     if out.suffix != ".safetensors":  # and so never the checkpoint it reads, nor another kind of file
         raise ConfigError(f"out={out}: an export is a .safetensors file (e.g. out={out.with_suffix('.safetensors')}), "
                           f"or give a directory to write {default.name} into")
-    return out
+    return _writable(out, f"out={raw}")
+
+
+def _writable(target: Path, named: str) -> Path:
+    """`target`, its folder made; a folder that cannot be made or written is refused naming `named`."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        in_the_way = next((p for p in (target.parent, *target.parent.parents) if p.is_file()), None)
+        why = f"{in_the_way} is a file" if in_the_way is not None else err.strerror
+        raise ConfigError(f"{named}: cannot make the folder {target.parent} ({why})") from None
+    if not os.access(target.parent, os.W_OK) or target.is_dir():
+        raise ConfigError(f"{named}: cannot write {target} ({'a directory' if target.is_dir() else 'no write permission'})")
+    return target
 
 
 def default_artifact(run_dir: Path, ckpt: str) -> Path:
@@ -128,16 +146,22 @@ def verify_artifact(path: Path, run: str | None = None, ckpt: str | None = None,
     source = manifest["source"]
     run_dir = Path(run) if run else _source_run(path, source)
     run_cfg = load_run_config(run_dir)
-    built = {"method": str(run_cfg.method.name), "architecture": str(run_cfg.architecture.name)}
+    built = {"method": str(run_cfg.method.name), "architecture": str(run_cfg.architecture.name),
+             "dataset": str(OmegaConf.select(run_cfg, "dataset.name", default=""))}
     exported = {key: manifest.get(key) for key in built}
     if built != exported:
-        raise ConfigError(f"run={run_dir} trains {built['method']} on {built['architecture']}, but {path} is an export of "
-                          f"{exported['method']} on {exported['architecture']}: give the run it came from")
-    cfg, dm, module, ckpt_path = load_trained(run_dir, ckpt or _source_checkpoint(run_dir, source), overrides)
-    trained_on = str(OmegaConf.select(cfg, "dataset.name", default=""))
-    if dataset is not None and dataset != trained_on:
-        raise ConfigError(f"dataset={dataset}: {path} was trained on {trained_on}; verify runs on that dataset's "
+        raise ConfigError(f"run={run_dir} trains {built['method']} on {built['architecture']} ({built['dataset']}), but "
+                          f"{path} is an export of {exported['method']} on {exported['architecture']} "
+                          f"({exported['dataset']}): give the run it came from")
+    if dataset is not None and dataset != built["dataset"]:
+        raise ConfigError(f"dataset={dataset}: {path} was trained on {built['dataset']}; verify runs on that dataset's "
                           f"test set (dataset.root=<folder> points at a copy)")
+    cfg, dm, module, ckpt_path = load_trained(run_dir, ckpt or _source_checkpoint(run_dir, source), overrides)
+    norm = json.loads(json.dumps(dm.norm.__dict__))
+    if norm != manifest["input_norm"]:
+        raise ConfigError(f"dataset.normalize={norm['mode']}: {path} was exported for inputs normalised as "
+                          f"{manifest['input_norm']['mode']} (mean {[round(m, 4) for m in manifest['input_norm']['mean']]}); verify checks it on "
+                          f"those inputs, so leave the run's normalisation as it was")
     if _sha256_file(ckpt_path) != source["checkpoint_sha256"]:
         raise ConfigError(
             f"{ckpt_path} is not the checkpoint {path} was exported from (sha256 differs): re-export, or pass "
@@ -163,7 +187,7 @@ def verify_artifact(path: Path, run: str | None = None, ckpt: str | None = None,
                 x = images.float() * scale + shift
                 recorded: dict[str, torch.Tensor] = {}
                 pred_net = net(x).argmax(1)
-                pred_runtime = runtime(x, record=recorded).argmax(1)
+                pred_runtime = runtime.pixels(images, record=recorded).argmax(1)  # by the file's own normalisation
                 correct_net += int((pred_net == labels).sum())
                 correct_runtime += int((pred_runtime == labels).sum())
                 differ_pred += int((pred_net != pred_runtime).sum())
@@ -180,7 +204,10 @@ def verify_artifact(path: Path, run: str | None = None, ckpt: str | None = None,
         "accuracy_trained_step": correct_net / seen, "accuracy_exported": correct_runtime / seen,
         "differing_activations": differ, "activations_compared": values,
     }
-    sidecar(path, "verify").write_text(json.dumps(result, indent=2) + "\n")
+    try:
+        sidecar(path, "verify").write_text(json.dumps(result, indent=2) + "\n")
+    except OSError as err:  # an export on a read-only mount is still verified: the result is printed
+        log.warning("verify: could not write %s (%s); the result is printed only", sidecar(path, "verify"), err.strerror)
     return result
 
 

@@ -162,12 +162,13 @@ class StepModel:
         # +-1 weights on real inputs; their scale and bias follow as an `affine` op, as the trained layer applies them
         return torch.from_numpy(unpack_weights(self.tensors[op["tensors"]["weight_bits"]].numpy(), op["attrs"]["weight_shape"]))
 
-    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+    def pixels(self, images: torch.Tensor, record: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The logits of uint8 images, normalised as the manifest's `input_norm` says."""
         norm = self.manifest["input_norm"]
         from binexp.data.loader import InputNorm
 
         scale, shift = InputNorm.from_stats(norm["mode"], norm["mean"], norm["std"], norm.get("mean_image")).affine()
-        return self(images.float() * scale + shift)
+        return self(images.float() * scale + shift, record)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, record: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
