@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import shutil
 import time
 from pathlib import Path
@@ -276,6 +277,27 @@ def existing_run(cfg: DictConfig, run_dir: Path) -> tuple[str, Any]:
     return "unfinished", ckpt
 
 
+def settle_seed(cfg: DictConfig, run_dir: Path) -> None:
+    """`seed=null` becomes one drawn seed, written into the run's saved config: a resume, `binexp eval`, export and
+    verify, and every DDP rank then rebuild the same hold-out, normalisation and batch order. A launch into the
+    directory of an unfinished run takes the seed that run drew."""
+    if cfg.get("seed") is not None:
+        return
+    last = run_dir / "checkpoints" / "last.ckpt"
+    seed = None
+    if last.exists():
+        seed = torch.load(last, map_location="cpu", weights_only=False).get("hyper_parameters", {}).get("config", {}).get("seed")
+    if seed is None:
+        seed = secrets.randbelow(2**31)  # not `random`: a sweep's earlier job seeded it
+    cfg.seed = seed
+    saved = run_dir / ".hydra" / "config.yaml"
+    if saved.exists():
+        recorded = OmegaConf.load(saved)
+        recorded.seed = seed
+        OmegaConf.save(recorded, saved)
+    log.info("seed=null: this run's seed is %d (written into %s)", seed, saved)
+
+
 def write_metrics(run_dir: Path, metrics: dict[str, float]) -> Path:
     path = run_dir / "metrics.json"
     tmp = path.with_suffix(".tmp")
@@ -310,12 +332,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
             check_override_types(cfg, launch_overrides() or [])  # types first: a resumed config has no schema
             saved = continue_last_launch(cfg, last_checkpoint(Path(cfg.resume)), run_dir)
         check_ranges(cfg)
+        settle_seed(cfg, run_dir)
         state, found = existing_run(cfg, run_dir)
         if state == "finished":
             discard_launch_record(run_dir, record)
             return found
-        if cfg.get("seed") is not None:  # seed 0 is a seed
-            pl.seed_everything(cfg.seed, workers=True)
+        pl.seed_everything(cfg.seed, workers=True)
         dm = build_data(cfg)
         method = build_method(cfg)
         schedule = build_schedule(cfg, method)

@@ -44,12 +44,21 @@ def test_balanced_subset_takes_the_first_samples_of_each_class():
     assert sub.images[0, 0, 0, 0] == 0 and 90 not in sub.images[:, 0, 0, 0].tolist()
 
 
+def test_a_short_class_gives_its_share_of_a_subset_to_the_others():
+    labels = torch.tensor([0] * 2 + [1] * 10 + [2] * 10)
+    split = Split(torch.arange(22, dtype=torch.uint8).view(22, 1, 1, 1), labels)
+    sub = balanced_subset(split, 15, 3)  # shares 5/5/5; class 0 has 2, its 3 missing go to classes 1 and 2
+    assert len(sub) == 15 and torch.bincount(sub.labels).tolist() == [2, 7, 6]
+    assert sub.images.flatten().tolist() == [0, 1, *range(2, 9), *range(12, 18)]  # the first of each class
+
+
 def test_holdout_is_disjoint_balanced_and_seeded():
     split = toy_split(100)
     train, val = stratified_holdout(split, 20, 10, seed=3)
     ids_train, ids_val = set(train.images[:, 0, 0, 0].tolist()), set(val.images[:, 0, 0, 0].tolist())
     assert len(train) == 80 and len(val) == 20 and not ids_train & ids_val
     assert torch.bincount(val.labels, minlength=10).tolist() == [2] * 10
+    assert val.labels.tolist() == list(range(10)) * 2  # served with its classes interleaved
     again = stratified_holdout(split, 20, 10, seed=3)[1]
     assert torch.equal(again.images, val.images)
     assert not torch.equal(stratified_holdout(split, 20, 10, seed=4)[1].images, val.images)
@@ -260,6 +269,7 @@ def test_cifar10_is_read_from_the_image_folder_copy(shared_data, tmp_path):
     assert tuple(dm.image_shape) == (3, 32, 32) and dm.num_classes == 10
     assert torch.bincount(dm.splits["test"].labels).tolist() == [1000] * 10
     assert dm.splits["test"].labels[:20].tolist() == list(range(10)) * 2  # classes interleaved, not sorted
+    assert dm.splits["val"].labels[:20].tolist() == list(range(10)) * 2  # held out of a split stored by class
     assert list(tmp_path.glob("imagefolder-*.pt")), "decoded images are cached"
 
 
@@ -322,3 +332,21 @@ def test_missing_cifar_lists_both_layouts(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="cifar10-jpeg") as err:
         dm.setup()
     assert "cifar-10-batches-py" in str(err.value)
+
+
+def test_the_cifar_recipes_do_not_mirror_mnist_digits():
+    from binexp.builder import build
+    from binexp.errors import user_error
+    from tests.conftest import compose_train
+
+    for arch in ("resnet18", "vgg_small", "densenet21"):
+        augment = compose_train(["dataset=mnist", f"architecture={arch}"]).dataset.augment
+        assert (augment.crop_padding, augment.flip) == (4, False), arch
+        assert compose_train(["dataset=cifar10", f"architecture={arch}"]).dataset.augment.flip is True, arch
+    refused = compose_train(["dataset=mnist", "dataset.augment.flip=true"])
+    with pytest.raises(Exception) as raised:  # Hydra's instantiate wraps it; the CLI shows the ConfigError
+        build(refused.dataset)
+    assert str(user_error(raised.value)) == ("dataset.augment.flip=true: a mirrored mnist image is not of its class "
+                                             "(dataset.hflip_keeps_class=false); allowed is flip=false")
+    meant = compose_train(["dataset=mnist", "dataset.augment.flip=true", "dataset.hflip_keeps_class=true"])
+    assert build(meant.dataset).flip is True

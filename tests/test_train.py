@@ -330,3 +330,23 @@ def test_a_resume_whose_overrides_change_the_layers_is_refused_before_writing(tm
                                           r".* built.*\); an override that changes the network's layers cannot continue"):
         train(cfg)
     assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
+
+
+def test_seed_null_draws_one_seed_that_the_run_keeps(tmp_path):
+    from omegaconf import OmegaConf
+
+    run_dir = tmp_path / "unseeded"
+    stop = ["+callbacks.signal._target_=binexp.callbacks.guards.SignalAtStep", "+callbacks.signal.step=3"]
+    with pytest.raises(RunInterrupted):
+        train(compose_train(SMOKE + ["seed=null", *stop], run_dir=run_dir))
+    seed = OmegaConf.load(run_dir / ".hydra" / "config.yaml").seed
+    assert isinstance(seed, int) and seed >= 0
+    kept = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert kept["hyper_parameters"]["config"]["seed"] == seed
+    cfg, dm, _, _ = load_trained(run_dir, "last")  # eval and export rebuild the run's own split
+    assert cfg.seed == seed and dm.seed == seed
+    again = compose_train(SMOKE + ["seed=null"], run_dir=tmp_path / "elsewhere")  # the same command: the run goes on
+    again.run_dir = str(run_dir)
+    train(again)
+    assert json.loads((run_dir / "metrics.json").read_text())["trainer/global_step"] > 3
+    assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").seed == seed

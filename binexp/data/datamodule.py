@@ -7,7 +7,7 @@ the trainer's device (sharded by rank under DDP).
 
 from __future__ import annotations
 
-import random
+import secrets
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -37,7 +37,8 @@ class DataConfig:
     eval_batch_size: int = 1000
     normalize: Normalize = Normalize.standard
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    seed: Optional[int] = "${seed}"  # hold-out and batch order; null = a fresh random seed
+    hflip_keeps_class: bool = True  # a mirrored image keeps its label (not so digits); the CIFAR recipes' flip follows it
+    seed: Optional[int] = "${seed}"  # hold-out and batch order (`binexp train` turns seed=null into a drawn seed)
 
 
 def limit_to_count(batches: int, limit: int | float) -> int:
@@ -53,7 +54,8 @@ class ImageData(pl.LightningDataModule):
     def __init__(
         self, root: str = "data", download: bool = True, subset: Optional[int] = None, val_size: int = 5000,
         batch_size: int = 128, eval_batch_size: int = 1000, normalize: str = "standard",
-        augment: Optional[dict] = None, seed: Optional[int] = 0, channels_last: bool = False,
+        augment: Optional[dict] = None, hflip_keeps_class: bool = True, seed: Optional[int] = 0,
+        channels_last: bool = False,
     ):
         super().__init__()
         for key, value, least in (("subset", subset, 1), ("val_size", val_size, 0), ("batch_size", batch_size, 1),
@@ -67,7 +69,10 @@ class ImageData(pl.LightningDataModule):
         self.normalize = str(getattr(normalize, "value", normalize))
         augment = augment or {}
         self.crop_padding, self.flip = int(augment.get("crop_padding", 0)), bool(augment.get("flip", False))
-        self.seed = seed if seed is not None else random.randrange(2**31)
+        if self.flip and not hflip_keeps_class:
+            raise ConfigError(f"dataset.augment.flip=true: a mirrored {self.name} image is not of its class "
+                              f"(dataset.hflip_keeps_class=false); allowed is flip=false")
+        self.seed = seed if seed is not None else secrets.randbelow(2**31)
         self.channels_last = channels_last
         self.splits: dict[str, Split] = {}
         self.classes: list[str] = []

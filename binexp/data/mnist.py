@@ -17,6 +17,7 @@ class MNISTConfig(DataConfig):
     _target_: str = "binexp.data.mnist.MNISTData"
     name: str = "mnist"
     batch_size: int = 64
+    hflip_keeps_class: bool = False  # a mirrored digit is another digit or none: no flips, whatever the recipe
 
 
 class MNISTData(ImageData):

@@ -28,18 +28,27 @@ def _per_class_counts(n: int, num_classes: int) -> list[int]:
 
 
 def balanced_subset(split: Split, n: int, num_classes: int) -> Split:
-    """The first samples of each class, n in all, in their original order (`dataset.subset=n`)."""
+    """The first samples of each class, n in all, in their original order (`dataset.subset=n`). A class with fewer
+    samples than its share gives its shortfall to the others, one sample each in turn, so there are still n."""
     if n >= len(split):
         return split
-    keep = []
-    for c, count in enumerate(_per_class_counts(n, num_classes)):
-        keep.append(torch.nonzero(split.labels == c).flatten()[:count])
+    members = [torch.nonzero(split.labels == c).flatten() for c in range(num_classes)]
+    counts = [min(want, len(m)) for want, m in zip(_per_class_counts(n, num_classes), members)]
+    short = n - sum(counts)
+    while short > 0:
+        for c in range(num_classes):
+            if short > 0 and counts[c] < len(members[c]):
+                counts[c] += 1
+                short -= 1
+    keep = [m[:count] for m, count in zip(members, counts)]
     index, _ = torch.sort(torch.cat(keep))
     return split.take(index)
 
 
 def stratified_holdout(split: Split, n: int, num_classes: int, seed: int) -> tuple[Split, Split]:
-    """A seeded random validation set of n samples, balanced over classes, and the rest for training."""
+    """A seeded random validation set of n samples, balanced over classes, and the rest for training. The
+    validation set is served with its classes interleaved: a training split stored by class (an image folder) would
+    otherwise give a `trainer.limit_val_batches` prefix, and the best checkpoint chosen on it, one or two classes."""
     if n >= len(split):
         raise ConfigError(f"dataset.val_size={n} leaves nothing to train on ({len(split)} training samples); "
                           f"allowed is a count < {len(split)}")
@@ -51,7 +60,7 @@ def stratified_holdout(split: Split, n: int, num_classes: int, seed: int) -> tup
     val_index, _ = torch.sort(torch.cat(held))
     mask = torch.ones(len(split), dtype=torch.bool)
     mask[val_index] = False
-    return split.take(torch.nonzero(mask).flatten()), split.take(val_index)
+    return split.take(torch.nonzero(mask).flatten()), interleave_classes(split.take(val_index))
 
 
 def interleave_classes(split: Split) -> Split:
