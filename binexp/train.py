@@ -372,7 +372,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def _fit_test_evaluate(cfg, run_dir, dm, method, module, callbacks, trainer, ckpt, protocol, started) -> dict[str, float]:
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)  # a signal raises RunInterrupted
+    try:
+        return _test_and_evaluate(cfg, run_dir, dm, method, module, callbacks, trainer, protocol, started)
+    except KeyboardInterrupt:  # fit's signal handling has ended; the trained network is in last.ckpt
+        from binexp.callbacks.guards import resume_hint
+        from binexp.errors import RunInterrupted
 
+        raise RunInterrupted(f"interrupted after training, in the test or the protocol: {resume_hint(run_dir)} "
+                             f"(it tests and evaluates the trained network again)") from None
+
+
+def _test_and_evaluate(cfg, run_dir, dm, method, module, callbacks, trainer, protocol, started) -> dict[str, float]:
     metrics = fit_metrics(trainer.callback_metrics) or dict(module.fit_metrics_at_checkpoint)
     for cb in callbacks:
         if isinstance(cb, ScheduleCallback):

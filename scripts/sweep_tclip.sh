@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # BMXNet Figure 4a on CIFAR-10: a t_clip sweep of the binary ResNet-18, then the accuracy-vs-t_clip table and plot.
 #   BINEXP_DATA=../shared/data bash scripts/sweep_tclip.sh [extra overrides, e.g. trainer.max_epochs=30]
-# An interrupted sweep goes on where it stopped (finished jobs are skipped, stopped ones resume from last.ckpt):
-#   bash scripts/sweep_tclip.sh hydra.sweep.dir=logs/sweeps/tclip-<time>
+# An interrupted sweep goes on where it stopped (finished jobs are skipped, stopped ones resume from last.ckpt),
+# given the same extra overrides as at its start:
+#   bash scripts/sweep_tclip.sh [the same extra overrides] hydra.sweep.dir=logs/sweeps/tclip-<time>
 # Then the N/B/FB scaling comparison on the same network:
 #   binexp train -m experiment=ste_cifar10_resnet18 method.scaling=none,backward,forward_backward
 set -euo pipefail

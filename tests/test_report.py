@@ -20,7 +20,8 @@ def test_paper_table_sets_each_metric_beside_the_papers(tmp_path):
     paper = {"source": "SBN Table 1, CIFAR-10", "metrics": {"protocol/binary": 88.5}}
     runs = [
         Run(tmp_path / "sbn_bc", {"protocol/binary": 0.8564, "test/acc": 0.8736}, config={"paper": paper},
-            overrides={"experiment": "sbn_table1_sbn_bc", "seed": "1", "trainer": "gpu", "dataset.root": "/data"}),
+            overrides={"experiment": "sbn_table1_sbn_bc", "seed": "1", "trainer": "gpu", "dataset.root": "/data",
+                       "callbacks.rich_progress_bar": "null"}),  # how the reproduce scripts log
         Run(tmp_path / "stopped", {"val/acc": 0.5}, config={"paper": paper}),
         Run(tmp_path / "no_paper", {"test/acc": 0.9}, config={"paper": None}),
         Run(tmp_path / "smoke", {"protocol/binary": 0.31}, config={"paper": paper},  # not the experiment's recipe

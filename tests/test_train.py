@@ -350,3 +350,18 @@ def test_seed_null_draws_one_seed_that_the_run_keeps(tmp_path):
     train(again)
     assert json.loads((run_dir / "metrics.json").read_text())["trainer/global_step"] > 3
     assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").seed == seed
+
+
+def test_ctrl_c_after_training_names_the_resume_that_redoes_test_and_protocol(tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("binexp.train.run_protocol", interrupted)
+    run_dir = tmp_path / "run"
+    with pytest.raises(RunInterrupted, match=f"interrupted after training, in the test or the protocol: Resume with: "
+                                             f"binexp train resume={run_dir} \\(it tests and evaluates"):
+        train(compose_train(SMOKE, run_dir=run_dir))
+    assert (run_dir / "checkpoints" / "last.ckpt").exists() and not (run_dir / "metrics.json").exists()
+    monkeypatch.undo()
+    metrics = train(compose_train(SMOKE + [f"resume={run_dir}"], run_dir=run_dir))
+    assert json.loads((run_dir / "metrics.json").read_text())["test/acc"] == metrics["test/acc"]

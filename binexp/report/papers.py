@@ -70,7 +70,7 @@ def _not_recipe(key: str) -> bool:
     """Which recipe a run took, its draw, where it ran and how it logged: not a change of the recipe. A trainer
     option (`trainer=gpu`, `trainer=cluster`) picks the hardware; its keys (`trainer.max_epochs`) are the recipe's."""
     return key in ("experiment", "seed", "trainer", "logger", "existing_run", "dataset.root") or key.startswith(
-        ("paths.", "hydra.", "callbacks.progress."))
+        ("paths.", "hydra.", "callbacks.progress.", "callbacks.rich_progress_bar"))
 
 
 def _pct(value: Optional[float], signed: bool = False) -> str:
