@@ -57,7 +57,7 @@ def load_run_config(run_dir: Path, key: str = "run") -> DictConfig:
 
     register_configs()  # the saved config keeps interpolations (${floordiv:...}) that need binexp's resolvers
     cfg = OmegaConf.load(saved)
-    missing = [key for key in TRAINED_KEYS if key not in cfg]
+    missing = [name for name in TRAINED_KEYS if name not in cfg]
     if missing:  # e.g. an eval/<time>/ folder, which has a .hydra/config.yaml of its own
         raise ConfigError(f"{key}={run_dir}: not a training run (its {saved} has no {', '.join(missing)}); `{key}` takes "
                           f"a directory made by `binexp train`")
