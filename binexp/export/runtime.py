@@ -15,6 +15,7 @@ activation, pooling, residual additions) run as torch runs them, so they compute
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -164,11 +165,16 @@ class StepModel:
 
     def pixels(self, images: torch.Tensor, record: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The logits of uint8 images, normalised as the manifest's `input_norm` says."""
-        norm = self.manifest["input_norm"]
+        scale, shift = self._input_affine
+        return self(images.float() * scale + shift, record)
+
+    @cached_property
+    def _input_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # once per model: verify calls `pixels` per batch, and caffe_image's mean image is a C x H x W nested list
         from binexp.data.loader import InputNorm
 
-        scale, shift = InputNorm.from_stats(norm["mode"], norm["mean"], norm["std"], norm.get("mean_image")).affine()
-        return self(images.float() * scale + shift, record)
+        norm = self.manifest["input_norm"]
+        return InputNorm.from_stats(norm["mode"], norm["mean"], norm["std"], norm.get("mean_image")).affine()
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, record: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
