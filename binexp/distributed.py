@@ -88,7 +88,8 @@ class DDPStrategy(pl.strategies.DDPStrategy):
         self._launcher = ChildRankLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
 
 
-def _several(devices: Any) -> bool:
+def several_devices(devices: Any) -> bool:
+    """`trainer.devices` asks for more than one device (a count, a list, \"0,1\", or all of them)."""
     if isinstance(devices, (list, tuple)):
         return len(devices) > 1
     if isinstance(devices, str):
@@ -104,7 +105,7 @@ def _several(devices: Any) -> bool:
 def strategy_for(strategy: Any, devices: Any, num_nodes: int) -> Any:
     """`trainer.strategy=ddp`, or `auto` on several devices or nodes (where Lightning would pick its own DDP
     and re-run the command line), becomes binexp's DDPStrategy; anything else is passed to Lightning as is."""
-    if isinstance(strategy, str) and (strategy == "ddp" or (strategy == "auto" and (_several(devices) or num_nodes > 1))):
+    if isinstance(strategy, str) and (strategy == "ddp" or (strategy == "auto" and (several_devices(devices) or num_nodes > 1))):
         return DDPStrategy()
     return strategy
 

@@ -30,7 +30,7 @@ from binexp.callbacks.binarization import CSV_NAME
 from binexp.callbacks.schedule import ScheduleCallback
 from binexp.config import check_override_types
 from binexp.data.datamodule import ImageData
-from binexp.distributed import launcher_of, quiet_other_ranks, strategy_for
+from binexp.distributed import launcher_of, quiet_other_ranks, several_devices, strategy_for
 from binexp.errors import ConfigError, raised_from, user_error
 from binexp.hparams import log_hparams
 from binexp.hydra_output import (
@@ -116,8 +116,22 @@ def build_callbacks(cfg: DictConfig, schedule: Schedule, method: Method, dm: Ima
     return callbacks + method.callbacks()
 
 
+def check_devices_are_gpus(trainer: DictConfig) -> None:
+    """Several devices under accelerator=auto mean GPUs; on a machine without one Lightning would quietly run that
+    many CPU processes instead (a GPU job landed on a CPU node runs for days). CPU DDP stays one key away."""
+    devices = trainer.get("devices", 1)
+    if str(devices).strip() == "auto":  # one CPU process where there is no GPU
+        return
+    if trainer.get("accelerator", "auto") != "auto" or torch.cuda.is_available() or not several_devices(devices):
+        return
+    raise ConfigError(f"trainer.devices={devices}: this machine has no GPU, and with trainer.accelerator=auto Lightning "
+                      f"would run the devices as CPU processes; set trainer.accelerator=cpu for DDP over CPU "
+                      f"processes (gloo), or trainer.devices=1")
+
+
 def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path) -> pl.Trainer:
     loggers = [build(c, named=False) for c in (cfg.get("logger") or {}).values() if c is not None]
+    check_devices_are_gpus(cfg.trainer)
     extra = {}
     strategy = cfg.trainer.get("strategy", "auto")
     chosen = strategy_for(strategy, cfg.trainer.get("devices", 1), int(cfg.trainer.get("num_nodes", 1)))

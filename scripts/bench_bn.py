@@ -29,6 +29,8 @@ import torch.nn.functional as F
 
 from binexp.binarize.binary_bn import BinaryBN
 
+FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
+
 FRACTION = 8  # fixed-point fraction bits of the shift-based BN's integer arithmetic
 INPUT_RANGE = 64  # the benchmark's binary-convolution outputs are integers in [-64, 64]
 
@@ -188,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, default=Path("bench_bn.png"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the PNG (default: docs/figures/sbn_bench_bn_<cpu|gpu>.png, the figure RESULTS shows)")
     args = parser.parse_args(argv)
     for key in ("channels", "size", "repeats"):
         if getattr(args, key) < 1:
@@ -199,6 +202,8 @@ def main(argv: list[str] | None = None) -> None:
         device = torch.device(args.device)
     except RuntimeError:
         parser.error(f"--device {args.device}: allowed are cpu, cuda, cuda:N")
+    if args.out is None:
+        args.out = FIGURES / f"sbn_bench_bn_{'gpu' if device.type == 'cuda' else 'cpu'}.png"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     results, differing = measure(args.channels, args.size, args.batches, args.repeats, device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"

@@ -85,6 +85,27 @@ def test_strategy_for_routes_lightnings_own_ddp_to_binexps(strategy, devices, no
         assert chosen == strategy
 
 
+@pytest.mark.parametrize(("devices", "accelerator", "refused"),
+                         [(4, "auto", True), ("0,1", "auto", True), (-1, "auto", True), (4, "cpu", False),
+                          ("auto", "auto", False), (1, "auto", False)])
+def test_several_devices_without_a_gpu_are_refused_unless_cpu_is_asked_for(devices, accelerator, refused, tmp_path,
+                                                                           monkeypatch):
+    from omegaconf import OmegaConf
+
+    from binexp.errors import ConfigError
+    from binexp.train import check_devices_are_gpus
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    trainer = OmegaConf.create({"devices": devices, "accelerator": accelerator})
+    if not refused:
+        assert check_devices_are_gpus(trainer) is None
+        return
+    with pytest.raises(ConfigError, match=rf"trainer.devices={devices}: this machine has no GPU.*trainer.accelerator=cpu"):
+        check_devices_are_gpus(trainer)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert check_devices_are_gpus(trainer) is None
+
+
 def test_submitit_slurm_launcher_preset_composes_from_the_trainer_settings():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     from hydra import compose, initialize_config_module
