@@ -142,6 +142,7 @@ def _check_override_keys(args: list[str]) -> None:
             _fail(f"{key}: the default {group} has no such key (its keys: {keys}), and a sweep is composed with it "
                   f"before its jobs; give a key of the swept options as a one-value sweep: '{key}=choice({value})'")
         _fail(f"{key}: no such key (the keys under {parent or 'the top level'}: {keys})")
+    _check_sweep_values(parsed, trial, swept_groups, tried)
     from dataclasses import fields
 
     from binexp.config import TrainConfig
@@ -151,6 +152,83 @@ def _check_override_keys(args: list[str]) -> None:
                     - known - _config_groups() - {"hydra"})
     if unread:  # a top-level key nothing reads: Hydra adds it and the run ignores it
         _fail(f"+{unread[0]}: not a key binexp reads (the top-level keys: {', '.join(sorted(known))})")
+
+
+def _check_sweep_values(parsed, trial: list[str], swept_groups: set[str], tried) -> None:
+    """Every value of every sweep is composed (the other sweeps at their first value) and checked as a job checks
+    its config before training, before the first job starts: Hydra composes each job only when it launches, so a
+    bad last value would end the sweep after its other jobs had trained."""
+    from hydra.errors import ConfigCompositionException
+
+    from binexp.config import compose_train
+
+    from binexp.errors import user_error
+
+    if not any(o.is_sweep_override() for o in parsed):
+        return
+    trial = [*trial, *(o.input_line for o in parsed if o.key_or_group == "hydra.searchpath")]  # methods kept outside
+    try:
+        shared = compose_train(trial)
+    except ConfigCompositionException:  # Hydra reports it before the sweep starts
+        return
+    try:
+        _check_job(shared)
+    except Exception as raised:  # an error of the values every job shares: as a single run would report it
+        err = user_error(raised)
+        if err is None:
+            return
+        _fail(str(err))
+    for o in parsed:
+        if not o.is_sweep_override() or not (tried(o) or o.key_or_group in swept_groups):
+            continue
+        try:
+            values = list(o.sweep_string_iterator())
+        except Exception:  # glob(...), interval(...): values only the sweeper can list
+            continue
+        key = o.get_key_element()
+        rest = [t for t in trial if t.partition("=")[0] != key]
+        if o.key_or_group in swept_groups:  # each option with the first values of its own keys' sweeps
+            rest += [f"{k.get_key_element()}={next(iter(k.sweep_string_iterator()), '')}" for k in parsed
+                     if k.is_sweep_override() and k.key_or_group.startswith(f"{key}.")]
+        for value in values:
+            where = f"(a value of the sweep {o.input_line}; no job was started)"
+            try:
+                cfg = compose_train([*rest, f"{key}={value}"])
+            except ConfigCompositionException as err:
+                _fail(f"{key}={value}: {_composition_message(err)} {where}")
+            try:
+                _check_job(cfg)
+            except Exception as raised:
+                err = user_error(raised)
+                if err is None:
+                    raise
+                _fail(f"{str(err).splitlines()[0]} {where}")
+
+
+def _check_job(cfg) -> None:
+    """What `train` checks of a config before it builds data and model: value ranges, method and schedule."""
+    from binexp.ranges import check_ranges
+    from binexp.train import build_method, build_schedule
+
+    check_ranges(cfg)
+    build_schedule(cfg, build_method(cfg))
+
+
+def _composition_message(err: Exception) -> str:
+    """Hydra's composition error in one line: its first line (a type error's, where Hydra wraps one) and the
+    options of the group when an option was not found."""
+    cause = err.__cause__ if isinstance(err.__cause__, Exception) and str(err.__cause__) else err
+    lines = str(cause).splitlines()
+    message = lines[0].strip()
+    for i, line in enumerate(lines):
+        if line.startswith("Available options in "):
+            options = []
+            for option in lines[i + 1:]:
+                if not option.startswith("\t"):
+                    break
+                options.append(option.strip())
+            message += f"; {line.rstrip(':').replace('Available options in', 'the options of')}: {', '.join(options)}"
+    return message
 
 
 def _check_launcher_installed(args: list[str]) -> None:

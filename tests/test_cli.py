@@ -141,6 +141,36 @@ def test_a_one_value_sweep_of_a_key_only_the_swept_options_have_passes_the_check
         _check_override_keys(["-m", "method=bnn,xnor", "method.binarize_first=false"])
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["method=ste", "method.t_clip=0.5,-1"],
+     "method.t_clip=-1.0: allowed is null or a number >= 0 (a value of the sweep method.t_clip=0.5,-1; no job was started)"),
+    (["method=ste", "method.t_clip=0.5,abc"], "method.t_clip=abc: Value 'abc' of type 'str' could not be converted to "
+     "Float (a value of the sweep method.t_clip=0.5,abc; no job was started)"),
+    (["method=ste,nope"], "method=nope: In 'train': Could not find 'method/nope'; the options of 'method': abr, bc, bnn, "
+     "bwn, fp, sbn, ste, xnor (a value of the sweep method=ste,nope; no job was started)"),
+    (["method=fp,abr", "trainer.max_epochs=1"],  # what only building the job's schedule finds
+     "schedule.phase1_epochs=0 with trainer.max_epochs=1: phase 1 must end before training does (phase 2 lasts the "
+     "remaining epochs) (a value of the sweep method=fp,abr; no job was started)"),
+    (["method=bnn,fp", "method.binarize_first=choice(false)"],  # an option without a key its sweep sets
+     "method=fp: Key 'binarize_first' not in 'FloatConfig' (a value of the sweep method=bnn,fp; no job was started)"),
+    (["method=ste", "method.t_clip=0.5,1", "trainer.max_epochs=0"],  # shared by every job: as a single run says it
+     "trainer.max_epochs=0: allowed is a whole number >= 1"),
+])
+def test_every_value_of_a_sweep_is_checked_before_its_first_job(args, message, capsys):
+    from binexp.cli import _check_override_keys
+
+    with pytest.raises(SystemExit) as raised:
+        _check_override_keys(["-m", "dataset=synthetic", *args])
+    assert raised.value.code == 2 and capsys.readouterr().err == f"binexp: error: {message}\n"
+
+
+def test_a_sweep_with_a_bad_last_value_trains_no_job(tmp_path):
+    out = binexp("train", "-m", "dataset=synthetic", "debug=smoke", "method=ste", "method.t_clip=0.5,0.75,-1",
+                 f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    assert out.returncode == 2 and "method.t_clip=-1.0: allowed is null or a number >= 0" in out.stderr
+    assert not (tmp_path / "s").exists()
+
+
 def test_the_slurm_launcher_without_its_plugin_says_what_to_install(tmp_path):
     try:
         import hydra_plugins.hydra_submitit_launcher  # noqa: F401
