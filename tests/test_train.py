@@ -268,6 +268,12 @@ def test_no_validation_split_trains_on_everything_and_keeps_last_checkpoint(tmp_
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
 
 
+def test_last_checkpoint_is_the_final_step_when_validation_skips_epochs(tmp_path):
+    run_dir, metrics = run(tmp_path, ["trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2"])
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert (saved["epoch"], saved["global_step"]) == (2, metrics["trainer/global_step"]) == (2, 12)
+
+
 @pytest.mark.parametrize("bar", [False, True])
 def test_step_loss_is_read_back_for_the_progress_bar_only_when_a_bar_is_shown(tmp_path, bar):
     # Lightning reads every progress-bar metric back as a Python number each step, a GPU sync
