@@ -10,7 +10,6 @@ config-group choices (`architecture: resnet18`, `method: ste`) and every key the
 
 from __future__ import annotations
 
-import copy
 import logging
 from enum import Enum
 from pathlib import Path
@@ -91,12 +90,18 @@ def log_hparams(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, float])
         return {}
     params = job_hparams(cfg, *job_overrides(Path(cfg.run_dir)))
     values = hparam_metrics(metrics)
+    from torch.utils.tensorboard.summary import hparams
+
+    _, start, end = hparams(params, values)
     for logger in loggers:
-        # the logger's own log_hyperparams would also merge these flat keys into its hparams.yaml (the full
-        # config): write the summary with the same Lightning code path, then put its hparams back
-        kept = copy.copy(logger.hparams)
-        logger.log_hyperparams(params, metrics=values, step=trainer.global_step)
-        logger.hparams = kept
+        # the session only, no experiment summary: TensorBoard takes the columns from the first experiment summary
+        # it finds, so one run's would hide the keys and metrics the other runs of a sweep (or of logs/) have;
+        # without any it builds them from every session. (The logger's own log_hyperparams writes one, and merges
+        # these flat keys into its hparams.yaml, the full config.)
+        logger.log_metrics(values, step=trainer.global_step)
+        writer = logger.experiment._get_file_writer()
+        writer.add_summary(start, trainer.global_step)
+        writer.add_summary(end, trainer.global_step)
         logger.experiment.flush()
         logger.experiment.close()  # trainer.test already closed it; logging reopened a new event file
     log.info("HParams: %s -> %s", params, values)

@@ -17,17 +17,30 @@ from binexp.hparams import job_hparams
 from tests.conftest import compose_train
 
 
-def hparams_of(run_dir: Path) -> tuple[dict, list[str], dict[str, float]]:
-    """What the HParams plugin reads: the session's hparams, the experiment's metric tags, their last values."""
+def hparams_of(run_dir: Path, tags: list[str]) -> tuple[dict, dict[str, float], set[str]]:
+    """What the HParams plugin reads of a run: the session's hparams, the last values of `tags`, its plugin tags."""
     acc = EventAccumulator(str(run_dir / "tb"))
     acc.Reload()
     content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
     start = plugin_data_pb2.HParamsPluginData.FromString(content[metadata.SESSION_START_INFO_TAG]).session_start_info
-    experiment = plugin_data_pb2.HParamsPluginData.FromString(content[metadata.EXPERIMENT_TAG]).experiment
     hparams = {k: (v.number_value if v.HasField("number_value") else v.string_value) for k, v in start.hparams.items()}
-    tags = [m.name.tag for m in experiment.metric_infos]
-    values = {t: acc.Scalars(t)[-1].value for t in tags}
-    return hparams, tags, values
+    return hparams, {t: acc.Scalars(t)[-1].value for t in tags}, set(content)
+
+
+def tensorboard_columns(logdir: Path) -> tuple[set[str], set[str]]:
+    """The hparam and metric columns TensorBoard's HParams tab shows for `logdir`, as its backend computes them."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment
+
+    events = plugin_event_multiplexer.EventMultiplexer()
+    events.AddRunsFromDirectory(str(logdir))
+    events.Reload()
+    provider = data_provider.MultiplexerDataProvider(events, str(logdir))
+    backend = backend_context.Context(base_plugin.TBContext(logdir=str(logdir), multiplexer=events, data_provider=provider))
+    experiment = get_experiment.Handler(context.RequestContext(), backend, "", api_pb2.GetExperimentRequest()).run()
+    return {h.name for h in experiment.hparam_infos}, {m.name.tag for m in experiment.metric_infos}
 
 
 def test_a_two_job_sweep_logs_its_overrides_and_final_metrics_as_hparams(tmp_path, monkeypatch):
@@ -39,7 +52,9 @@ def test_a_two_job_sweep_logs_its_overrides_and_final_metrics_as_hparams(tmp_pat
         f"hydra.sweep.dir={tmp_path}",
     ])
     for job, t_clip in (("0", 0.25), ("1", 0.75)):
-        hparams, tags, values = hparams_of(tmp_path / job)
+        final = json.loads((tmp_path / job / "metrics.json").read_text())
+        tags = sorted(k for k in final if k.startswith(("test/", "protocol/")) or k == "val/acc_best")
+        hparams, values, written = hparams_of(tmp_path / job, tags)
         # the job's overrides resolved (a number stays a number) and its group choices; run-management keys
         # (debug, logger, hydra.*) and the rest of the config are left out
         assert hparams == {
@@ -47,13 +62,16 @@ def test_a_two_job_sweep_logs_its_overrides_and_final_metrics_as_hparams(tmp_pat
             "optimizer": "sgd", "schedule": "constant", "architecture.batch_norm": "true",
             "method.t_clip": t_clip, "protocol.finetune_epochs": 0.0, "trainer.max_epochs": 1.0,
         }
-        final = json.loads((tmp_path / job / "metrics.json").read_text())
-        assert tags == sorted(k for k in final if k.startswith(("test/", "protocol/")) or k == "val/acc_best")
         assert {"test/acc", "protocol/regular", "protocol/binary"} <= set(tags)
         assert values == pytest.approx({t: final[t] for t in tags})
+        # no experiment summary: TensorBoard would take its columns from the first run's and hide other runs' keys
+        assert metadata.EXPERIMENT_TAG not in written
         # the full config stays in hparams.yaml, without the flattened HParams keys merged into it
         saved = OmegaConf.load(tmp_path / job / "tb" / "hparams.yaml")
         assert saved.config.method.t_clip == t_clip and "method.t_clip" not in saved
+    hparam_columns, metric_columns = tensorboard_columns(tmp_path)
+    assert {"method", "method.t_clip", "trainer.max_epochs"} <= hparam_columns
+    assert {"test/acc", "protocol/binary", "val/acc_best", "train/loss_epoch"} <= metric_columns
 
 
 def test_a_group_override_is_its_option_name_and_other_values_are_spelled_as_typed():
