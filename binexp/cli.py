@@ -76,9 +76,12 @@ def _resume_args(args: list[str]) -> list[str]:
                   f"its keys instead ({name}.<key>=<value>), or start a new run")
     from binexp.config import check_override_keys
 
+    from binexp.train import check_resume_overrides
+
     dotted = [a for a in rest if "=" in a and not a.startswith(("-", "+", "~", "hydra."))]
     try:  # a typo would get Hydra's "To append to your config use +key", which only hides it
         check_override_keys(run_cfg, dotted, f"the config of {run_dir}")
+        check_resume_overrides([a for a in rest if "=" in a and not a.startswith("-")], run_dir)
     except ConfigError as err:
         _fail(str(err))
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")

@@ -47,7 +47,7 @@ from binexp.optim import build_optimizer
 from binexp.profiling import NoProfiler
 from binexp.protocol import PhaseEvaluation, protocol_config, run_protocol
 from binexp.ranges import check_ranges
-from binexp.schedules import Schedule
+from binexp.schedules import Progress, Schedule
 from binexp.size import model_size
 
 log = logging.getLogger(__name__)
@@ -129,9 +129,20 @@ def check_devices_are_gpus(trainer: DictConfig) -> None:
                       f"processes (gloo), or trainer.devices=1")
 
 
+def check_no_time_limit(trainer: DictConfig) -> None:
+    """Lightning's max_time ends training inside an epoch and the run then reports itself finished; a resume would
+    skip the rest of that epoch. A signal stops a run resumably instead."""
+    if trainer.get("max_time") is not None:
+        raise ConfigError(f"trainer.max_time={trainer.max_time}: allowed is null. A time limit would end the epoch "
+                          f"early and report the run as finished; to stop a run after a time, send it SIGTERM "
+                          f"(`timeout -s TERM 4h binexp train ...`; on SLURM the launcher's signal does it): it saves "
+                          f"checkpoints/last.ckpt and says how to resume")
+
+
 def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path) -> pl.Trainer:
     loggers = [build(c, named=False) for c in (cfg.get("logger") or {}).values() if c is not None]
     check_devices_are_gpus(cfg.trainer)
+    check_no_time_limit(cfg.trainer)
     extra = {}
     strategy = cfg.trainer.get("strategy", "auto")
     chosen = strategy_for(strategy, cfg.trainer.get("devices", 1), int(cfg.trainer.get("num_nodes", 1)))
@@ -159,6 +170,31 @@ def last_checkpoint(run_dir: Path) -> Path:
     return ckpt
 
 
+# what a resume may change: how long it trains, where and how it runs, what it logs and evaluates; not what it trains
+# (optimizer and scheduler state come back from last.ckpt; seed, data and batching define the steps it continues)
+RESUMABLE = (
+    "trainer.max_epochs", "trainer.max_steps", "trainer.accelerator", "trainer.strategy", "trainer.precision",
+    "trainer.limit_val_batches", "trainer.limit_test_batches", "trainer.val_check_interval",
+    "trainer.check_val_every_n_epoch", "trainer.num_sanity_val_steps", "trainer.log_every_n_steps",
+    "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.deterministic", "trainer.benchmark",
+    "trainer.profiler", "trainer.detect_anomaly", "dataset.root", "dataset.download", "dataset.cache_dir",
+    "dataset.eval_batch_size", "paths.", "callbacks.", "logger.", "protocol.", "existing_run", "channels_last",
+)
+
+
+def check_resume_overrides(overrides: list[str], run_dir: Path) -> None:
+    """A resume continues the run it names: an override of what is trained is refused rather than half applied."""
+    for item in overrides:
+        key = item.partition("=")[0].lstrip("+~")
+        if key.startswith("hydra.") or any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE):
+            continue
+        raise ConfigError(
+            f"{item}: resume={run_dir} continues that run as it was trained (its optimizer and lr scheduler state "
+            f"come back from last.ckpt; its seed, data and batching define the steps it goes on with), so {key} "
+            f"cannot change; start a new run. A resume takes trainer.max_epochs / max_steps, where and how it runs "
+            f"(trainer.accelerator, precision, dataset.root, ...) and callbacks.*, logger.*, protocol.*")
+
+
 def continue_last_launch(cfg: DictConfig, ckpt: Path, run_dir: Path) -> dict:
     """`resume=`: train for as long as the launch that saved last.ckpt asked (an earlier resume may have extended
     the run), unless this launch sets trainer.max_epochs / max_steps itself; the schedules follow that length.
@@ -175,6 +211,8 @@ def continue_last_launch(cfg: DictConfig, ckpt: Path, run_dir: Path) -> dict:
             extended = extended or (f"trainer.{key}" in given and cfg.trainer[key] != before.get(key))
     epochs = saved["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
     steps = saved["global_step"]
+    if extended:
+        check_extension_keeps_schedules(cfg, saved.get("hyper_parameters", {}).get("config", {}), epochs)
     max_epochs, max_steps = cfg.trainer.max_epochs, cfg.trainer.max_steps
     done = (max_epochs is not None and max_epochs != -1 and epochs >= max_epochs) or (max_steps != -1 and steps >= max_steps)
     # a checkpoint saved at a validation's end may count its epoch as not yet processed: a run with metrics that
@@ -187,6 +225,36 @@ def continue_last_launch(cfg: DictConfig, ckpt: Path, run_dir: Path) -> dict:
             f"max_steps) to train on, or `binexp eval run=...` to evaluate it"
         )
     return saved
+
+
+def check_extension_keeps_schedules(cfg: DictConfig, before: dict, epochs: int) -> None:
+    """A resume that lengthens a run keeps what its schedules did over the epochs already trained: a schedule that
+    follows trainer.max_epochs would move back (ABR's phase 2 -> 1, SBN's nu 1000 -> 10), and an lr scheduler
+    that does (cosine's T_max) comes back from last.ckpt with the old length, so the two would disagree."""
+    length = f"trainer.max_epochs={cfg.trainer.max_epochs}"
+    if before.get("lr_scheduler") and cfg.get("lr_scheduler"):
+        then = before["lr_scheduler"].get("scheduler", {})
+        now = OmegaConf.to_container(cfg.lr_scheduler.scheduler, resolve=True, enum_to_str=True)
+        changed = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
+        if changed:
+            key = changed[0]
+            raise ConfigError(
+                f"{length}: lr_scheduler.scheduler.{key} follows the run's length ({then.get(key)} -> {now.get(key)}), "
+                f"but a resume restores the scheduler from last.ckpt as it was; start a new run with {length}")
+    old_epochs = before.get("trainer", {}).get("max_epochs")
+    if not before.get("schedule") or old_epochs in (None, -1) or cfg.trainer.max_epochs in (None, -1):
+        return
+    then, now = build(OmegaConf.create(before["schedule"])), build(cfg.schedule)
+    for epoch in range(epochs + 1):
+        a = then.values(Progress(step=epoch, steps_per_epoch=1, max_epochs=old_epochs))
+        b = now.values(Progress(step=epoch, steps_per_epoch=1, max_epochs=cfg.trainer.max_epochs))
+        differing = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        if differing:
+            key = differing[0]
+            raise ConfigError(
+                f"{length}: schedule={cfg.schedule.name} follows the run's length, and over the {epochs} epochs this "
+                f"run has trained it would change ({key} at epoch {epoch}: {a.get(key):g} -> {b.get(key):g}); start "
+                f"a new run with {length}")
 
 
 def check_checkpoint_fits(module: pl.LightningModule, saved: dict, cfg: DictConfig) -> None:

@@ -69,3 +69,19 @@ class ShiftedInsideBinarize(STE):
 
     def act(self, name, channels, *, last=False):
         return _ShiftedSign(name, self.t_clip)
+
+
+class SignalInValidation(pl.Callback):
+    """Send this process `signal_name` once, while the validation of epoch `epoch` runs (after its training)."""
+
+    def __init__(self, epoch: int, signal_name: str = "SIGTERM"):
+        self.epoch, self.signal_name = epoch, signal_name
+        self._sent = False
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        import os
+        import signal
+
+        if trainer.current_epoch == self.epoch and not trainer.sanity_checking and not self._sent:
+            self._sent = True
+            os.kill(os.getpid(), getattr(signal, self.signal_name))

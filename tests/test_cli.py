@@ -209,10 +209,15 @@ def test_train_resume_and_eval_from_the_command_line(tmp_path):
     assert out.returncode == 2 and out.stderr.endswith(
         "binexp: error: trainer.max_epochs: Value 'abc' of type 'str' could not be converted to Integer\n")
     out = binexp("train", f"resume={run}", "trainer.max_epochs=3", "method.scope=foo", cwd=tmp_path)
-    assert out.returncode == 2 and "method.scope='foo': allowed are" in out.stderr  # raised inside instantiate
+    assert out.returncode == 2 and "so method.scope cannot change" in out.stderr  # the method is what it trained
     out = binexp("train", f"resume={run}", "trainer.max_epoch=3", cwd=tmp_path)  # a typo: the keys that are there
     assert out.returncode == 2 and "trainer.max_epoch: not a key of the config of" in out.stderr
     assert "max_epochs" in out.stderr and "use +trainer" not in out.stderr
+    for changed in ("optimizer.lr=0.5", "seed=7", "trainer.accumulate_grad_batches=2", "dataset.batch_size=8"):
+        out = binexp("train", f"resume={run}", changed, cwd=tmp_path)  # would be ignored, or would shift the steps
+        key = changed.partition("=")[0]
+        assert out.returncode == 2 and out.stderr.startswith(f"binexp: error: {changed}: resume={run} continues that "
+                                                             f"run as it was trained") and f"so {key} cannot change" in out.stderr
     out = binexp("train", f"resume={run}", "trainer=cpu", cwd=tmp_path)
     assert out.returncode == 2 and "trainer=cpu: resume=" in out.stderr and "(trainer.<key>=<value>)" in out.stderr
     log_before = (run / "train.log").read_text()

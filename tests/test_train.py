@@ -99,10 +99,63 @@ def test_interrupt_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tm
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert resumed["test/acc"] == straight["test/acc"]
-    # the interrupted epoch's loss and accuracy still cover its batches from before the stop (sorted: the cut
-    # run's two event files may be read in either order)
-    for tag in ("train/loss_epoch", "train/acc"):
+    # the interrupted epoch's loss and accuracy still cover its batches from before the stop, and the stopped
+    # step's own values are logged (sorted: the cut run's two event files may be read in either order)
+    for tag in ("train/loss_epoch", "train/acc", "train/loss_step"):
         assert sorted(scalars(cut_dir, tag)) == scalars(straight_dir, tag), tag
+
+
+def test_a_signal_inside_an_accumulation_window_stops_where_the_optimizer_steps(tmp_path):
+    common = ["trainer.max_epochs=3", "trainer.deterministic=true", "trainer.accumulate_grad_batches=2"]
+    straight_dir, straight = run(tmp_path, common, "straight")
+    stop = ["+callbacks.signal._target_=binexp.callbacks.guards.SignalAtStep", "+callbacks.signal.step=0",
+            "+callbacks.signal.signal_name=SIGTERM"]  # sent at the window's first batch
+    cut_dir = tmp_path / "cut"
+    with pytest.raises(RunInterrupted, match="stopped at step 1 "):
+        train(compose_train(SMOKE + common + stop, run_dir=cut_dir))
+    saved = torch.load(cut_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 1 and saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"] == 1
+    resumed = train(compose_train(SMOKE + common + [f"resume={cut_dir}"], run_dir=cut_dir))
+    assert resumed["trainer/global_step"] == straight["trainer/global_step"] == 6
+    a = torch.load(straight_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    b = torch.load(cut_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert resumed["test/acc"] == straight["test/acc"]
+
+
+def test_a_signal_during_the_last_validation_stops_before_the_test(tmp_path):
+    common = ["trainer.max_epochs=2", "trainer.deterministic=true"]
+    straight_dir, straight = run(tmp_path, common, "straight")
+    stop = ["+callbacks.signal._target_=tests.helpers.SignalInValidation", "+callbacks.signal.epoch=1"]
+    cut_dir = tmp_path / "cut"
+    with pytest.raises(RunInterrupted, match="stopped at step 8 "):
+        train(compose_train(SMOKE + common + stop, run_dir=cut_dir))
+    assert not (cut_dir / "metrics.json").exists()
+    resumed = train(compose_train(SMOKE + common + [f"resume={cut_dir}"], run_dir=cut_dir))
+    assert resumed["trainer/global_step"] == 8 and resumed["test/acc"] == straight["test/acc"]
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["method=sbn"], r"trainer.max_epochs=4: schedule=exp_nu follows the run's length, and over the 2 epochs this run "
+                     r"has trained it would change \(nu at epoch 1: 1000 -> 10\)"),
+    (["method=abr"], r"schedule=two_phase follows .* \(phase at epoch 1: 2 -> 1\)"),  # phase 1 is half of training
+    (["lr_scheduler=cosine"], r"lr_scheduler.scheduler.T_max follows the run's length \(2 -> 4\), but a resume "),
+    (["method=abr", "schedule.phase1_epochs=1"], None),  # phase 2 just lasts longer
+    (["method=sbn", "lr_scheduler=exponential"], None),  # trained 0 epochs: nothing to change yet
+])
+def test_lengthening_a_run_is_refused_where_its_schedules_follow_its_length(tmp_path, overrides, message):
+    from omegaconf import OmegaConf
+
+    from binexp.train import check_extension_keeps_schedules
+
+    before = OmegaConf.to_container(compose_train([*overrides, "trainer.max_epochs=2"], run_dir=tmp_path / "a"), resolve=True)
+    longer = compose_train([*overrides, "trainer.max_epochs=4"], run_dir=tmp_path / "b")
+    trained = 0 if "lr_scheduler=exponential" in overrides else 2
+    if message is None:
+        assert check_extension_keeps_schedules(longer, before, trained) is None
+        return
+    with pytest.raises(ConfigError, match=message):
+        check_extension_keeps_schedules(longer, before, trained)
 
 
 def test_resume_without_a_checkpoint_is_refused(tmp_path):
@@ -127,6 +180,7 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path):
     (["lr_scheduler=multistep", "lr_scheduler.scheduler.at=[1.5]"],
      r"lr_scheduler\.scheduler\.at=\[1\.5\]: allowed is fractions of training in \(0, 1\)"),
     (["+callbacks.extra.every=1"], r"callbacks\.extra: no _target_ \(the class to build\); its keys: every"),
+    (["trainer.max_time=00:00:00:04"], r"trainer\.max_time=00:00:00:04: allowed is null\. .*send it SIGTERM"),
     (["+callbacks.extra._target_=nope.Class"], r"callbacks\.extra\._target_=nope\.Class: no module 'nope'"),
 ])
 def test_out_of_range_values_are_refused_naming_the_key_before_training(tmp_path, overrides, message):
@@ -171,6 +225,18 @@ def test_a_non_finite_run_is_stopped_before_any_checkpoint_saves_it(tmp_path, po
     best = sorted(p.name for p in run_dir.glob("checkpoints/best-*.ckpt"))
     assert best == ([] if kept_step is None else ["best-000-4.ckpt"])
     assert not (run_dir / "metrics.json").exists()
+
+def test_non_finite_weights_at_a_max_steps_cut_leave_no_cut_checkpoint_or_curve_row(tmp_path):
+    run_dir = tmp_path / "nan"
+    overrides = ["method=abr", "schedule.phase1_epochs=1", "trainer.max_epochs=3", "trainer.max_steps=7",
+                 "+callbacks.poison._target_=tests.helpers.PoisonWeightsAtStep", "+callbacks.poison.step=5"]
+    with pytest.raises(NonFiniteLossError, match="non-finite by step 7 "):
+        train(compose_train(SMOKE + overrides, run_dir=run_dir))
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best-000-4.ckpt", "last.ckpt"]
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    rows = (run_dir / "binarization.csv").read_text().splitlines()[1:]
+    assert [int(row.split(",")[0]) for row in rows] == [0, 4] and "nan" not in "".join(rows)  # no row at step 7
+
 
 def test_a_signal_after_the_weights_went_non_finite_does_not_save_them(tmp_path):
     run_dir = tmp_path / "nan"

@@ -46,7 +46,9 @@ class FiniteLossGuard(pl.Callback):
         bad = ~torch.isfinite(loss.detach())
         self._bad = bad if self._bad is None else (self._bad | bad)
         self._last_loss = loss.detach()
-        if trainer.global_step % self.check_every_n_steps == 0:
+        if 0 < trainer.max_steps <= trainer.global_step:  # a max_steps cut: curves and the cut checkpoint come next
+            self._check(trainer, pl_module, parameters=True)
+        elif trainer.global_step % self.check_every_n_steps == 0:
             self._check(trainer, pl_module, parameters=False)
 
     def on_validation_start(self, trainer, pl_module) -> None:
@@ -97,6 +99,12 @@ class CutEpochCheckpoint(pl.Callback):
             self._cut.replace(self._cut.with_name("last.ckpt"))
         self._cut = None
 
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """A run stopped after the cut was saved (non-finite weights found at training's end): last.ckpt stays."""
+        if self._cut is not None and trainer.is_global_zero:
+            self._cut.unlink(missing_ok=True)
+        self._cut = None
+
 
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
 # signals a cluster sends before the time limit to ask for a requeue: SIGUSR1 for Lightning's SLURM
@@ -129,6 +137,8 @@ class GracefulStop(pl.Callback):
         self.checkpoint: Path | None = None
         self._previous: dict[int, object] = {}
         self._stop_at_epoch_end = False
+        self._stop_before_next_batch = False
+        self._saved_at = (0, 0)
 
     def _handle(self, signum, frame) -> None:
         if self.received is not None and signum == signal.SIGINT:
@@ -143,41 +153,62 @@ class GracefulStop(pl.Callback):
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        signum = int(self.received or 0)
-        if trainer.world_size > 1:  # every rank must stop at the same step, for the same signal
-            if trainer.global_step % self.sync_every_n_steps:
-                return
-            flag = torch.tensor(float(signum), device=pl_module.device)
-            signum = int(trainer.strategy.reduce(flag, reduce_op="max").item())
+        last_of_epoch = batch_idx + 1 >= trainer.num_training_batches
+        if not last_of_epoch and (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return  # inside an accumulation window: its gradients are in no checkpoint, so stop where it steps
+        signum = self._agreed_signal(trainer, pl_module, every_n_steps=self.sync_every_n_steps)
         if not signum:
             return
-        self.received = signum
-        if batch_idx + 1 >= trainer.num_training_batches:
+        if last_of_epoch:
             self._stop_at_epoch_end = True
-        else:
-            self._save_and_stop(trainer)
+        else:  # saved now, raised once Lightning has logged this step's values
+            self._save(trainer)
+            self._stop_before_next_batch = True
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._stop_before_next_batch:
+            self._stop(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self._stop_at_epoch_end:
             trainer.should_stop = True
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self._stop_at_epoch_end:
-            self._save_and_stop(trainer)
+        if self._stop_before_next_batch:  # a max_steps cut ended training at the step that was saved
+            self._stop(trainer)
+        # a signal during the last epoch's validation, after its last batch, stops here too (every rank asks)
+        if self._stop_at_epoch_end or self._agreed_signal(trainer, pl_module, every_n_steps=1):
+            self._save(trainer)
+            self._stop(trainer)
 
-    def _save_and_stop(self, trainer) -> None:
-        run_dir = Path(trainer.default_root_dir)
-        self.checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    def _agreed_signal(self, trainer, pl_module, every_n_steps: int) -> int:
+        """The signal to stop on (0: none); under DDP every rank's, agreed every `every_n_steps` steps."""
+        signum = int(self.received or 0)
+        if trainer.world_size > 1:  # every rank must stop at the same step, for the same signal
+            if trainer.global_step % every_n_steps:
+                return 0
+            flag = torch.tensor(float(signum), device=pl_module.device)
+            signum = int(trainer.strategy.reduce(flag, reduce_op="max").item())
+        if signum:
+            self.received = signum
+        return signum
+
+    def _save(self, trainer) -> None:
+        self.checkpoint = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
         if not weights_finite(trainer, trainer.lightning_module):  # between FiniteLossGuard's read-backs
             raise NonFiniteLossError(
                 f"stopping on a signal at step {trainer.global_step}: the weights are non-finite, so {self.checkpoint} "
                 f"was not overwritten. Try a lower optimizer.lr, or check the inputs (dataset.normalize)."
             )
         trainer.save_checkpoint(self.checkpoint)
+        self._saved_at = (trainer.global_step, trainer.current_epoch)
+
+    def _stop(self, trainer) -> None:
+        self._stop_before_next_batch = False
         self._hand_on_requeue(trainer)
+        step, epoch = self._saved_at
         raise RunInterrupted(
-            f"stopped at step {trainer.global_step} (epoch {trainer.current_epoch}); saved {self.checkpoint}.\n"
-            + resume_hint(run_dir)
+            f"stopped at step {step} (epoch {epoch}); saved {self.checkpoint}.\n" + resume_hint(Path(trainer.default_root_dir))
         )
 
     def _hand_on_requeue(self, trainer) -> None:
@@ -216,9 +247,11 @@ class SignalAtStep(pl.Callback):
 
     def __init__(self, step: int, signal_name: str = "SIGINT"):
         self.step, self.signal_name = step, signal_name
+        self._sent = False
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and not self._sent:  # once: the batches of an accumulation share a step
+            self._sent = True
             os.kill(os.getpid(), getattr(signal, self.signal_name))
 
 
