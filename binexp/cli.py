@@ -7,7 +7,9 @@ read existing runs and take plain arguments.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import re
 import sys
 from contextlib import contextmanager
@@ -158,18 +160,20 @@ def _check_override_keys(args: list[str]) -> None:
 
 
 def _check_sweep_values(parsed, trial: list[str], swept_groups: set[str], tried) -> None:
-    """Every value of every sweep is composed (the other sweeps at their first value) and checked as a job checks
-    its config before training, before the first job starts: Hydra composes each job only when it launches, so a
-    bad last value would end the sweep after its other jobs had trained."""
+    """Every job of a sweep is composed and checked as a job checks its config before training, before the first
+    job starts: Hydra composes each job only when it launches, so a bad last job would end the sweep after the
+    others had trained. A sweep of more than SWEEP_JOBS_CHECKED jobs has each of its values checked instead, with
+    the other sweeps at their first value."""
     from hydra.errors import ConfigCompositionException
 
     from binexp.config import compose_train
-
     from binexp.errors import user_error
 
-    if not any(o.is_sweep_override() for o in parsed):
+    sweeps = [o for o in parsed if o.is_sweep_override()]
+    if not sweeps:
         return
-    trial = [*trial, *(o.input_line for o in parsed if o.key_or_group == "hydra.searchpath")]  # methods kept outside
+    searchpath = [o.input_line for o in parsed if o.key_or_group == "hydra.searchpath"]  # methods kept outside
+    trial = [*trial, *searchpath]
     try:
         shared = compose_train(trial)
     except ConfigCompositionException:  # Hydra reports it before the sweep starts
@@ -181,31 +185,48 @@ def _check_sweep_values(parsed, trial: list[str], swept_groups: set[str], tried)
         if err is None:
             return
         _fail(str(err))
-    for o in parsed:
-        if not o.is_sweep_override() or not (tried(o) or o.key_or_group in swept_groups):
-            continue
+    try:
+        values = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] for o in sweeps]
+    except Exception:  # glob(...), interval(...): values only the sweeper can list
+        values = None
+    if values is not None and math.prod(len(v) for v in values) <= SWEEP_JOBS_CHECKED:
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
+        jobs = ([*fixed, *searchpath, *job] for job in itertools.product(*values))
+        where = lambda job: f"(the sweep's job {' '.join(job[len(fixed) + len(searchpath):])}; no job was started)"
+    else:
+        jobs = (job for o in sweeps if tried(o) or o.key_or_group in swept_groups for job in _one_sweep_at_a_time(
+            o, parsed, trial, swept_groups))
+        where = lambda job: f"(the sweep's value {job[-1]}, the other sweeps at their first value; no job was started)"
+    for job in jobs:
         try:
-            values = list(o.sweep_string_iterator())
-        except Exception:  # glob(...), interval(...): values only the sweeper can list
-            continue
-        key = o.get_key_element()
-        rest = [t for t in trial if t.partition("=")[0] != key]
-        if o.key_or_group in swept_groups:  # each option with the first values of its own keys' sweeps
-            rest += [f"{k.get_key_element()}={next(iter(k.sweep_string_iterator()), '')}" for k in parsed
-                     if k.is_sweep_override() and k.key_or_group.startswith(f"{key}.")]
-        for value in values:
-            where = f"(a value of the sweep {o.input_line}; no job was started)"
-            try:
-                cfg = compose_train([*rest, f"{key}={value}"])
-            except ConfigCompositionException as err:
-                _fail(f"{key}={value}: {_composition_message(err)} {where}")
-            try:
-                _check_job(cfg)
-            except Exception as raised:
-                err = user_error(raised)
-                if err is None:
-                    raise
-                _fail(f"{str(err).splitlines()[0]} {where}")
+            cfg = compose_train(job)
+        except ConfigCompositionException as err:
+            _fail(f"{_composition_message(err)} {where(job)}")
+        try:
+            _check_job(cfg)
+        except Exception as raised:
+            err = user_error(raised)
+            if err is None:
+                raise
+            _fail(f"{str(err).splitlines()[0]} {where(job)}")
+
+
+SWEEP_JOBS_CHECKED = 64  # about 0.15 s each
+
+
+def _one_sweep_at_a_time(o, parsed, trial: list[str], swept_groups: set[str]):
+    """The overrides of `o`'s values, each with the other sweeps at their first value (the swept value last)."""
+    try:
+        values = list(o.sweep_string_iterator())
+    except Exception:
+        return
+    key = o.get_key_element()
+    rest = [t for t in trial if t.partition("=")[0] != key]
+    if o.key_or_group in swept_groups:  # each option with the first values of its own keys' sweeps
+        rest += [f"{k.get_key_element()}={next(iter(k.sweep_string_iterator()), '')}" for k in parsed
+                 if k.is_sweep_override() and k.key_or_group.startswith(f"{key}.")]
+    for value in values:
+        yield [*rest, f"{key}={value}"]
 
 
 def _check_job(cfg) -> None:
@@ -218,11 +239,12 @@ def _check_job(cfg) -> None:
 
 
 def _composition_message(err: Exception) -> str:
-    """Hydra's composition error in one line: its first line (a type error's, where Hydra wraps one) and the
-    options of the group when an option was not found."""
+    """Hydra's composition error in one line: its first line (a type error's, where Hydra wraps one, after the key)
+    and the options of the group when an option was not found."""
     cause = err.__cause__ if isinstance(err.__cause__, Exception) and str(err.__cause__) else err
     lines = str(cause).splitlines()
-    message = lines[0].strip()
+    key = getattr(cause, "full_key", None)
+    message = f"{key}: {lines[0].strip()}" if key else lines[0].strip()
     for i, line in enumerate(lines):
         if line.startswith("Available options in "):
             options = []

@@ -143,18 +143,22 @@ def test_a_one_value_sweep_of_a_key_only_the_swept_options_have_passes_the_check
 
 @pytest.mark.parametrize(("args", "message"), [
     (["method=ste", "method.t_clip=0.5,-1"],
-     "method.t_clip=-1.0: allowed is null or a number >= 0 (a value of the sweep method.t_clip=0.5,-1; no job was started)"),
-    (["method=ste", "method.t_clip=0.5,abc"], "method.t_clip=abc: Value 'abc' of type 'str' could not be converted to "
-     "Float (a value of the sweep method.t_clip=0.5,abc; no job was started)"),
-    (["method=ste,nope"], "method=nope: In 'train': Could not find 'method/nope'; the options of 'method': abr, bc, bnn, "
-     "bwn, fp, sbn, ste, xnor (a value of the sweep method=ste,nope; no job was started)"),
-    (["method=fp,abr", "trainer.max_epochs=1"],  # what only building the job's schedule finds
+     "method.t_clip=-1.0: allowed is null or a number >= 0 (the sweep's job method.t_clip=-1; no job was started)"),
+    (["method=ste", "method.t_clip=0.5,abc"], "method.t_clip: Value 'abc' of type 'str' could not be converted to "
+     "Float (the sweep's job method.t_clip=abc; no job was started)"),
+    (["method=ste,nope"], "In 'train': Could not find 'method/nope'; the options of 'method': abr, bc, bnn, bwn, fp, "
+     "sbn, ste, xnor (the sweep's job method=nope; no job was started)"),
+    (["trainer.max_epochs=2,1", "method=ste,abr,fp"],  # only this pair fails, and only building its schedule finds it
      "schedule.phase1_epochs=0 with trainer.max_epochs=1: phase 1 must end before training does (phase 2 lasts the "
-     "remaining epochs) (a value of the sweep method=fp,abr; no job was started)"),
+     "remaining epochs) (the sweep's job trainer.max_epochs=1 method=abr; no job was started)"),
     (["method=bnn,fp", "method.binarize_first=choice(false)"],  # an option without a key its sweep sets
-     "method=fp: Key 'binarize_first' not in 'FloatConfig' (a value of the sweep method=bnn,fp; no job was started)"),
+     "method.binarize_first: Key 'binarize_first' not in 'FloatConfig' (the sweep's job method=fp "
+     "method.binarize_first=False; no job was started)"),
     (["method=ste", "method.t_clip=0.5,1", "trainer.max_epochs=0"],  # shared by every job: as a single run says it
      "trainer.max_epochs=0: allowed is a whole number >= 1"),
+    (["method=ste", "seed=range(0,70)", "method.t_clip=0.5,-1"],  # 140 jobs: each value, the others at their first
+     "method.t_clip=-1.0: allowed is null or a number >= 0 (the sweep's value method.t_clip=-1, the other sweeps at "
+     "their first value; no job was started)"),
 ])
 def test_every_value_of_a_sweep_is_checked_before_its_first_job(args, message, capsys):
     from binexp.cli import _check_override_keys
