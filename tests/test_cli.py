@@ -306,6 +306,9 @@ def test_a_diverging_job_does_not_stop_the_sweep_but_the_sweep_exits_non_zero(tm
     assert out.returncode == 3
     assert f"1 job(s) of the sweep stopped on a non-finite loss (the others ran): {sweep / '0'}" in out.stderr
     assert not (sweep / "0" / "metrics.json").exists() and (sweep / "1" / "metrics.json").exists()
+    from binexp.report import find_runs
+
+    assert {r.name: r.state for r in find_runs([sweep])} == {"0": "diverged", "1": "finished"}
 
 
 def test_a_sweep_job_stopped_by_a_signal_says_how_to_resume_the_sweep(tmp_path):
@@ -316,7 +319,7 @@ def test_a_sweep_job_stopped_by_a_signal_says_how_to_resume_the_sweep(tmp_path):
             "binexp.callbacks.guards.SignalAtStep", "+callbacks.signal.step=2", "+callbacks.signal.signal_name=SIGINT"]
     out = binexp(*args, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert out.returncode == 130, out.stderr[-2000:]
-    assert "This run is job 0 of a sweep whose later jobs have not run" in out.stderr
+    assert "This run is job 0 of a sweep, which stops with it. Resume the sweep" in out.stderr
     assert "  binexp " + " ".join(args) + f" hydra.sweep.dir={sweep}\n" in out.stderr
     assert f"or this job alone with: binexp train resume={sweep / '0'}" in out.stderr
     assert not (sweep / "1").exists()

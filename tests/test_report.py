@@ -120,7 +120,7 @@ def _finished_run(path: Path, t_clip: str, acc: float) -> Path:
     return path
 
 
-def test_two_sweeps_under_one_folder_keep_their_jobs_apart_in_numeric_order(tmp_path):
+def test_two_sweeps_under_one_folder_keep_their_jobs_apart_in_numeric_order(tmp_path, capsys):
     from binexp.report import report
 
     for sweep, job, t_clip, acc in [("a", "0", "10", 0.3), ("a", "1", "0.5", 0.4), ("b", "0", "2.0", 0.45),
@@ -134,7 +134,10 @@ def test_two_sweeps_under_one_folder_keep_their_jobs_apart_in_numeric_order(tmp_
     assert [row.split(",")[1] for row in rows] == ["method.t_clip", "0.5", "2.0", "10", "null"]
     assert [row.split(",")[-2] for row in rows] == ["finished", "true", "true", "true", "true"]
     assert [row.split(",")[0] for row in rows] == ["run", "a/1", "b/0", "a/0", "b/1"]  # the table's names
-    assert written == [tmp_path / "out" / "report.csv"]  # "null" is not a number: no accuracy-vs-t_clip plot
+    # "null" is not a number: that run is left out of the plot, and the report says so
+    assert written == [tmp_path / "out" / "report.csv", tmp_path / "out" / "accuracy-vs-method.t_clip.png"]
+    assert ("accuracy-vs-method.t_clip.png leaves out the runs without a number for method.t_clip: b/1 "
+            "(method.t_clip=null)") in capsys.readouterr().out
     with pytest.raises(SystemExit, match=r"--metrics test/accc: in no run's metrics.json; they hold .*test/acc"):
         report([tmp_path / "sweeps"], out=tmp_path / "out", metrics=["test/acc", "test/accc"])
 
@@ -187,6 +190,9 @@ def test_a_key_one_run_leaves_at_its_default_shows_the_configs_value(tmp_path):
     assert [r.value("seed") for r in runs] == ["0", "1"]
     assert runs[0].value("method") == "" and runs[0].value("nope.key") == ""
     assert Run(tmp_path / "2", {}, {}, config).value("method.t_clip") == "null"
+    # seed=null: the seed the run drew and wrote into its config, so runs of one setting are seeds apart
+    drawn = [Run(tmp_path / str(i), {}, {"seed": "null"}, {**config, "seed": seed}) for i, seed in enumerate((17, 4))]
+    assert [r.value("seed") for r in drawn] == ["17", "4"] and varying_overrides(drawn) == ["seed"]
 
 
 def test_a_group_left_at_its_default_shows_the_option_composed_and_a_methods_own_schedule_varies(tmp_path):
@@ -317,3 +323,14 @@ def test_a_sweep_stopped_before_some_jobs_names_them(tmp_path, capsys):
     hydra["sweeper"]["params"] = {"seed": "0,1"}  # a sweep this count does not expand: no claim
     OmegaConf.save(OmegaConf.create({"hydra": hydra}), sweep / "multirun.yaml")
     assert never_started(sweep) == []
+
+
+def test_the_printed_table_keeps_small_values_and_whole_headers_in_a_pipe(tmp_path, capsys):
+    from binexp.report import print_table
+
+    metrics = ["protocol/phase1_binary", "protocol/binary", "protocol/fixed_bn_flips", "test/acc", "test/loss"] * 3
+    run = Run(tmp_path / "0", {"protocol/fixed_bn_flips": 3.08e-05, "protocol/binary": 0.5, "test/acc": 0.0})
+    print_table([run], ["method.t_clip"], metrics)
+    out = capsys.readouterr().out
+    assert "3.08e-05" in out and "0.5000" in out and "0.0000" in out
+    assert out.count("protocol/phase1_binary") == 3 and "…" not in out

@@ -256,7 +256,7 @@ class SignalAtStep(pl.Callback):
 
 
 def resume_hint(run_dir: Path) -> str:
-    """How to go on: this run alone, or, for a job of a sweep (whose later jobs did not start), the sweep again."""
+    """How to go on: this run alone, or, for a job of a sweep (any later jobs do not start), the sweep again."""
     import shlex
     import sys
 
@@ -270,5 +270,5 @@ def resume_hint(run_dir: Path) -> str:
         return f"Resume with: {alone}"
     args = [a for a in sys.argv[1:] if not a.startswith("hydra.sweep.dir=")]  # Hydra's arguments: the task is gone
     again = shlex.join(["binexp", "train", *args, f"hydra.sweep.dir={hc.sweep.dir}"])
-    return (f"This run is job {hc.job.num} of a sweep whose later jobs have not run. Resume the sweep (finished jobs "
+    return (f"This run is job {hc.job.num} of a sweep, which stops with it. Resume the sweep (finished jobs "
             f"are skipped, this one continues from its checkpoint) with:\n  {again}\nor this job alone with: {alone}")

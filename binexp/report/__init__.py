@@ -1,7 +1,8 @@
 """`binexp report <run dirs or multirun dirs ...>`: one table of runs, report.csv, and plots.
 
 A run is any folder holding `.hydra/config.yaml` (Hydra's copy of its config); a multirun folder is searched for
-them. A run without `metrics.json` (stopped, or still running) is listed as unfinished, with its curves so far.
+them. A run without `metrics.json` is listed as unfinished (stopped, or still running) or diverged (its log says it
+stopped on a non-finite loss), with its curves so far.
 The table shows the overrides and config groups that differ between runs and their final metrics, the runs in the order of those
 overrides' values (numbers as numbers: t_clip 0.25 before 1.0 before 10). Runs that also vary `seed` get a second
 table and report-over-seeds.csv: each setting's mean and standard deviation over its seeds (binexp.report.seeds). A run is named by its path below the
@@ -43,11 +44,15 @@ class Run:
         """The run's override of `key`; where it has none, the option a config group composed (a run that left
         `architecture` at its default shows lenet, and `schedule` shows the one its method brought), or the value in
         its composed config (a sweep's runs that left `seed` at its default show 0, not a blank), or "" where that is
-        not a plain value."""
+        not a plain value. An override of null shows what the run put there (`seed=null`: the seed it drew)."""
         if key in self.overrides:
-            return self.overrides[key]
+            text = self.overrides[key]
+            return text if text != "null" else self._configured(key) or text
         if key in self.choices:
             return self.choices[key]
+        return self._configured(key)
+
+    def _configured(self, key: str) -> str:
         node: Any = self.config
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
@@ -63,6 +68,15 @@ class Run:
     @property
     def finished(self) -> bool:
         return bool(self.metrics)
+
+    @property
+    def state(self) -> str:
+        """finished; diverged (stopped on a non-finite loss: its log says so); or unfinished (stopped or running)."""
+        if self.finished:
+            return "finished"
+        log = self.path / "train.log"
+        errors = [line for line in log.read_text(errors="replace").splitlines() if "[ERROR]" in line] if log.exists() else []
+        return "diverged" if errors and "non-finite" in errors[-1] else "unfinished"
 
 
 def load_run(path: Path) -> Run:
@@ -189,7 +203,9 @@ def write_csv(runs: list[Run], out: Path, keys: list[str], metrics: list[str]) -
 
 
 def _format(value: float) -> str:
-    return f"{int(value)}" if float(value).is_integer() and abs(value) >= 1 else f"{value:.4f}"
+    if float(value).is_integer() and abs(value) >= 1:
+        return f"{int(value)}"
+    return f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.3g}"  # 3.08e-05 flips, not 0.0000
 
 
 def print_table(runs: list[Run], keys: list[str], metrics: list[str]) -> None:
@@ -204,8 +220,8 @@ def print_table(runs: list[Run], keys: list[str], metrics: list[str]) -> None:
         table.add_column(m, justify="right")
     for r in runs:
         values = [_format(r.metrics[m]) if m in r.metrics else "-" for m in metrics]
-        table.add_row(r.name if r.finished else f"{r.name} (unfinished)", *[r.value(k) for k in keys], *values)
-    Console(width=None if sys.stdout.isatty() else 220).print(table)  # logs and pipes get every column
+        table.add_row(r.name if r.finished else f"{r.name} ({r.state})", *[r.value(k) for k in keys], *values)
+    Console(width=None if sys.stdout.isatty() else 10_000).print(table)  # logs and pipes get every column whole
 
 
 def report(paths: list[Path], out: Path | None = None, metrics: list[str] | None = None) -> tuple[list[Run], list[Path]]:

@@ -1,7 +1,8 @@
 """Accuracy against a swept numeric key (BMXNet's Figure 4a for method.t_clip): `accuracy-vs-<key>.png`.
 
-Every varying override whose values are all numbers gets a plot, `seed` excepted; runs that also differ in other
-overrides are drawn as separate lines. Runs that differ only in `seed` are one point: their mean, with a bar of one
+Every varying override with two or more numeric values gets a plot, `seed` excepted; runs without a number for it
+(a baseline of another method, a null) are left out of that plot, and the report names them. Runs that also differ
+in other overrides are drawn as separate lines. Runs that differ only in `seed` are one point: their mean, with a bar of one
 standard deviation, and each run's value drawn faintly around it (binexp.report.seeds).
 """
 
@@ -20,22 +21,24 @@ def sweep_points(runs, key: str, keys: list[str], metric: str) -> dict[str, list
 
     lines: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
-        if metric in r.metrics:
+        if metric in r.metrics and number(r.value(key)) is not None:
             label = ", ".join(f"{k}={v}" for k in keys if k not in (key, SEED_KEY) and (v := r.value(k))) or metric
             lines[label][number(r.value(key))].append(100 * r.metrics[metric])
     return {label: [(x, summarize(points[x]), points[x]) for x in sorted(points)] for label, points in sorted(lines.items())}
 
 
 def numeric_keys(runs, keys: list[str]) -> list[str]:
-    """The varying keys, `seed` excepted, whose every value is a number: each gets an accuracy-vs-<key>.png."""
+    """The varying keys, `seed` excepted, with two or more numeric values: each gets an accuracy-vs-<key>.png."""
     from binexp.report import number
 
-    return [k for k in keys if k != SEED_KEY and all(number(r.value(k)) is not None for r in runs)]
+    return [k for k in keys if k != SEED_KEY and len({number(r.value(k)) for r in runs} - {None}) >= 2]
 
 
 def plot_sweeps(runs, out: Path, metric: str = "test/acc") -> list[Path]:
     from binexp.report import varying_overrides
     from binexp.report.curves import add_legend, crowded, save_figure
+
+    from binexp.report import number
 
     keys = varying_overrides(runs)
     numeric = numeric_keys(runs, keys)
@@ -68,4 +71,7 @@ def plot_sweeps(runs, out: Path, metric: str = "test/acc") -> list[Path]:
         if len(lines) > 1:
             add_legend(ax, len(lines), fontsize="small")
         written.append(save_figure(fig, out / f"accuracy-vs-{key.replace('/', '_')}.png"))
+        left_out = [f"{r.name} ({key}={r.value(key) or 'unset'})" for r in runs if number(r.value(key)) is None]
+        if left_out:
+            print(f"{written[-1].name} leaves out the runs without a number for {key}: {', '.join(left_out)}")
     return written
