@@ -140,7 +140,23 @@ def load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
                               f"take the run's weights. {detail}") from None
         raise ConfigError(f"ckpt={ckpt}: {path} does not fit the network of {run_dir} {network}; was it saved by "
                           f"another run? {detail}") from None
+    _feed_as_trained(dm, saved, overrides)
     return cfg, dm, module, path
+
+
+def _feed_as_trained(dm, saved: dict, overrides: list[str] | None) -> None:
+    """The test images normalised as the network trained on them (the checkpoint's record), not as statistics
+    recomputed from a training split that run_overrides may have changed (dataset.subset moves the hold-out)."""
+    from binexp.data.loader import InputNorm
+
+    recorded = saved.get("hyper_parameters", {}).get("input_norm")
+    if not recorded:  # a checkpoint from before the record
+        return
+    trained = InputNorm(**recorded)
+    if trained.mode != dm.normalize:
+        raise ConfigError(f"run_overrides={list(overrides or [])}: dataset.normalize={dm.normalize}, but the network "
+                          f"trained on inputs normalised as {trained.mode}; it cannot be tested on others")
+    dm.norm = trained
 
 
 def _load_weights(module, saved: dict) -> RuntimeError | None:

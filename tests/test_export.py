@@ -474,10 +474,15 @@ def test_verify_that_cannot_write_its_json_still_returns_its_result(tmp_path, mo
 def test_verify_refuses_other_data_than_the_export_was_made_for(tmp_path):
     run_dir, _ = run(tmp_path, ["method=ste"])
     path, _ = export_run(run_dir)
-    with pytest.raises(ConfigError, match=r"dataset.normalize=caffe: .*model.safetensors was exported for inputs "
-                                          r"normalised as mean_only \(mean \[0.4979\]\); verify checks it on those inputs"):
+    with pytest.raises(ConfigError, match=r"dataset.normalize=caffe, but the network trained on inputs normalised as "
+                                          r"mean_only; it cannot be tested on others"):
         verify_artifact(path, overrides=["dataset.normalize=caffe"])
     manifest, tensors = artifact.read(path)
+    moved = {**manifest["input_norm"], "mean": [0.25]}  # a file whose record disagrees with the run's checkpoint
+    artifact.write(path, {**manifest, "input_norm": moved}, tensors)
+    with pytest.raises(ConfigError, match=r"dataset.normalize=mean_only: .*model.safetensors was exported for inputs "
+                                          r"normalised as mean_only \(mean \[0.25\]\); verify checks it on those inputs"):
+        verify_artifact(path)
     artifact.write(path, {**manifest, "dataset": "mnist"}, tensors)  # as if exported from an MNIST run
     with pytest.raises(ConfigError, match=r"run=.* trains ste on lenet \(synthetic\), but .* is an export of ste on "
                                           r"lenet \(mnist\): give the run it came from"):

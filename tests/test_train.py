@@ -297,6 +297,12 @@ def test_eval_tests_on_the_runs_own_test_batches_and_refuses_changing_its_groups
     with pytest.raises(ConfigError, match=r"does not fit the network of .*; was it saved by another run\?"):
         evaluate(eval_config(run=str(run_dir), accelerator="cpu", ckpt=str(other),
                              run_overrides=["trainer.limit_test_batches=1.0"]))
+    # the inputs normalised as the network trained on them, whatever an override does to the training split
+    moved = evaluate(eval_config(run=str(run_dir), accelerator="cpu", run_overrides=["dataset.val_size=8"]))
+    assert (moved["test/acc"], moved["test/loss"]) == (metrics["test/acc"], metrics["test/loss"])
+    with pytest.raises(ConfigError, match=r"dataset.normalize=caffe, but the network trained on inputs normalised as "
+                                          r"mean_only; it cannot be tested on others"):
+        evaluate(eval_config(run=str(run_dir), accelerator="cpu", run_overrides=["dataset.normalize=caffe"]))
     with pytest.raises(ConfigError, match=r"accelerator=nope: .*\(allowed: auto, cpu, gpu"):
         evaluate(eval_config(run=str(run_dir), accelerator="nope"))
     for bad, shown in (("-1", "-1"), ("abc", "'abc'"), ("1.5", "1.5")):
