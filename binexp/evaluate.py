@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,7 +77,8 @@ def find_checkpoint(run_dir: Path, which: str) -> Path:
     elif which in DERIVED_CHECKPOINTS:
         path = derived_checkpoint_path(run_dir, which)
     elif which == "best":
-        best = sorted(ckpt_dir.glob("best-*.ckpt"))
+        # the latest by epoch and step as numbers: best-1000-... comes after best-999-..., not before
+        best = sorted(ckpt_dir.glob("best-*.ckpt"), key=lambda p: [int(n) for n in re.findall(r"\d+", p.name)])
         path = best[-1] if best else ckpt_dir / "best-*.ckpt"
     else:
         path = Path(which)

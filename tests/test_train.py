@@ -443,3 +443,12 @@ def test_ctrl_c_after_training_names_the_resume_that_redoes_test_and_protocol(tm
     monkeypatch.undo()
     metrics = train(compose_train(SMOKE + [f"resume={run_dir}"], run_dir=run_dir))
     assert json.loads((run_dir / "metrics.json").read_text())["test/acc"] == metrics["test/acc"]
+
+
+def test_ckpt_best_is_the_latest_best_checkpoint_by_epoch_number(tmp_path):
+    from binexp.evaluate import find_checkpoint
+
+    for name in ("best-999-9990.ckpt", "best-1000-10000.ckpt", "last.ckpt"):
+        (tmp_path / "checkpoints").mkdir(exist_ok=True)
+        (tmp_path / "checkpoints" / name).write_bytes(b"")
+    assert find_checkpoint(tmp_path, "best") == tmp_path / "checkpoints" / "best-1000-10000.ckpt"
