@@ -77,7 +77,6 @@ def _resume_args(args: list[str]) -> list[str]:
             _fail(f"{arg}: resume={value} continues the run's own config, whose group choices are fixed; override "
                   f"its keys instead ({name}.<key>=<value>), or start a new run")
     from binexp.config import check_override_keys
-
     from binexp.train import check_resume_overrides
 
     dotted = [a for a in rest if "=" in a and not a.startswith(("-", "+", "~", "hydra."))]
@@ -191,24 +190,24 @@ def _check_sweep_values(parsed, trial: list[str], swept_groups: set[str], tried)
         values = None
     if values is not None and math.prod(len(v) for v in values) <= SWEEP_JOBS_CHECKED:
         fixed = [o.input_line for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
-        jobs = ([*fixed, *searchpath, *job] for job in itertools.product(*values))
-        where = lambda job: f"(the sweep's job {' '.join(job[len(fixed) + len(searchpath):])}; no job was started)"
+        jobs = [([*fixed, *searchpath, *job], f"(the sweep's job {' '.join(job)}; no job was started)")
+                for job in itertools.product(*values)]
     else:
-        jobs = (job for o in sweeps if tried(o) or o.key_or_group in swept_groups for job in _one_sweep_at_a_time(
-            o, parsed, trial, swept_groups))
-        where = lambda job: f"(the sweep's value {job[-1]}, the other sweeps at their first value; no job was started)"
-    for job in jobs:
+        jobs = [(job, f"(the sweep's value {job[-1]}, the other sweeps at their first value; no job was started)")
+                for o in sweeps if tried(o) or o.key_or_group in swept_groups
+                for job in _one_sweep_at_a_time(o, parsed, trial, swept_groups)]
+    for job, where in jobs:
         try:
             cfg = compose_train(job)
         except ConfigCompositionException as err:
-            _fail(f"{_composition_message(err)} {where(job)}")
+            _fail(f"{_composition_message(err)} {where}")
         try:
             _check_job(cfg)
         except Exception as raised:
             err = user_error(raised)
             if err is None:
                 raise
-            _fail(f"{str(err).splitlines()[0]} {where(job)}")
+            _fail(f"{str(err).splitlines()[0]} {where}")
 
 
 SWEEP_JOBS_CHECKED = 64  # about 0.15 s each

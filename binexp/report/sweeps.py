@@ -35,10 +35,8 @@ def numeric_keys(runs, keys: list[str]) -> list[str]:
 
 
 def plot_sweeps(runs, out: Path, metric: str = "test/acc") -> list[Path]:
-    from binexp.report import varying_overrides
+    from binexp.report import number, varying_overrides
     from binexp.report.curves import add_legend, crowded, save_figure
-
-    from binexp.report import number
 
     keys = varying_overrides(runs)
     numeric = numeric_keys(runs, keys)
