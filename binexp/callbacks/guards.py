@@ -115,8 +115,11 @@ REQUEUE_SIGNALS = ("SIGUSR1", "SIGUSR2")
 class GracefulStop(pl.Callback):
     """On the first SIGINT/SIGTERM/SIGUSR1/SIGUSR2, finish the current batch, save `checkpoints/last.ckpt`, stop.
 
-    It stops by raising `RunInterrupted` right after saving: letting the epoch wind down instead would let
-    ModelCheckpoint overwrite last.ckpt with the epoch marked finished, and a resume would skip its rest.
+    It saves at the end of the batch and stops by raising `RunInterrupted` as the next batch starts (once Lightning
+    has logged the saved step's values): letting the epoch wind down instead would let ModelCheckpoint overwrite
+    last.ckpt with the epoch marked finished, and a resume would skip its rest. Inside a gradient-accumulation
+    window it waits for the window's last batch, as the window's gradients are in no checkpoint. A signal that
+    comes after the last batch (during the last validation) stops the run as training ends, before the test.
     On an epoch's last batch it lets the epoch finish instead (its validation, its checkpoint and its logged epoch
     values), then saves and raises as training ends: a checkpoint taken in the last batch's end hook counts that
     batch as not completed, and a resume then loses the next epoch; one taken in the epoch's end hooks comes before
