@@ -82,7 +82,7 @@ def _resume_args(args: list[str]) -> list[str]:
     dotted = [a for a in rest if "=" in a and not a.startswith(("-", "+", "~", "hydra."))]
     try:  # a typo would get Hydra's "To append to your config use +key", which only hides it
         check_override_keys(run_cfg, dotted, f"the config of {run_dir}")
-        check_resume_overrides([a for a in rest if "=" in a and not a.startswith("-")], run_dir)
+        check_resume_overrides([a for a in rest if "=" in a and not a.startswith("-")], run_dir, run_cfg)
     except ConfigError as err:
         _fail(str(err))
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")

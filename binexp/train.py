@@ -182,11 +182,15 @@ RESUMABLE = (
 )
 
 
-def check_resume_overrides(overrides: list[str], run_dir: Path) -> None:
-    """A resume continues the run it names: an override of what is trained is refused rather than half applied."""
+def check_resume_overrides(overrides: list[str], run_dir: Path, run_cfg: DictConfig) -> None:
+    """A resume continues the run it names (`run_cfg`, its saved config): an override of what is trained is refused
+    rather than half applied, unless it gives the value the run has (the first launch's command typed again)."""
     for item in overrides:
         key = item.partition("=")[0].lstrip("+~")
         if key.startswith("hydra.") or any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE):
+            continue
+        given = OmegaConf.select(OmegaConf.from_dotlist([item.lstrip("+~")]), key, default="<unset>")
+        if given == OmegaConf.select(run_cfg, key, default="<absent>"):
             continue
         raise ConfigError(
             f"{item}: resume={run_dir} continues that run as it was trained (its optimizer and lr scheduler state "

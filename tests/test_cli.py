@@ -222,6 +222,11 @@ def test_train_resume_and_eval_from_the_command_line(tmp_path):
         key = changed.partition("=")[0]
         assert out.returncode == 2 and out.stderr.startswith(f"binexp: error: {changed}: resume={run} continues that "
                                                              f"run as it was trained") and f"so {key} cannot change" in out.stderr
+    from binexp.evaluate import load_run_config
+    from binexp.train import check_resume_overrides
+
+    saved = load_run_config(run)  # the value the run has, typed again, is no change
+    check_resume_overrides([f"seed={saved.seed}", f"dataset.batch_size={saved.dataset.batch_size}"], run, saved)
     out = binexp("train", f"resume={run}", "trainer=cpu", cwd=tmp_path)
     assert out.returncode == 2 and "trainer=cpu: resume=" in out.stderr and "(trainer.<key>=<value>)" in out.stderr
     log_before = (run / "train.log").read_text()
