@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from binexp.binarize.base import Method
@@ -56,6 +57,9 @@ class Classifier(pl.LightningModule):
             self.save_hyperparameters(hparams)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # loss sums and image counts added over DDP ranks: Lightning's own sync_dist mean averages the ranks' image
+        # counts as integers, and an odd test set (151 + 150 images) came out 301/300 too large
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self._loss_in_bar = True
         # this epoch's training totals: [loss summed over its images, correct predictions] on the device (no step
         # waits for the GPU to read them), and the number of its images on the host. Not a torchmetrics metric:
@@ -142,18 +146,19 @@ class Classifier(pl.LightningModule):
         self.log("train/acc", correct / images, on_step=False, on_epoch=True)
         self._train_images = 0  # the next batch starts the next epoch's totals
 
-    def _evaluate(self, batch, stage: str, metric: MulticlassAccuracy) -> None:
+    def _evaluate(self, batch, stage: str, metric: MulticlassAccuracy, loss: MeanMetric) -> None:
         x, y = batch
         logits = self.net(x)
         metric.update(logits, y)
-        self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True)
+        loss.update(F.cross_entropy(logits, y), weight=y.numel())
+        self.log(f"{stage}/loss", loss, on_epoch=True)
         self.log(f"{stage}/acc", metric, on_epoch=True, prog_bar=True)
 
     def validation_step(self, batch, batch_idx):
-        self._evaluate(batch, "val", self.val_acc)
+        self._evaluate(batch, "val", self.val_acc, self.val_loss)
 
     def test_step(self, batch, batch_idx):
-        self._evaluate(batch, "test", self.test_acc)
+        self._evaluate(batch, "test", self.test_acc, self.test_loss)
 
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
