@@ -129,6 +129,14 @@ def check_devices_are_gpus(trainer: DictConfig) -> None:
                       f"processes (gloo), or trainer.devices=1")
 
 
+def check_sync_batchnorm_has_gpus(trainer: DictConfig) -> None:
+    """torch's SyncBatchNorm runs on GPUs only; on CPU processes every rank would fail in its first step."""
+    on_cpu = trainer.get("accelerator", "auto") == "cpu" or not torch.cuda.is_available()
+    if trainer.get("sync_batchnorm", False) and on_cpu:
+        raise ConfigError("trainer.sync_batchnorm=true: torch's SyncBatchNorm needs GPUs, and this run's processes are "
+                          "on the CPU; allowed there is false (each rank normalises with its own batch statistics)")
+
+
 def check_no_time_limit(trainer: DictConfig) -> None:
     """Lightning's max_time ends training inside an epoch and the run then reports itself finished; a resume would
     skip the rest of that epoch. A signal stops a run resumably instead."""
@@ -143,6 +151,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path) 
     loggers = [build(c, named=False) for c in (cfg.get("logger") or {}).values() if c is not None]
     check_devices_are_gpus(cfg.trainer)
     check_no_time_limit(cfg.trainer)
+    check_sync_batchnorm_has_gpus(cfg.trainer)
     extra = {}
     strategy = cfg.trainer.get("strategy", "auto")
     chosen = strategy_for(strategy, cfg.trainer.get("devices", 1), int(cfg.trainer.get("num_nodes", 1)))

@@ -181,6 +181,8 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path):
      r"lr_scheduler\.scheduler\.at=\[1\.5\]: allowed is fractions of training in \(0, 1\)"),
     (["+callbacks.extra.every=1"], r"callbacks\.extra: no _target_ \(the class to build\); its keys: every"),
     (["trainer.max_time=00:00:00:04"], r"trainer\.max_time=00:00:00:04: allowed is null\. .*send it SIGTERM"),
+    (["trainer.sync_batchnorm=true", "trainer.accelerator=cpu"],
+     r"trainer\.sync_batchnorm=true: torch's SyncBatchNorm needs GPUs, and this run's processes are on the CPU"),
     (["+callbacks.extra._target_=nope.Class"], r"callbacks\.extra\._target_=nope\.Class: no module 'nope'"),
 ])
 def test_out_of_range_values_are_refused_naming_the_key_before_training(tmp_path, overrides, message):
