@@ -27,6 +27,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 from binexp.binarize.base import Method
 from binexp.builder import build, locate_target, parameters_of
 from binexp.callbacks.binarization import CSV_NAME
+from binexp.callbacks.guards import stop_after_fit
 from binexp.callbacks.schedule import ScheduleCallback
 from binexp.config import check_override_types
 from binexp.data.datamodule import ImageData
@@ -467,14 +468,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def _fit_test_evaluate(cfg, run_dir, dm, method, module, callbacks, trainer, ckpt, protocol, started) -> dict[str, float]:
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)  # a signal raises RunInterrupted
-    try:
+    with stop_after_fit(run_dir, trainer):  # fit's signal handling has ended; the trained network is in last.ckpt
         return _test_and_evaluate(cfg, run_dir, dm, method, module, callbacks, trainer, protocol, started)
-    except KeyboardInterrupt:  # fit's signal handling has ended; the trained network is in last.ckpt
-        from binexp.callbacks.guards import resume_hint
-        from binexp.errors import RunInterrupted
-
-        raise RunInterrupted(f"interrupted after training, in the test or the protocol: {resume_hint(run_dir)} "
-                             f"(it tests and evaluates the trained network again)") from None
 
 
 def _test_and_evaluate(cfg, run_dir, dm, method, module, callbacks, trainer, protocol, started) -> dict[str, float]:

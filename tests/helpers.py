@@ -85,3 +85,19 @@ class SignalInValidation(pl.Callback):
         if trainer.current_epoch == self.epoch and not trainer.sanity_checking and not self._sent:
             self._sent = True
             os.kill(os.getpid(), getattr(signal, self.signal_name))
+
+
+class SignalInTest(pl.Callback):
+    """Send this process `signal_name` once, at the first batch of the test after training."""
+
+    def __init__(self, signal_name: str = "SIGTERM"):
+        self.signal_name = signal_name
+        self._sent = False
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        import os
+        import signal
+
+        if not self._sent:
+            self._sent = True
+            os.kill(os.getpid(), getattr(signal, self.signal_name))

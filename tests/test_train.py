@@ -447,6 +447,23 @@ def test_ctrl_c_after_training_names_the_resume_that_redoes_test_and_protocol(tm
     assert json.loads((run_dir / "metrics.json").read_text())["test/acc"] == metrics["test/acc"]
 
 
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_signal_during_the_test_after_training_names_the_resume(tmp_path, signal_name):
+    """Lightning's handling would end the test with exit 0 and no metrics (SIGTERM) or exit 1 without the hint."""
+    import signal
+
+    run_dir = tmp_path / "run"
+    stop = ["+callbacks.signal._target_=tests.helpers.SignalInTest", f"+callbacks.signal.signal_name={signal_name}"]
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(RunInterrupted, match=f"interrupted after training, in the test or the protocol: Resume with: "
+                                             f"binexp train resume={run_dir} "):
+        train(compose_train(SMOKE + stop, run_dir=run_dir))
+    assert signal.getsignal(signal.SIGTERM) == before  # the handlers of the test are gone again
+    assert (run_dir / "checkpoints" / "last.ckpt").exists() and not (run_dir / "metrics.json").exists()
+    metrics = train(compose_train(SMOKE + [f"resume={run_dir}"], run_dir=run_dir))
+    assert json.loads((run_dir / "metrics.json").read_text())["test/acc"] == metrics["test/acc"]
+
+
 def test_ckpt_best_is_the_latest_best_checkpoint_by_epoch_number(tmp_path):
     from binexp.evaluate import find_checkpoint
 

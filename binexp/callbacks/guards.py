@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -142,6 +143,7 @@ class GracefulStop(pl.Callback):
         self._stop_at_epoch_end = False
         self._stop_before_next_batch = False
         self._saved_at = (0, 0)
+        self.test_handler = None  # set by stop_after_fit: the handler the test after training runs under
 
     def _handle(self, signum, frame) -> None:
         if self.received is not None and signum == signal.SIGINT:
@@ -171,6 +173,10 @@ class GracefulStop(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._stop_before_next_batch:
             self._stop(trainer)
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        if self.test_handler is not None and _main_thread():  # over Lightning's, which it puts back after the test
+            signal.signal(signal.SIGTERM, self.test_handler)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self._stop_at_epoch_end:
@@ -236,6 +242,55 @@ class GracefulStop(pl.Callback):
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         self._restore_handlers()
+
+
+# how a collective fails when another rank has exited
+PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe")
+
+
+@contextmanager
+def stop_after_fit(run_dir: Path, trainer: pl.Trainer):
+    """SIGTERM or Ctrl-C while a finished fit is tested and evaluated ends the run with the resume hint (the trained
+    network is in last.ckpt; the resume tests and evaluates it again), on every rank.
+
+    The handler raises KeyboardInterrupt where the code is, as Ctrl-C does, rather than stopping at a batch: the
+    test and the protocol have nothing to save, and Lightning's own SIGTERM handler (which `trainer.test` installs,
+    replaced here through GracefulStop) runs a collective inside the handler, so a signal to one DDP rank hung
+    both. Lightning turns an interrupt inside `trainer.test` into `sys.exit(1)`; that exit is taken back here.
+    The launching rank passes SIGTERM on to the other ranks."""
+    received: list[int] = []
+
+    def interrupt(signum, frame) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    installed = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
+    stops = [cb for cb in trainer.callbacks if isinstance(cb, GracefulStop)]
+    for cb in stops:
+        cb.test_handler = interrupt
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit) as err:
+        if isinstance(err, SystemExit) and not received:
+            raise
+        from binexp.distributed import launcher_of
+
+        launcher = launcher_of(trainer)
+        if launcher is not None:
+            launcher.kill(signal.SIGTERM)
+        raise RunInterrupted(f"interrupted after training, in the test or the protocol: {resume_hint(run_dir)} "
+                             f"(it tests and evaluates the trained network again)") from None
+    except RuntimeError as err:  # gloo/NCCL: the rank a signal stopped left this one's collective
+        if trainer.world_size == 1 or not any(gone in str(err) for gone in PEER_GONE):
+            raise
+        raise RunInterrupted(f"another rank of this DDP run stopped after training, in the test or the protocol (a "
+                             f"signal to it, or an error it printed): {resume_hint(run_dir)} (it tests and evaluates "
+                             f"the trained network again)") from None
+    finally:
+        for sig, handler in installed.items():
+            signal.signal(sig, handler)
+        for cb in stops:
+            cb.test_handler = None
 
 
 def _main_thread() -> bool:
