@@ -225,9 +225,10 @@ def finetuned_accuracy(net: nn.Module, dm, cfg: ProtocolConfig, seed: int = 0) -
             idx = order[i : i + batch]
             yield train_x[idx], train_y[idx]
 
+    head.train()  # as trained, and tested as deployed: not in whatever mode the caller left the network
     with torch.enable_grad():
         train_params(head, list(head.parameters()), batches, cfg.finetune_epochs, cfg.finetune_lr)
-    with torch.no_grad():
+    with evaluating(head, step=True):  # a classifier with its own BN (SBN's output_norm) on its running statistics
         return (head(test_x).argmax(1) == test_y).double().mean().item()
 
 

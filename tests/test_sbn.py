@@ -568,3 +568,19 @@ def test_firing_matrix_reads_the_last_activation_probe_not_weights(tmp_path):
     x, y = torch.randn(20, 1, 28, 28), torch.arange(20) % 10
     matrix = firing_matrix(net, [(x, y)], 10)
     assert matrix.shape == (10, 500) and ((matrix >= 0) & (matrix <= 1)).all()
+
+
+def test_the_finetuned_protocol_value_does_not_depend_on_the_mode_the_network_was_left_in(tmp_path):
+    """SBN's classifier carries its own BN (output_norm): trained in training mode, tested on running statistics."""
+    from binexp.protocol import classifier_of, finetuned_accuracy, protocol_config
+    from binexp.train import build_data, build_method, build_module
+
+    cfg = compose_train(SMOKE + ["method=sbn", "protocol.finetune_epochs=2"], run_dir=tmp_path)
+    dm = build_data(cfg)
+    net = build_module(cfg, dm, build_method(cfg)).net
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in classifier_of(net).modules())
+    found = []
+    for mode in ("train", "eval"):
+        getattr(net, mode)()
+        found.append(finetuned_accuracy(net, dm, protocol_config(cfg), seed=0))
+    assert found[0] == found[1]
