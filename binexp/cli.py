@@ -20,6 +20,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 CONFIG_PATH = "pkg://binexp.conf"
+SEARCHPATH = "hydra.searchpath"  # the override that adds config folders (a method kept outside binexp)
 
 TASKS = {
     "train": "train a model: binexp train [group=option] [key=value] (-m for sweeps, --help for groups)",
@@ -116,6 +117,8 @@ def _check_override_keys(args: list[str]) -> None:
 
     def tried(o) -> bool:
         group = o.key_or_group.partition(".")[0]
+        if o.key_or_group == SEARCHPATH:  # the config folders a method kept outside binexp composes from
+            return True
         return not o.key_or_group.startswith("hydra") and group not in swept_groups or (
             "." in o.key_or_group and group in swept_groups and not o.is_sweep_override())
 
@@ -125,7 +128,7 @@ def _check_override_keys(args: list[str]) -> None:
     except Exception:  # a sweep without a first value to try (interval(...), an empty range): Hydra's business
         return
     try:
-        compose_train(trial)
+        shared = compose_train(trial)
     except ConfigCompositionException as err:
         match = re.match(r"Could not override '([^']+)'.\nTo append to your config use", str(err))
         if match is None:
@@ -146,7 +149,7 @@ def _check_override_keys(args: list[str]) -> None:
             _fail(f"{key}: the default {group} has no such key (its keys: {keys}), and a sweep is composed with it "
                   f"before its jobs; give a key of the swept options as a one-value sweep: '{key}=choice({value})'")
         _fail(f"{key}: no such key (the keys under {parent or 'the top level'}: {keys})")
-    _check_sweep_values(parsed, trial, swept_groups, tried)
+    _check_sweep_values(parsed, trial, shared, swept_groups, tried)
     from dataclasses import fields
 
     from binexp.config import TrainConfig
@@ -158,7 +161,7 @@ def _check_override_keys(args: list[str]) -> None:
         _fail(f"+{unread[0]}: not a key binexp reads (the top-level keys: {', '.join(sorted(known))})")
 
 
-def _check_sweep_values(parsed, trial: list[str], swept_groups: set[str], tried) -> None:
+def _check_sweep_values(parsed, trial: list[str], shared, swept_groups: set[str], tried) -> None:
     """Every job of a sweep is composed and checked as a job checks its config before training, before the first
     job starts: Hydra composes each job only when it launches, so a bad last job would end the sweep after the
     others had trained. A sweep of more than SWEEP_JOBS_CHECKED jobs has each of its values checked instead, with
@@ -171,13 +174,7 @@ def _check_sweep_values(parsed, trial: list[str], swept_groups: set[str], tried)
     sweeps = [o for o in parsed if o.is_sweep_override()]
     if not sweeps:
         return
-    searchpath = [o.input_line for o in parsed if o.key_or_group == "hydra.searchpath"]  # methods kept outside
-    trial = [*trial, *searchpath]
-    try:
-        shared = compose_train(trial)
-    except ConfigCompositionException:  # Hydra reports it before the sweep starts
-        return
-    try:
+    try:  # `shared`: the overrides every job has, composed
         _check_job(shared)
     except Exception as raised:  # an error of the values every job shares: as a single run would report it
         err = user_error(raised)
@@ -189,8 +186,9 @@ def _check_sweep_values(parsed, trial: list[str], swept_groups: set[str], tried)
     except Exception:  # glob(...), interval(...): values only the sweeper can list
         values = None
     if values is not None and math.prod(len(v) for v in values) <= SWEEP_JOBS_CHECKED:
-        fixed = [o.input_line for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
-        jobs = [([*fixed, *searchpath, *job], f"(the sweep's job {' '.join(job)}; no job was started)")
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()
+                 and (not o.key_or_group.startswith("hydra") or o.key_or_group == SEARCHPATH)]
+        jobs = [([*fixed, *job], f"(the sweep's job {' '.join(job)}; no job was started)")
                 for job in itertools.product(*values)]
     else:
         jobs = [(job, f"(the sweep's value {job[-1]}, the other sweeps at their first value; no job was started)")
@@ -297,7 +295,7 @@ def _help_lists_searchpath(args: list[str]):
     override, so for the one help call the loader's listing gets it."""
     from hydra._internal.hydra import Hydra
 
-    searchpath = [a for a in args if a.partition("=")[0] == "hydra.searchpath"]
+    searchpath = [a for a in args if a.partition("=")[0] == SEARCHPATH]
     if not searchpath or not any(a in ("-h", "--help") for a in args):
         yield
         return
