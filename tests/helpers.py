@@ -71,33 +71,26 @@ class ShiftedInsideBinarize(STE):
         return _ShiftedSign(name, self.t_clip)
 
 
-class SignalInValidation(pl.Callback):
-    """Send this process `signal_name` once, while the validation of epoch `epoch` runs (after its training)."""
+class SignalWhileEvaluating(pl.Callback):
+    """Send this process `signal_name` once, at the first batch of the validation of epoch `epoch` (after that
+    epoch's training), or with `stage="test"` of the test after training."""
 
-    def __init__(self, epoch: int, signal_name: str = "SIGTERM"):
-        self.epoch, self.signal_name = epoch, signal_name
+    def __init__(self, stage: str = "validation", epoch: int = 0, signal_name: str = "SIGTERM"):
+        self.stage, self.epoch, self.signal_name = stage, epoch, signal_name
         self._sent = False
 
-    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
-        import os
-        import signal
-
-        if trainer.current_epoch == self.epoch and not trainer.sanity_checking and not self._sent:
-            self._sent = True
-            os.kill(os.getpid(), getattr(signal, self.signal_name))
-
-
-class SignalInTest(pl.Callback):
-    """Send this process `signal_name` once, at the first batch of the test after training."""
-
-    def __init__(self, signal_name: str = "SIGTERM"):
-        self.signal_name = signal_name
-        self._sent = False
-
-    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+    def _send(self) -> None:
         import os
         import signal
 
         if not self._sent:
             self._sent = True
             os.kill(os.getpid(), getattr(signal, self.signal_name))
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if self.stage == "validation" and trainer.current_epoch == self.epoch and not trainer.sanity_checking:
+            self._send()
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if self.stage == "test":
+            self._send()

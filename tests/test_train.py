@@ -126,7 +126,7 @@ def test_a_signal_inside_an_accumulation_window_stops_where_the_optimizer_steps(
 def test_a_signal_during_the_last_validation_stops_before_the_test(tmp_path):
     common = ["trainer.max_epochs=2", "trainer.deterministic=true"]
     straight_dir, straight = run(tmp_path, common, "straight")
-    stop = ["+callbacks.signal._target_=tests.helpers.SignalInValidation", "+callbacks.signal.epoch=1"]
+    stop = ["+callbacks.signal._target_=tests.helpers.SignalWhileEvaluating", "+callbacks.signal.epoch=1"]
     cut_dir = tmp_path / "cut"
     with pytest.raises(RunInterrupted, match="stopped at step 8 "):
         train(compose_train(SMOKE + common + stop, run_dir=cut_dir))
@@ -453,7 +453,8 @@ def test_a_signal_during_the_test_after_training_names_the_resume(tmp_path, sign
     import signal
 
     run_dir = tmp_path / "run"
-    stop = ["+callbacks.signal._target_=tests.helpers.SignalInTest", f"+callbacks.signal.signal_name={signal_name}"]
+    stop = ["+callbacks.signal._target_=tests.helpers.SignalWhileEvaluating", "+callbacks.signal.stage=test",
+            f"+callbacks.signal.signal_name={signal_name}"]
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(RunInterrupted, match=f"interrupted after training, in the test or the protocol: Resume with: "
                                              f"binexp train resume={run_dir} "):
