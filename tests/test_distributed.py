@@ -276,3 +276,16 @@ def test_ddp_run_on_two_cpu_processes_makes_one_run_directory_with_one_processs_
     ddp = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     for key in big:
         torch.testing.assert_close(ddp[key], big[key], rtol=1e-4, atol=1e-5)
+
+
+def test_a_non_finite_loss_on_another_rank_is_reported_as_that_ranks(tmp_path):
+    from binexp.callbacks.guards import FiniteLossGuard
+    from binexp.errors import NonFiniteLossError
+
+    guard = FiniteLossGuard()
+    guard._bad, guard._last_loss = torch.tensor(False), torch.tensor(2.5)  # this rank's losses were all finite
+    trainer = SimpleNamespace(world_size=2, global_rank=0, global_step=20, current_epoch=0, default_root_dir=str(tmp_path),
+                              strategy=SimpleNamespace(reduce=lambda t, reduce_op: torch.ones(())))  # rank 1's was not
+    with pytest.raises(NonFiniteLossError, match=r"by step 20 \(epoch 0; last loss non-finite on another rank; 2.5 on "
+                                                 r"rank 0\)"):
+        guard._check(trainer, SimpleNamespace(device="cpu"), parameters=False)

@@ -63,13 +63,16 @@ class FiniteLossGuard(pl.Callback):
         self._check(trainer, pl_module, parameters=True)
 
     def _check(self, trainer, pl_module, parameters: bool) -> None:
-        found = self._bad if self._bad is not None else torch.zeros((), dtype=torch.bool, device=pl_module.device)
+        own = self._bad if self._bad is not None else torch.zeros((), dtype=torch.bool, device=pl_module.device)
+        found = own
         if trainer.world_size > 1:  # one rank's inf must stop them all at the same step, or the others hang
-            found = trainer.strategy.reduce(found.float(), reduce_op="max") > 0
+            found = trainer.strategy.reduce(own.float(), reduce_op="max") > 0
         if bool(found) or (parameters and not weights_finite(trainer, pl_module)):
             ckpt = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
             kept = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint had been saved yet"
             loss = "nan" if self._last_loss is None else f"{self._last_loss.item()}"
+            if bool(found) and not bool(own):  # rank zero reports, but the non-finite loss was another rank's
+                loss = f"non-finite on another rank; {loss} on rank {trainer.global_rank}"
             what = "training loss or weights" if parameters else "training loss"
             raise NonFiniteLossError(
                 f"{what} became non-finite by step {trainer.global_step} (epoch {trainer.current_epoch}; last loss "
