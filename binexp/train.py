@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import shutil
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from binexp.callbacks.binarization import CSV_NAME
 from binexp.callbacks.guards import stop_after_fit
 from binexp.callbacks.schedule import ScheduleCallback
 from binexp.config import check_override_types
-from binexp.data.datamodule import ImageData
+from binexp.data.datamodule import ImageData, draw_seed
 from binexp.distributed import launcher_of, quiet_other_ranks, several_devices, strategy_for
 from binexp.errors import ConfigError, raised_from, user_error
 from binexp.hparams import log_hparams
@@ -384,7 +383,7 @@ def settle_seed(cfg: DictConfig, run_dir: Path) -> None:
     if last.exists():
         seed = torch.load(last, map_location="cpu", weights_only=False).get("hyper_parameters", {}).get("config", {}).get("seed")
     if seed is None:
-        seed = secrets.randbelow(2**31)  # not `random`: a sweep's earlier job seeded it
+        seed = draw_seed()
     cfg.seed = seed
     saved = run_dir / ".hydra" / "config.yaml"
     if saved.exists():

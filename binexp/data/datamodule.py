@@ -41,6 +41,11 @@ class DataConfig:
     seed: Optional[int] = "${seed}"  # hold-out and batch order (`binexp train` turns seed=null into a drawn seed)
 
 
+def draw_seed() -> int:
+    """A seed for `seed=null`; from `secrets`, not `random`, which a sweep's earlier job has seeded."""
+    return secrets.randbelow(2**31)
+
+
 def limit_to_count(batches: int, limit: int | float) -> int:
     """How many of `batches` Lightning's `limit_*_batches=limit` serves: an int is a count, a float a fraction."""
     if isinstance(limit, bool) or not isinstance(limit, (int, float)):
@@ -72,7 +77,7 @@ class ImageData(pl.LightningDataModule):
         if self.flip and not hflip_keeps_class:
             raise ConfigError(f"dataset.augment.flip=true: a mirrored {self.name} image is not of its class "
                               f"(dataset.hflip_keeps_class=false); allowed is flip=false")
-        self.seed = seed if seed is not None else secrets.randbelow(2**31)
+        self.seed = seed if seed is not None else draw_seed()
         self.channels_last = channels_last
         self.splits: dict[str, Split] = {}
         self.classes: list[str] = []
