@@ -241,13 +241,8 @@ class _FrozenSigns(BinaryWeights):
     layer with the bias rescaled. Without it the signs multiply every pre-activation by about 1/mean|W| (100x for
     cifar10_quick) and the biases, slopes and later layers no longer fit the network they were trained in."""
 
-    sign_scale: torch.Tensor
-
     def signs(self) -> torch.Tensor:
         return self.weight
-
-    def output_scale(self) -> torch.Tensor:
-        return self.sign_scale
 
 
 class FrozenSignConv2d(_FrozenSigns, nn.Conv2d):
@@ -268,16 +263,21 @@ def sign_scale(weight: torch.Tensor, per_unit: bool) -> torch.Tensor:
 
 
 def freeze_sign_weights(net: nn.Module) -> list[nn.Parameter]:
-    """Section 4.4 in place: every conv / linear weight but the first layer's set to sign(W) and frozen; plain
-    layers are also marked binary (layers of binarizing methods already are, and keep their own scale), with
-    their mean |W| as a frozen output scale. Returns the frozen weights."""
+    """Section 4.4 in place: every conv / linear weight but the first layer's set to sign(W) and frozen. Plain
+    layers are also marked binary, with their mean |W| as a frozen output scale; layers of binarizing methods
+    already are, and their scale (BWN/XNOR's alpha, FB's mean |W|), which the method derives from W, is frozen at
+    its trained value before W becomes +-1. Returns the frozen weights."""
     first, classifier = first_layer_of(net), classifier_of(net)
     frozen = []
     for m in net.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)) and m is not first:
             if type(m) in (nn.Conv2d, nn.Linear):
-                m.register_buffer("sign_scale", sign_scale(m.weight, per_unit=m is not classifier))
+                scale = sign_scale(m.weight, per_unit=m is not classifier)
                 m.__class__ = FrozenSignConv2d if type(m) is nn.Conv2d else FrozenSignLinear
+            else:
+                scale = m.output_scale() if isinstance(m, BinaryWeights) else None
+            if scale is not None:
+                m.register_buffer("sign_scale", scale.detach().clone())
             with torch.no_grad():
                 m.weight.copy_(binary_sign(m.weight))
             m.weight.requires_grad_(False)

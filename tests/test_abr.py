@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from binexp.binarize.abr import ABR, BoundedRectifier, rectifiers
-from binexp.binarize.base import step_mode
+from binexp.binarize.base import evaluating, step_mode
 from binexp.builder import build
 from binexp.callbacks.binarization import TrainingCollapsed, clear_units, firing_matrix, measure
 from binexp.errors import ConfigError
@@ -331,6 +331,30 @@ def test_section_4_4_signs_keep_each_units_function_through_its_scale():
     assert head.sign_scale.dim() == 0 and head.sign_scale.item() == pytest.approx(0.1)  # one for the classifier
     assert set(conv2.weight.unique().tolist()) == {-1.0, 1.0} and not conv2.weight.requires_grad
     torch.testing.assert_close(net(x), before)  # weights that were +-scale already: the same network
+
+
+@pytest.mark.parametrize("method", [["method=bwn"], ["method=xnor"], ["method=sbn", "method.base=bwn"],
+                                    ["method=ste", "method.scaling=forward_backward", "method.binarize_last=true"]])
+def test_section_4_4_keeps_the_scale_a_binarizing_method_derives_from_w(method):
+    """BWN/XNOR's alpha and FB's mean |W| come from W; once W is +-1 they would be 1: the trained value is kept."""
+    cfg = compose_train(["architecture=vgg_small", "architecture.width=0.0625", "dataset=synthetic", *method])
+    torch.manual_seed(0)
+    net = build_model(cfg.architecture, build(cfg.method), (3, 32, 32), 10)
+    x = torch.randn(4, 3, 32, 32)
+    layer = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))][1]
+    trained_scale = layer.output_scale().clone()
+    with evaluating(net, step=True):
+        before = net(x)
+    freeze_sign_weights(net)
+    assert set(layer.weight.unique().tolist()) == {-1.0, 1.0}
+    assert torch.equal(layer.output_scale(), trained_scale) and not torch.equal(trained_scale, torch.ones_like(trained_scale))
+    with evaluating(net, step=True):
+        assert torch.equal(net(x), before)  # every binary layer already was sign(W) times its scale
+    rebuilt = build_model(cfg.architecture, build(cfg.method), (3, 32, 32), 10)
+    freeze_sign_weights(rebuilt)  # as `binexp eval ckpt=binary_weights` rebuilds the saved network
+    rebuilt.load_state_dict(net.state_dict())
+    with evaluating(rebuilt, step=True):
+        assert torch.equal(rebuilt(x), before)
 
 
 def test_section_4_4_scale_in_step_mode_is_a_rescaled_bias():

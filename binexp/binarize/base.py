@@ -107,8 +107,10 @@ class BinaryWeights:
     """Layers whose `weight` is binary at inference (1 bit per weight in size tables and export).
 
     They all compute out = (x . B) * scale + bias: `signs()` is B (sign(W) with its training-time estimator, or a
-    soft form), `output_scale()` the method's scale of sign(W) (None, a scalar, or one per output channel), and
-    `finish` applies scale and bias after the product. Keeping the scale out of the weights makes a binary
+    soft form), `output_scale()` the scale of sign(W) (None, a scalar, or one per output channel), and `finish`
+    applies scale and bias after the product. The scale is the method's (`method_scale()`, derived from W) unless
+    the layer holds a frozen `sign_scale` buffer: Section 4.4 replaces W by its signs, from which the method's
+    scale would come out as 1, so it keeps the scale the network trained with. Keeping the scale out of the weights makes a binary
     input's product an exact integer in step mode, which the exported model computes by popcount.
     """
 
@@ -118,6 +120,10 @@ class BinaryWeights:
         raise NotImplementedError
 
     def output_scale(self) -> torch.Tensor | None:
+        frozen = self._buffers.get("sign_scale")  # type: ignore[attr-defined]
+        return frozen if frozen is not None else self.method_scale()
+
+    def method_scale(self) -> torch.Tensor | None:
         return None
 
     def finish(self, y: torch.Tensor) -> torch.Tensor:

@@ -16,8 +16,10 @@ T = -inf (always +1) or T = +inf (always -1) with s = +1, so one comparison stil
 
 Exactness: T is computed in float64 and rounded *towards the comparison* into float32 (the smallest float32 >= s*T),
 so for float32 inputs `s*I >= threshold` is the exact sign of the real-valued BN with these parameters, ties
-included. PyTorch's float32 BN rounds its own output; the two could only differ where |O| is within float32
-rounding of 0 — never at exact ties (tests build them from dyadic parameters).
+included, up to float64's own rounding of T: a float32 input within a float64 step of the real T (1e-16
+relative; sigma is a square root, so T is rarely a float64) may get +1 where the real sign is -1. PyTorch's
+float32 BN rounds its own output; the two could only differ where |O| is within float32 rounding of 0 — never at
+exact ties (tests build them from dyadic parameters).
 
 Deployed form (`FixedPointBinaryBN`): T per channel as an 8-bit fixed-point code q (T ~ q * 2^-f), with f fraction
 bits per layer chosen from the data range, plus the sign bit of gamma: 9 bits per channel against BN's 4 x 32 (the

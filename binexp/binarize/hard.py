@@ -107,7 +107,7 @@ class _SignWeights(BinaryWeights):
     def signs(self) -> torch.Tensor:
         return sign_ste(self.weight, None)
 
-    def output_scale(self) -> torch.Tensor | None:
+    def method_scale(self) -> torch.Tensor | None:
         return channel_scale(self.weight).flatten() if self.scaled else None
 
 

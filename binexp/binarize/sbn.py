@@ -101,7 +101,7 @@ class _SoftWeights(BinarizationProbe):
     def signs(self) -> torch.Tensor:
         return binary_sign(self.weight) if self.step else self.soft_weight()
 
-    def output_scale(self) -> torch.Tensor | None:
+    def method_scale(self) -> torch.Tensor | None:
         return channel_scale(self.weight).flatten() if self.scaled else None
 
     def probe_reset(self) -> None:

@@ -89,7 +89,7 @@ class _STEWeights(BinaryWeights):
     def signs(self) -> torch.Tensor:
         return binary_weight(self.weight, self.scaling)
 
-    def output_scale(self) -> torch.Tensor | None:
+    def method_scale(self) -> torch.Tensor | None:
         return weight_scale(self.weight, self.scaling)
 
 
