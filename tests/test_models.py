@@ -192,3 +192,80 @@ def test_torch_init_leaves_pytorchs_defaults_and_caffe_needs_an_architecture_wit
     assert torch.equal(_layers(default)[0].weight, plain[0].weight)
     with pytest.raises(ValueError, match="architecture.init=caffe: VGGSmall has no Caffe fillers; use xavier, kaiming or torch"):
         _fp("vgg_small", "caffe")
+
+
+def _layout(net: nn.Module) -> list[tuple]:
+    """The network's layers in order, each as its kind and the numbers that define it."""
+    out: list[tuple] = []
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            out.append(("conv", m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0], m.bias is not None))
+        elif isinstance(m, nn.Linear):
+            out.append(("fc", m.in_features, m.out_features, m.bias is not None))
+        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+            out.append(("max" if isinstance(m, nn.MaxPool2d) else "avg", m.kernel_size, m.stride))
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            out.append(("bn", m.num_features))
+        elif isinstance(m, nn.ReLU) or type(m).__name__.endswith("ReLU"):
+            out.append(("relu",))
+    return out
+
+
+REFERENCE_NETS = {
+    # Caffe's examples/mnist/lenet_train_test.prototxt: 431 080 parameters
+    "lenet": ([("conv", 1, 20, 5, 1, 0, True), ("max", 2, 2), ("conv", 20, 50, 5, 1, 0, True), ("max", 2, 2),
+               ("fc", 800, 500, True), ("relu",), ("fc", 500, 10, True)], 431_080),
+    # Caffe's cifar10_quick_train_test.prototxt (pools round up: 32 -> 16 -> 8 -> 4), plus the ReLU after fc(64)
+    "cifar_quick": ([("conv", 3, 32, 5, 1, 2, True), ("max", 3, 2), ("relu",), ("conv", 32, 32, 5, 1, 2, True), ("relu",),
+                     ("avg", 3, 2), ("conv", 32, 64, 5, 1, 2, True), ("relu",), ("avg", 3, 2), ("fc", 1024, 64, True),
+                     ("relu",), ("fc", 64, 10, True)], 145_578),
+    # BinaryNet / SBN: 128C3-128C3-MP2-256C3-256C3-MP2-512C3-512C3-MP2-1024FC-1024FC-10, conv -> [pool] -> BN -> act
+    "vgg_small": ([*[layer for c_in, c, pool in [(3, 128, False), (128, 128, True), (128, 256, False), (256, 256, True),
+                                                 (256, 512, False), (512, 512, True)]
+                     for layer in [("conv", c_in, c, 3, 1, 1, False), *([("max", 2, 2)] if pool else []), ("bn", c), ("relu",)]],
+                   ("fc", 8192, 1024, False), ("bn", 1024), ("relu",), ("fc", 1024, 1024, False), ("bn", 1024), ("relu",),
+                   ("fc", 1024, 10, True)], 14_029_706),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(REFERENCE_NETS))
+def test_reference_nets_have_their_layers_in_order_and_their_parameter_count(arch):
+    layout, params = REFERENCE_NETS[arch]
+    cfg = compose_train([f"architecture={arch}", "method=fp", "dataset=synthetic"])
+    net = build_model(cfg.architecture, build(cfg.method), (1, 28, 28) if arch == "lenet" else (3, 32, 32), 10)
+    assert _layout(net) == layout
+    assert sum(p.numel() for p in net.parameters()) == params
+
+
+@pytest.mark.parametrize("arch,base", [("lenet", 1), ("cifar_quick", 1), ("vgg_small", 0.25), ("resnet18", 0.25),
+                                       ("resnet26_bottleneck", 0.25), ("densenet21", 0.25), ("densenet45", 0.125)])
+def test_width_multiplies_every_hidden_layer_but_not_the_input_or_the_classes(arch, base):
+    shape = (1, 28, 28) if arch == "lenet" else (3, 32, 32)
+
+    def layers(width: float) -> list[tuple]:
+        cfg = compose_train([f"architecture={arch}", "method=ste", "dataset=synthetic", f"architecture.width={width}"])
+        return [layer for layer in _layout(build_model(cfg.architecture, build(cfg.method), shape, 10))
+                if layer[0] in ("conv", "fc", "bn")]
+
+    narrow, wide = layers(base), layers(2 * base)
+    expected = [(kind, *(2 * n for n in sizes), *rest) for kind, *sizes, rest in
+                [(layer[0], *layer[1:3], layer[3:]) if layer[0] != "bn" else (layer[0], layer[1], ()) for layer in narrow]]
+    expected[0] = (narrow[0][0], narrow[0][1], *expected[0][2:])  # the first conv reads the image
+    expected[-1] = (*expected[-1][:2], 10, *expected[-1][3:])  # the classifier has one output per class
+    assert narrow[0][1] == shape[0] and narrow[-1][:1] == ("fc",) and wide == expected
+
+
+@pytest.mark.parametrize("arch,b", [("densenet13", 1), ("densenet21", 2), ("densenet37", 4), ("densenet69", 8)])
+def test_densenets_are_named_8b_plus_5_and_have_4b_plus_5_weight_layers(arch, b):
+    net = _ste(arch)
+    assert sum(isinstance(m, DenseBlock) for m in net.modules()) == 4 * b
+    # stem, one 3x3 conv per block, three transitions, classifier: the paper's block without bottleneck (Fig. 1d)
+    assert len(_weight_layers(net)) == 4 * b + 5
+    assert arch == f"densenet{8 * b + 5}"
+
+
+def test_lenet_with_other_than_two_conv_widths_names_the_key():
+    from binexp.models.lenet import LeNet
+
+    with pytest.raises(ConfigError, match=r"architecture\.channels=\[20, 50, 70\]: LeNet has two convolutions"):
+        LeNet(build(compose_train(["method=fp"]).method), (1, 28, 28), 10, channels=[20, 50, 70])

@@ -9,6 +9,8 @@ from enum import Enum
 
 from torch import nn
 
+from binexp.errors import ConfigError
+
 
 class Init(str, Enum):
     xavier = "xavier"  # the ABR paper's choice
@@ -36,7 +38,7 @@ def initialize(model: nn.Module, scheme: str) -> None:
     if scheme == Init.caffe:
         caffe_init = getattr(model, "caffe_init", None)
         if caffe_init is None:
-            raise ValueError(f"architecture.init=caffe: {type(model).__name__} has no Caffe fillers; use xavier, kaiming or torch")
+            raise ConfigError(f"architecture.init=caffe: {type(model).__name__} has no Caffe fillers; use xavier, kaiming or torch")
         caffe_init()
         return
     for module in model.modules():

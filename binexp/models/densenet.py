@@ -4,7 +4,8 @@ A CIFAR stem (3x3 conv with 2k filters, no pooling), four dense units of `blocks
 (BN -> act -> 1x1 conv -> 2x2 average pool) between units, and BN -> ReLU -> global pool -> classifier. A block is
 BN -> act -> 3x3 conv producing k (the growth rate) new channels, concatenated to its input. Following the paper's
 naming, blocks b per unit give "DenseNet-(8b + 5)": 13 (k=256, b=1), 21 (k=128, b=2), 37 (k=64, b=4),
-69 (k=32, b=8).
+69 (k=32, b=8). The name counts two convolutions per block, as DenseNet-BC's bottleneck blocks have; the paper's
+block without bottleneck (its Figure 1d) has one, so the network has 4b + 5 weight layers (DenseNet-21: 13).
 
 Transitions keep every channel by default (`reduction` 1.0), unlike DenseNet-BC's 0.5. The paper does not say;
 the authors' released Gluon DenseNet (BMXNet-v2 examples) builds DenseNet-13/21/37/69 with reduction 1, b blocks
@@ -54,7 +55,7 @@ class DenseNetConfig(ArchitectureConfig):
     _target_: str = "binexp.models.densenet.DenseNet"
     name: str = "densenet21"
     growth: int = 128
-    blocks: Any = 2  # blocks per dense unit (b; depth 8b + 5), or a list of four counts, one per unit
+    blocks: Any = 2  # blocks per dense unit (b; named 8b + 5, 4b + 5 weight layers), or a list of four counts, one per unit
     reduction: float = 1.0  # a transition keeps this share of its input channels (0 < reduction <= 1)
 
 

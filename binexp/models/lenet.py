@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from binexp.binarize.base import Method
+from binexp.errors import ConfigError
 from binexp.models.base import ArchitectureConfig, scaled
 
 
@@ -31,6 +32,9 @@ class LeNet(nn.Module):
     ):
         super().__init__()
         c_in, h, w = image_shape
+        if len(channels) != 2:
+            raise ConfigError(f"architecture.channels={list(channels)}: LeNet has two convolutions, so two channel counts "
+                              f"(Caffe's [20, 50])")
         c1, c2, fc = (scaled(c, width) for c in (*channels, hidden))
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate([(c_in, c1), (c1, c2)], start=1):

@@ -16,7 +16,8 @@ BMXNet's Table 3 variants (depth = convs in the blocks + stem + classifier):
 Downsampling shortcuts (`shortcut`): `float` (the default) average-pools the block's input and projects it with a
 float 1x1 conv and BN, so the shortcut carries what binarization drops; `binary` is BMXNet v2's: the method's own
 1x1 conv, strided, on the block's activated input (binary under a binarizing method), which the paper's Table 3
-sizes count as binary.
+sizes count as binary. Where a stage keeps the shape (stage 1 of ResNet-18/34-thin: 64 -> 64, stride 1) the shortcut is
+the identity; BMXNet v1's symbol projects there too (4 096 more weights in ResNet-18), which its Table 4 counts.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from binexp.binarize.base import Method
+from binexp.errors import ConfigError
 from binexp.models.base import ArchitectureConfig, scaled
 
 
@@ -123,7 +125,8 @@ class ResNet(nn.Module):
     ):
         super().__init__()
         if len(blocks) != len(channels):
-            raise ValueError(f"architecture.blocks {list(blocks)} and architecture.channels {list(channels)} differ in length")
+            raise ConfigError(f"architecture.blocks={list(blocks)} and architecture.channels={list(channels)} differ in length: "
+                              f"one block count per stage of channels")
         block = Bottleneck if bottleneck else BasicBlock
         stem = scaled(stem_channels, width)
         self.stem = method.conv("stem", image_shape[0], stem, 3, padding=1, bias=False, first=True)
