@@ -60,7 +60,7 @@ def test_every_schedule_option_builds_the_schedule_it_names(option):
 def test_every_optimizer_option_builds_with_its_lr(option):
     cfg = compose_train([f"optimizer={option}", "dataset=synthetic"])
     opt = build_optimizer(cfg.optimizer)[0](params=[torch.nn.Parameter(torch.zeros(1))])
-    assert type(opt).__name__ == {"adam": "Adam", "sgd": "SGD"}[option]
+    assert type(opt).__name__ == ("Adam" if option == "adam" else "SGD")
     assert opt.param_groups[0]["lr"] == cfg.optimizer.lr
 
 
@@ -152,6 +152,17 @@ def test_command_line_beats_the_recipe():
     assert cfg.optimizer._target_ == "torch.optim.Adam"
     assert cfg.optimizer.lr == 0.5
     assert cfg.lr_scheduler.scheduler._target_.endswith("CosineAnnealingLR")
+
+
+@pytest.mark.parametrize("arch,recipe", [("lenet", "sgd_caffe_lenet"), ("cifar_quick", "sgd_caffe_cifar_quick"),
+                                         ("resnet18", "sgd_resnet_cifar"), ("densenet21", "sgd_resnet_cifar")])
+def test_another_optimizer_takes_its_own_defaults_not_the_recipes_lr_and_decay(arch, recipe):
+    recipes = compose_train([f"architecture={arch}"])
+    assert recipes.optimizer == compose_train([f"architecture={arch}", f"optimizer={recipe}"]).optimizer
+    adam = compose_train([f"architecture={arch}", "optimizer=adam"]).optimizer
+    assert (adam._target_, adam.lr, adam.weight_decay) == ("torch.optim.Adam", 1e-3, 0.0)  # not e.g. SGD's lr 0.1
+    sgd = compose_train(["architecture=vgg_small", "optimizer=sgd"]).optimizer  # vgg_small's recipe is Adam's
+    assert (sgd._target_, sgd.lr, sgd.weight_decay) == ("torch.optim.SGD", 0.01, 0.0)
 
 
 def test_unknown_option_names_the_allowed_ones():

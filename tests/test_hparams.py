@@ -59,7 +59,7 @@ def test_a_two_job_sweep_logs_its_overrides_and_final_metrics_as_hparams(tmp_pat
         # (debug, logger, hydra.*) and the rest of the config are left out
         assert hparams == {
             "architecture": "lenet", "dataset": "synthetic", "lr_scheduler": "caffe_inv", "method": "ste",
-            "optimizer": "sgd", "schedule": "constant", "architecture.batch_norm": "true",
+            "optimizer": "sgd_caffe_lenet", "schedule": "constant", "architecture.batch_norm": "true",
             "method.t_clip": t_clip, "protocol.finetune_epochs": 0.0, "trainer.max_epochs": 1.0,
         }
         assert {"test/acc", "protocol/regular", "protocol/binary"} <= set(tags)
