@@ -47,7 +47,7 @@ from binexp.optim import build_optimizer
 from binexp.profiling import NoProfiler
 from binexp.protocol import PhaseEvaluation, protocol_config, run_protocol
 from binexp.ranges import check_ranges
-from binexp.schedules import Progress, Schedule
+from binexp.schedules import WEIGHT_DECAY, Progress, Schedule
 from binexp.size import model_size
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,23 @@ def build_schedule(cfg: DictConfig, method: Method) -> Schedule:
             f"method={cfg.method.name} reads {missing} from its schedule, but schedule={cfg.schedule.name} "
             f"provides {list(schedule.provides) or 'nothing'}; choose a schedule that provides them."
         )
+    unread = [key for key in schedule.provides if key not in method.schedule_keys]
+    if schedule.provides and len(unread) == len(schedule.provides) and not _schedules_weight_decay(schedule, cfg):
+        raise ConfigError(
+            f"schedule={cfg.schedule.name} drives {unread}, which method={cfg.method.name} does not read: the run "
+            f"would train as with schedule=constant, under a name that says otherwise; choose schedule=constant "
+            f"(method=abr reads two_phase's values, method=sbn exp_nu's)"
+        )
     schedule.check(cfg.trainer.max_epochs)
     return schedule
+
+
+def _schedules_weight_decay(schedule: Schedule, cfg: DictConfig) -> bool:
+    """Whether the schedule changes the weight decay at some epoch (two_phase's weight_decay2): that it does for
+    any method."""
+    epochs = max(int(cfg.trainer.max_epochs or 1), 1)
+    return any(WEIGHT_DECAY in schedule.values(Progress(step=e, steps_per_epoch=1, max_epochs=epochs))
+               for e in range(epochs))
 
 
 def check_scheduler_keys(node: DictConfig) -> None:

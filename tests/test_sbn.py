@@ -30,7 +30,7 @@ from binexp.errors import ConfigError, RunInterrupted
 from binexp.models import build_model
 from binexp.protocol import bn_reestimated_accuracy, reestimate_bn
 from binexp.schedules import ExponentialNu, Progress
-from binexp.train import train
+from binexp.train import build_method, build_schedule, train
 from tests.conftest import SMOKE, compose_train
 
 
@@ -256,6 +256,21 @@ def test_table1_experiments_pick_the_method_base_and_nu_schedule(base):
 def test_sbn_needs_a_schedule_that_provides_nu(tmp_path):
     with pytest.raises(ConfigError, match=r"method=sbn reads \['nu'\].*schedule=constant"):
         train(compose_train(SMOKE + ["method=sbn", "schedule=constant"], run_dir=tmp_path / "run"))
+
+
+@pytest.mark.parametrize("overrides,unread", [(["method=ste", "schedule=exp_nu"], r"\['nu'\], which method=ste"),
+                                              (["method=fp", "schedule=two_phase", "trainer.max_epochs=2"],
+                                               r"\['slope_lambda', 'phase'\], which method=fp")])
+def test_a_schedule_whose_values_the_method_does_not_read_is_refused(overrides, unread):
+    cfg = compose_train(SMOKE + overrides)
+    with pytest.raises(ConfigError, match=rf"schedule={cfg.schedule.name} drives {unread} does not read: .*choose schedule=constant"):
+        build_schedule(cfg, build_method(cfg))
+
+
+def test_two_phase_weight_decay_applies_to_any_method():
+    cfg = compose_train(SMOKE + ["method=fp", "schedule=two_phase", "schedule.weight_decay2=1e-3", "trainer.max_epochs=2"])
+    schedule = build_schedule(cfg, build_method(cfg))
+    assert schedule.values(Progress(step=1, steps_per_epoch=1, max_epochs=2))["weight_decay"] == 1e-3
 
 
 def test_scaled_tanh_approaches_sign_for_large_nu():
