@@ -32,6 +32,7 @@ def _or_null(rule: tuple[Callable[[Any], bool], str]) -> tuple[Callable[[Any], b
 
 
 _COUNT = ((lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1), "a whole number >= 1")
+_CLASSES = ((lambda v: _COUNT[0](v) and v >= 2), "a whole number >= 2")
 _SEED = ((lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32)),
          "null or a whole number in 0..4294967295")
 _BETAS = ((lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v)),
@@ -42,16 +43,32 @@ _FRACTIONS = ((lambda v: isinstance(v, list) and all(_number(f) and 0 < f < 1 fo
               "fractions of training in (0, 1)")
 _LIMIT = ((lambda v: (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
            or (isinstance(v, float) and 0 <= v <= 1)), "a count of batches >= 0 or a share in [0.0, 1.0]")
+# a run that trains on no batch would write the metrics of its random weights as results
+_TRAIN_LIMIT = ((lambda v: (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+                 or (isinstance(v, float) and 0 < v <= 1)), "a count of batches >= 1 or a share in (0.0, 1.0]")
+_INTERVAL = ((lambda v: (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+              or (isinstance(v, float) and 0 < v <= 1)), "a count of training batches >= 1 or a share of an epoch in (0.0, 1.0]")
+_MAX_STEPS = ((lambda v: isinstance(v, int) and not isinstance(v, bool) and (v == -1 or v >= 1)),
+              "-1 (no limit) or a whole number >= 1")
+_SANITY_STEPS = ((lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= -1),
+                 "-1 (every validation batch) or a whole number >= 0")
+_DETERMINISTIC = ((lambda v: v is None or isinstance(v, bool) or v == "warn"), "true, false, warn or null")
 
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": _SEED,
     "trainer.max_epochs": _COUNT,
+    "trainer.max_steps": _MAX_STEPS,
     "trainer.accumulate_grad_batches": _COUNT,
     "trainer.log_every_n_steps": _COUNT,
     "trainer.gradient_clip_val": _or_null(_at_least(0)),
-    "trainer.limit_train_batches": _LIMIT,
+    "trainer.limit_train_batches": _TRAIN_LIMIT,
     "trainer.limit_val_batches": _LIMIT,
     "trainer.limit_test_batches": _LIMIT,
+    "trainer.val_check_interval": _INTERVAL,
+    "trainer.check_val_every_n_epoch": _or_null(_COUNT),
+    "trainer.num_sanity_val_steps": _SANITY_STEPS,
+    "trainer.deterministic": _DETERMINISTIC,
+    "lr_scheduler.frequency": _COUNT,
     "lr_scheduler.interval": ((lambda v: v in ("step", "epoch")), "step or epoch"),
     "architecture.width": _above(0),
     "architecture.channels": _COUNTS,
@@ -70,7 +87,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "schedule.lambda1": _at_least(0),
     "schedule.lambda2": _at_least(0),
     "dataset.augment.crop_padding": _at_least(0),
-    "dataset.num_classes": _COUNT,  # the synthetic dataset's
+    "dataset.num_classes": _CLASSES,  # the synthetic dataset's
     "dataset.num_train": _COUNT,
     "dataset.num_test": _COUNT,
     "dataset.noise": _at_least(0),
@@ -92,3 +109,6 @@ def check_ranges(cfg: DictConfig) -> None:
         value = OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
         if not check(value):
             raise ConfigError(f"{key}={value!r}: allowed is {allowed}")
+    if OmegaConf.select(cfg, "optimizer.nesterov", default=False) and not OmegaConf.select(cfg, "optimizer.momentum", default=0) > 0:
+        raise ConfigError(f"optimizer.nesterov=true needs optimizer.momentum > 0 (it is "
+                          f"{OmegaConf.select(cfg, 'optimizer.momentum', default=0)!r})")

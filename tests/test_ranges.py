@@ -14,12 +14,18 @@ from tests.conftest import SMOKE, compose_train
 CASES = {
     "seed": (-1, 0),
     "trainer.max_epochs": (0, 1),
+    "trainer.max_steps": (0, -1),
     "trainer.accumulate_grad_batches": (0, 1),
     "trainer.log_every_n_steps": (0, 1),
     "trainer.gradient_clip_val": (-0.1, None),
-    "trainer.limit_train_batches": (1.5, 1.0),
+    "trainer.limit_train_batches": (0, 1),
     "trainer.limit_val_batches": (-1, 0),
     "trainer.limit_test_batches": (2.0, 5),
+    "trainer.val_check_interval": (0, 0.5),
+    "trainer.check_val_every_n_epoch": (0, None),
+    "trainer.num_sanity_val_steps": (-5, -1),
+    "trainer.deterministic": ("maybe", "warn"),
+    "lr_scheduler.frequency": (0, 1),
     "lr_scheduler.interval": ("batch", "epoch"),
     "architecture.width": (0, 0.125),
     "architecture.channels": ([16, 0], [16, 32]),
@@ -38,7 +44,7 @@ CASES = {
     "schedule.lambda1": (-1, 0),
     "schedule.lambda2": (-0.1, 1e-4),
     "dataset.augment.crop_padding": (-4, 0),
-    "dataset.num_classes": (0, 1),
+    "dataset.num_classes": (1, 2),
     "dataset.num_train": (0, 1),
     "dataset.num_test": (0, 1),
     "dataset.noise": (-0.5, 0),
@@ -79,3 +85,9 @@ def test_every_rule_names_a_key_of_the_shipped_configs():
         cfg = compose_train(overrides)
         present |= {k for k in RULES if OmegaConf.select(cfg, k, default="<absent>", throw_on_missing=False) != "<absent>"}
     assert sorted(set(RULES) - present) == []
+
+
+def test_nesterov_needs_momentum():
+    with pytest.raises(ConfigError, match=r"^optimizer.nesterov=true needs optimizer.momentum > 0 \(it is 0\.0\)$"):
+        check_ranges(compose_train(SMOKE + ["optimizer.nesterov=true", "optimizer.momentum=0"]))
+    check_ranges(compose_train(SMOKE + ["optimizer.nesterov=true", "optimizer.momentum=0.9"]))
