@@ -46,7 +46,23 @@ def _check_parameters(node: DictConfig, spec: dict, given: dict) -> None:
     if unknown:
         full_key = node._get_full_key(unknown[0]) if isinstance(node, DictConfig) else unknown[0]
         takes = [name for name in params if name not in ("self", *given)]
-        raise ConfigError(f"{full_key}: not a parameter of {target} (it takes {', '.join(takes)})")
+        raise ConfigError(f"{full_key}: not a parameter of {target} (it takes {', '.join(takes) or 'none'})")
+    if spec.get("_partial_"):
+        return  # the caller passes the rest (an optimizer's parameters)
+    missing = [name for name in _required(found) if name not in spec and name not in given]
+    if missing:
+        where = node._get_full_key("_target_").rpartition(".")[0] if isinstance(node, DictConfig) else "the config"
+        raise ConfigError(f"{where}: {target} needs {', '.join(missing)}; set it: '{where}.{missing[0]}=...'")
+
+
+def _required(target: Any) -> list[str]:
+    """The parameters `target` cannot be called without."""
+    try:
+        params = inspect.signature(target).parameters
+    except (ValueError, TypeError):
+        return []
+    return [n for n, p in params.items() if p.default is p.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"]
 
 
 def locate_target(path: str, key: str) -> Any:
@@ -82,6 +98,8 @@ def parameters_of(target: Any) -> list[str] | None:
     inits = [c.__dict__["__init__"] for c in target.__mro__ if "__init__" in c.__dict__] if inspect.isclass(target) else [target]
     names: list[str] = []
     for init in inits:
+        if init is object.__init__:  # a class without an __init__ of its own (Constant) takes nothing
+            return names
         params = inspect.signature(init).parameters
         names += [n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n not in names]
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):

@@ -127,6 +127,10 @@ def _check_override_keys(args: list[str]) -> None:
                  else o.input_line for o in parsed if tried(o)]
     except Exception:  # a sweep without a first value to try (interval(...), an empty range): Hydra's business
         return
+    if any(o.key_or_group == "run_dir" for o in parsed):
+        # Hydra writes .hydra/ and train.log to its output folder: a run_dir elsewhere would split the run in two
+        _fail("run_dir: the run directory is Hydra's output folder; choose it with hydra.run.dir=<dir> "
+              "(hydra.sweep.dir=<dir> for a sweep)")
     try:
         shared = compose_train(trial)
     except ConfigCompositionException as err:
@@ -149,6 +153,9 @@ def _check_override_keys(args: list[str]) -> None:
             _fail(f"{key}: the default {group} has no such key (its keys: {keys}), and a sweep is composed with it "
                   f"before its jobs; give a key of the swept options as a one-value sweep: '{key}=choice({value})'")
         _fail(f"{key}: no such key (the keys under {parent or 'the top level'}: {keys})")
+    except Exception as err:  # not a ConfigCompositionException: Hydra would end in its traceback
+        _fail(_uncomposable(err, parsed))
+    _check_added_keys([o for o in parsed if tried(o) and o.is_add()], trial, shared)
     _check_sweep_values(parsed, trial, shared, swept_groups, tried)
     from dataclasses import fields
 
@@ -159,6 +166,51 @@ def _check_override_keys(args: list[str]) -> None:
                     - known - _config_groups() - {"hydra"})
     if unread:  # a top-level key nothing reads: Hydra adds it and the run ignores it
         _fail(f"+{unread[0]}: not a key binexp reads (the top-level keys: {', '.join(sorted(known))})")
+
+
+ADDABLE = ("callbacks", "logger")  # dicts of objects: `+callbacks.<new name>._target_=...` adds one
+
+
+def _check_added_keys(added, trial: list[str], cfg) -> None:
+    """A `+a.b=v` that nothing would read is refused: Hydra adds it to any node, but only a node with a `_target_`
+    hands its keys to a class (which `binexp.builder` checks them against); anywhere else (protocol.*, paths.*,
+    dataset.augment.*, lr_scheduler.*) the key would sit in the config unread. New entries of the callbacks and
+    logger dicts are objects of their own: they need a `_target_`."""
+    from binexp.config import compose_train
+
+    dotted = [o for o in added if "." in o.key_or_group and not o.key_or_group.startswith("hydra")]
+    if not dotted:
+        return
+    before = compose_train([t for t in trial if not t.startswith("+")])
+    for o in dotted:
+        key = o.key_or_group
+        top, _, rest = key.partition(".")
+        name = rest.partition(".")[0]
+        if top in ADDABLE and OmegaConf.select(before, f"{top}.{name}") is None:
+            if not OmegaConf.is_dict(OmegaConf.select(cfg, f"{top}.{name}")) or "_target_" not in OmegaConf.select(cfg, f"{top}.{name}"):
+                _fail(f"+{key}: a new entry of {top} is an object to build; give its class first: "
+                      f"'+{top}.{name}._target_=<module.Class>'")
+            continue
+        parent = key.rpartition(".")[0]
+        node = OmegaConf.select(cfg, parent)
+        if OmegaConf.is_dict(node) and "_target_" in node:
+            continue  # checked against the class's parameters when it is built
+        keys = sorted(str(k) for k in OmegaConf.select(before, parent) or {} if not str(k).startswith("_")) \
+            if OmegaConf.is_dict(OmegaConf.select(before, parent)) else []
+        _fail(f"+{key}: {parent} has no key {key.rpartition('.')[2]!r} and nothing would read one"
+              + (f" (its keys: {', '.join(keys)})" if keys else ""))
+
+
+def _uncomposable(err: Exception, parsed) -> str:
+    """One line for a composition error Hydra raises without a message of its own (`lr_scheduler=null`)."""
+    groups = _config_groups()
+    nulled = [o.key_or_group for o in parsed if o.key_or_group in groups and not o.is_delete()
+              and o.value() is None]
+    if nulled:
+        return (f"{nulled[0]}=null: a config group takes one of its options; to leave {nulled[0]} out, "
+                f"delete it: '~{nulled[0]}'")
+    line = (str(err).strip().splitlines() or [""])[0]
+    return f"the overrides {' '.join(o.input_line for o in parsed)} do not compose: {type(err).__name__}: {line}"
 
 
 def _check_sweep_values(parsed, trial: list[str], shared, swept_groups: set[str], tried) -> None:

@@ -142,6 +142,37 @@ def test_a_one_value_sweep_of_a_key_only_the_swept_options_have_passes_the_check
 
 
 @pytest.mark.parametrize(("args", "message"), [
+    (["+protocol.finetune_epoch=30"],  # a typo Hydra would add and nothing would read
+     "+protocol.finetune_epoch: protocol has no key 'finetune_epoch' and nothing would read one (its keys: "
+     "binary_weights_epochs, binary_weights_lr, bn_batches, bn_bits, bn_range_batches, enabled, finetune_epochs, "
+     "finetune_lr)"),
+    (["+dataset.augment.rotate=1"],
+     "+dataset.augment.rotate: dataset.augment has no key 'rotate' and nothing would read one (its keys: "
+     "crop_padding, flip)"),
+    (["+foo.bar=1"], "+foo.bar: foo has no key 'bar' and nothing would read one"),
+    (["+callbacks.extra=1"], "+callbacks.extra: a new entry of callbacks is an object to build; give its class first: "
+     "'+callbacks.extra._target_=<module.Class>'"),
+    (["lr_scheduler=null"], "lr_scheduler=null: a config group takes one of its options; to leave lr_scheduler out, "
+     "delete it: '~lr_scheduler'"),
+    (["run_dir=/elsewhere"], "run_dir: the run directory is Hydra's output folder; choose it with "
+     "hydra.run.dir=<dir> (hydra.sweep.dir=<dir> for a sweep)"),
+])
+def test_overrides_nothing_would_read_or_hydra_cannot_compose_are_refused_naming_the_key(args, message, capsys):
+    from binexp.cli import _check_override_keys
+
+    with pytest.raises(SystemExit) as raised:
+        _check_override_keys(["dataset=synthetic", *args])
+    assert raised.value.code == 2 and capsys.readouterr().err == f"binexp: error: {message}\n"
+
+
+def test_keys_added_where_a_class_takes_them_and_new_callbacks_pass_the_check():
+    from binexp.cli import _check_override_keys
+
+    _check_override_keys(["dataset=synthetic", "+optimizer.foreach=false",
+                          "+callbacks.timer._target_=pytorch_lightning.callbacks.Timer", "+callbacks.timer.verbose=false"])
+
+
+@pytest.mark.parametrize(("args", "message"), [
     (["method=ste", "method.t_clip=0.5,-1"],
      "method.t_clip=-1.0: allowed is null or a number >= 0 (the sweep's job method.t_clip=-1; no job was started)"),
     (["method=ste", "method.t_clip=0.5,abc"], "method.t_clip: Value 'abc' of type 'str' could not be converted to "

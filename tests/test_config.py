@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
 from binexp.builder import build, locate_target
@@ -227,3 +228,16 @@ def test_a_target_that_does_not_import_is_named_with_its_reason(tmp_path, monkey
     from torch.optim.lr_scheduler import StepLR
 
     assert locate_target("torch.optim.lr_scheduler.StepLR", "k") is StepLR
+
+
+def test_a_class_without_an_init_of_its_own_takes_no_keys():
+    cfg = compose_train(["dataset=synthetic", "+schedule.foo=1"])
+    with pytest.raises(ConfigError, match=r"^schedule\.foo: not a parameter of binexp\.schedules\.Constant \(it takes none\)$"):
+        build(cfg.schedule)
+
+
+def test_a_class_built_without_a_parameter_it_needs_names_the_key_to_set():
+    node = OmegaConf.create({"logger": {"csv": {"_target_": "pytorch_lightning.loggers.CSVLogger"}}})
+    with pytest.raises(ConfigError, match=r"^logger\.csv: pytorch_lightning\.loggers\.CSVLogger needs save_dir; "
+                                          r"set it: 'logger\.csv\.save_dir=\.\.\.'$"):
+        build(node.logger.csv, named=False)
