@@ -440,8 +440,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         saved = None
         if cfg.get("resume"):
             check_override_types(cfg, launch_overrides() or [])  # types first: a resumed config has no schema
+        check_ranges(cfg)  # before a resume reads the given length against the checkpoint's
+        if cfg.get("resume"):
             saved = continue_last_launch(cfg, last_checkpoint(Path(cfg.resume)), run_dir)
-        check_ranges(cfg)
         settle_seed(cfg, run_dir)
         state, found = existing_run(cfg, run_dir)
         if state == "finished":

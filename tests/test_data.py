@@ -13,7 +13,7 @@ from PIL import Image
 
 from binexp.data.cifar10 import CIFAR10Data
 from binexp.data.datamodule import limit_to_count
-from binexp.data.errors import DatasetNotFoundError
+from binexp.data.errors import DatasetLayoutError, DatasetNotFoundError
 from binexp.data.imagefolder import ImageFolderData
 from binexp.data.loader import (
     DeviceBatches,
@@ -284,6 +284,37 @@ def test_image_folder_source(tmp_path):
     assert dm.num_classes == 2 and len(dm.splits["train"]) == 10 and len(dm.splits["test"]) == 4
     assert dm.splits["test"].images[:, 0, 0, 0].tolist() == [0, 40, 1, 41]  # cat 0, dog 0, cat 1, dog 1
     assert dm.splits["test"].labels.tolist() == [0, 1, 0, 1]
+
+
+def _image_tree(root, layout: dict[str, dict[str, list[int]]]) -> None:
+    """root/<split>/<class>/<i>.png, one square image of each listed side length."""
+    for split, classes in layout.items():
+        for name, sides in classes.items():
+            (root / split / name).mkdir(parents=True)
+            for i, side in enumerate(sides):
+                Image.fromarray(np.zeros((side, side, 3), np.uint8)).save(root / split / name / f"{i}.png")
+
+
+@pytest.mark.parametrize("layout,message", [
+    ({"train": {"cat": [8, 8], "dog": [8, 9]}, "test": {"cat": [8], "dog": [8]}}, r"images differ in size \(\[\(3, 8, 8\), "
+     r"\(3, 9, 9\)\]\), e\.g\. .*1\.png; resize them to one size first"),
+    ({"train": {"cat": [8], "dog": [8]}, "test": {"cat": [8], "cow": [8]}},
+     r"imgs: train/ and test/ have different class folders \(\['cat', 'dog'\] and \['cat', 'cow'\]\)"),
+    ({"train": {"cat": [8], "dog": [8]}, "test": {"cat": [], "dog": []}}, r"imgs/test: no images \(.*\.png.*\) in class folders under it"),
+])
+def test_an_image_folder_binexp_cannot_read_says_what_to_change(tmp_path, layout, message):
+    _image_tree(tmp_path / "imgs", layout)
+    dm = ImageFolderData(folder=str(tmp_path / "imgs"), root=str(tmp_path), cache_dir=None, val_size=0, batch_size=1)
+    with pytest.raises(DatasetLayoutError, match=message):
+        dm.setup()
+
+
+def test_a_subset_larger_than_the_training_split_is_refused_not_taken_as_all():
+    dm = SyntheticData(num_train=100, subset=96, val_size=10, batch_size=8)  # the hold-out leaves 90
+    with pytest.raises(ConfigError, match=r"^dataset\.subset=96: more than the 90 training samples \(dataset\.val_size=10 "
+                                          r"held out\); allowed is a count <= 90, or null for all of them$"):
+        dm.setup()
+    SyntheticData(num_train=100, subset=90, val_size=10, batch_size=8).setup()
 
 
 def test_interleaved_classes_keep_each_class_in_order_and_mix_every_prefix():

@@ -174,7 +174,7 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path):
     (["dataset.subset=20"], r"dataset\.batch_size=64: more than the 20 training samples .*allowed is a batch size <= 20"),
     (["dataset.subset=null", "dataset.val_size=100000"], r"dataset\.val_size=\d+ leaves nothing to train on .*allowed is a count <"),
     (["trainer.precision=foo"], r"trainer: Lightning refused .*trainer\.precision=foo, .*Precision 'foo' is invalid"),
-    (["dataset.num_classes=0"], r"dataset\.num_classes=0: allowed is a whole number >= 1"),
+    (["dataset.num_classes=0"], r"dataset\.num_classes=0: allowed is a whole number >= 2"),
     (["architecture.channels=[0,50]"], r"architecture\.channels=\[0, 50\]: allowed is whole numbers >= 1"),
     (["architecture.hidden=0"], r"architecture\.hidden=0: allowed is a whole number >= 1"),
     (["lr_scheduler=multistep", "lr_scheduler.scheduler.at=[1.5]"],
@@ -410,6 +410,13 @@ def test_a_resume_whose_overrides_change_the_layers_is_refused_before_writing(tm
                                           r".* built.*\); an override that changes the network's layers cannot continue"):
         train(cfg)
     assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
+
+
+def test_a_resume_to_a_length_out_of_range_gets_the_range_error(tmp_path):
+    run_dir, _ = run(tmp_path, [])
+    cfg = compose_train(SMOKE + [f"resume={run_dir}", "trainer.max_epochs=-3"], run_dir=run_dir)
+    with pytest.raises(ConfigError, match=r"^trainer\.max_epochs=-3: allowed is a whole number >= 1$"):
+        train(cfg)
 
 
 def test_seed_null_draws_one_seed_that_the_run_keeps(tmp_path):

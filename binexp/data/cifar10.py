@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 
 from binexp.data.datamodule import DataConfig, ImageData
-from binexp.data.errors import not_found
+from binexp.data.errors import DatasetLayoutError, not_found
 from binexp.data.imagefolder import has_image_folder, read_image_folder
 from binexp.data.split import Split
 
@@ -37,7 +37,7 @@ class CIFAR10Data(ImageData):
         if has_image_folder(folder):
             train, test, classes = read_image_folder(folder, self.cache_dir)
             if classes != CLASSES:
-                raise ValueError(f"{folder}: class folders {classes} are not CIFAR-10's {CLASSES}")
+                raise DatasetLayoutError(f"{folder}: class folders {classes} are not CIFAR-10's {CLASSES}")
             return train, test, classes
         from torchvision.datasets import CIFAR10
 

@@ -116,6 +116,10 @@ class ImageData(pl.LightningDataModule):
         mean_image = image_mean(train.images) if self.normalize == "caffe_image" else None
         self.norm = InputNorm.from_stats(self.normalize, mean, std, mean_image)
         if self.subset:
+            if self.subset > len(train):  # it would train on every sample while its results said `subset`
+                raise ConfigError(f"dataset.subset={self.subset}: more than the {len(train)} training samples "
+                                  f"(dataset.val_size={n_val} held out); allowed is a count <= {len(train)}, or null "
+                                  f"for all of them")
             train = balanced_subset(train, self.subset, len(self.classes))
         if len(train) < self.batch_size:  # training drops the last incomplete batch: there would be none
             raise ConfigError(f"dataset.batch_size={self.batch_size}: more than the {len(train)} training samples "

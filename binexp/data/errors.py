@@ -7,6 +7,10 @@ class DatasetNotFoundError(BinexpError, FileNotFoundError):
     """A dataset is neither on disk nor downloadable; the message says where binexp looked."""
 
 
+class DatasetLayoutError(BinexpError, ValueError):
+    """A dataset on disk that binexp cannot read as it is laid out; the message says what to change."""
+
+
 def not_found(name: str, looked_in: list[str], cause: object = None, fix: str | None = None) -> DatasetNotFoundError:
     """`fix`: what to do about it, where it is not a copy under dataset.root or a download (an image folder)."""
     places = "\n".join(f"  {p}" for p in looked_in)

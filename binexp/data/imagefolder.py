@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 
 from binexp.data.datamodule import DataConfig, ImageData
-from binexp.data.errors import not_found
+from binexp.data.errors import DatasetLayoutError, not_found
 from binexp.data.split import Split, interleave_classes
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def _decode_all(files: list[tuple[Path, int]]) -> Split:
     shapes = {tuple(a.shape) for a in arrays}
     if len(shapes) > 1:
         odd = next(p for (p, _), a in zip(files, arrays) if a.shape != arrays[0].shape)
-        raise ValueError(f"images differ in size ({sorted(shapes)}), e.g. {odd}; resize them to one size first")
+        raise DatasetLayoutError(f"images differ in size ({sorted(shapes)}), e.g. {odd}; resize them to one size first")
     images = torch.stack(arrays) if arrays else torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
     return Split(images, torch.tensor([label for _, label in files], dtype=torch.long))
 
@@ -69,7 +69,12 @@ def read_image_folder(folder: Path, cache_dir: Optional[str]) -> tuple[Split, Sp
     listing = {split: _list_images(folder / split) for split in ("train", "test")}
     classes = listing["train"][0]
     if listing["test"][0] != classes:
-        raise ValueError(f"{folder}: train/ and test/ have different class folders")
+        raise DatasetLayoutError(f"{folder}: train/ and test/ have different class folders ({classes} and "
+                                 f"{listing['test'][0]})")
+    for split, (_, files) in listing.items():
+        if not files:
+            raise DatasetLayoutError(f"{folder / split}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in class "
+                                     f"folders under it")
     key = hashlib.sha1(str(folder.resolve()).encode())
     for split in ("train", "test"):
         for path, _ in listing[split][1]:
