@@ -421,9 +421,10 @@ def _run_plain(task: str, args: list[str]) -> None:
     """Tasks that read a run or an artifact rather than compose a config: errors print without a traceback."""
     from binexp.errors import user_error
     from binexp.export.commands import main_export, main_verify
+    from binexp.report import main as main_report
 
     try:
-        (main_export if task == "export" else main_verify)(args)
+        {"report": main_report, "export": main_export, "verify": main_verify}[task](args)
     except Exception as raised:
         err = user_error(raised)
         if err is None:
@@ -441,12 +442,7 @@ def main(argv: list[str] | None = None) -> None:
     task, rest = argv[0], argv[1:]
     if task not in TASKS:
         _fail(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
-    if task == "report":
-        from binexp.report import main as report_main
-
-        report_main(rest)
-        return
-    if task in ("export", "verify"):
+    if task in ("report", "export", "verify"):
         _run_plain(task, rest)
         return
     if task == "train":

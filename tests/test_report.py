@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
-from binexp.report import DEFAULT_METRICS, Run
+from binexp.report import DEFAULT_METRICS, ReportInputError, Run
 from binexp.report.papers import other_choices, write_paper_table
 from tests.conftest import compose_train
 
@@ -138,7 +138,7 @@ def test_two_sweeps_under_one_folder_keep_their_jobs_apart_in_numeric_order(tmp_
     assert written == [tmp_path / "out" / "report.csv", tmp_path / "out" / "accuracy-vs-method.t_clip.png"]
     assert ("accuracy-vs-method.t_clip.png leaves out the runs without a number for method.t_clip: b/1 "
             "(method.t_clip=null)") in capsys.readouterr().out
-    with pytest.raises(SystemExit, match=r"--metrics test/accc: in no run's metrics.json; they hold .*test/acc"):
+    with pytest.raises(ReportInputError, match=r"--metrics test/accc: in no run's metrics.json; they hold .*test/acc"):
         report([tmp_path / "sweeps"], out=tmp_path / "out", metrics=["test/acc", "test/accc"])
 
 
@@ -146,15 +146,15 @@ def test_report_refuses_a_missing_folder_an_unknown_metric_and_a_file_as_out_bef
     from binexp.report import report
 
     _finished_run(tmp_path / "runs" / "a", "0.5", 0.4)
-    with pytest.raises(SystemExit, match=f"binexp report: {tmp_path / 'nope'}: no such directory"):
+    with pytest.raises(ReportInputError, match=f"{tmp_path / 'nope'}: no such directory"):
         report([tmp_path / "nope", tmp_path / "runs"])  # a mistyped run is not just missing from the table
     (tmp_path / "t.sh").write_text("")
-    with pytest.raises(SystemExit, match=f"binexp report: {tmp_path / 't.sh'}: not a directory"):
+    with pytest.raises(ReportInputError, match=f"{tmp_path / 't.sh'}: not a directory"):
         report([tmp_path / "t.sh"])
     (tmp_path / "file").write_text("")
-    with pytest.raises(SystemExit, match=f"--out {tmp_path / 'file'}: exists and is not a directory"):
+    with pytest.raises(ReportInputError, match=f"--out {tmp_path / 'file'}: exists and is not a directory"):
         report([tmp_path / "runs"], out=tmp_path / "file")
-    with pytest.raises(SystemExit, match=r"--metrics bogus: in no run's metrics.json; they hold test/acc"):
+    with pytest.raises(ReportInputError, match=r"--metrics bogus: in no run's metrics.json; they hold test/acc"):
         report([tmp_path / "runs"], out=tmp_path / "out", metrics=["bogus"])
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs" / "report.csv").exists()
     _unfinished_run(tmp_path / "unfinished" / "0")  # a sweep in progress, none finished: tabulated as it stands
@@ -334,3 +334,12 @@ def test_the_printed_table_keeps_small_values_and_whole_headers_in_a_pipe(tmp_pa
     out = capsys.readouterr().out
     assert "3.08e-05" in out and "0.5000" in out and "0.0000" in out
     assert out.count("protocol/phase1_binary") == 3 and "…" not in out
+
+
+def test_the_cli_prints_a_report_error_as_the_other_tasks_do(tmp_path, capsys):
+    from binexp.cli import main
+
+    with pytest.raises(SystemExit) as raised:
+        main(["report", str(tmp_path / "nope")])
+    assert raised.value.code == 2
+    assert capsys.readouterr().err == f"binexp: error: {tmp_path / 'nope'}: no such directory (give run or multirun directories)\n"

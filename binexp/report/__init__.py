@@ -26,6 +26,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from binexp.errors import BinexpError
+
 
 @dataclass
 class Run:
@@ -224,22 +226,26 @@ def print_table(runs: list[Run], keys: list[str], metrics: list[str]) -> None:
     Console(width=None if sys.stdout.isatty() else 10_000).print(table)  # logs and pipes get every column whole
 
 
+class ReportInputError(BinexpError, ValueError):
+    """Paths or options `binexp report` cannot tabulate; printed without a traceback, exit status 2."""
+
+
 def report(paths: list[Path], out: Path | None = None, metrics: list[str] | None = None) -> tuple[list[Run], list[Path]]:
     missing = [f"{p}: {'not a directory' if p.exists() else 'no such directory'}" for p in paths if not p.is_dir()]
     if missing:  # a mistyped run would otherwise just be missing from the table
-        raise SystemExit(f"binexp report: {'; '.join(missing)} (give run or multirun directories)")
+        raise ReportInputError(f"{'; '.join(missing)} (give run or multirun directories)")
     if out is not None and out.exists() and not out.is_dir():
-        raise SystemExit(f"binexp report: --out {out}: exists and is not a directory")
+        raise ReportInputError(f"--out {out}: exists and is not a directory")
     runs = find_runs(paths)
     if not runs:
-        raise SystemExit(f"binexp report: no runs (folders with .hydra/config.yaml or metrics.json) under {', '.join(map(str, paths))}")
+        raise ReportInputError(f"no runs (folders with .hydra/config.yaml or metrics.json) under {', '.join(map(str, paths))}")
     keys = varying_overrides(runs)
     runs = in_override_order(runs, keys)
     finished = [r for r in runs if r.metrics]
     unknown = [m for m in metrics or [] if finished and not any(m in r.metrics for r in finished)]  # a sweep in
     if unknown:  # progress, with no run finished yet, is still tabulated
         known = sorted({k for r in finished for k in r.metrics})
-        raise SystemExit(f"binexp report: --metrics {' '.join(unknown)}: in no run's metrics.json; they hold "
+        raise ReportInputError(f"--metrics {' '.join(unknown)}: in no run's metrics.json; they hold "
                          f"{', '.join(known)}")
     metrics = metrics or [m for m in DEFAULT_METRICS if any(m in r.metrics for r in runs)]
     out = out or paths[0]
