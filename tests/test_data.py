@@ -106,6 +106,33 @@ def test_ranks_split_the_epoch_without_overlap():
     assert sorted(seen) == list(range(12))
 
 
+def test_ranks_augment_their_shards_as_one_process_augments_the_global_batch():
+    images = torch.randint(0, 255, (48, 3, 8, 8), dtype=torch.uint8)
+    split = Split(images, torch.arange(48))
+    kwargs = dict(shuffle=True, drop_last=True, crop_padding=2, flip=True, seed=3)
+    whole = list(DeviceBatches(split, 8, NORM, **kwargs))  # one process, global batch 8
+    ranks = [list(DeviceBatches(split, 4, NORM, rank=r, world_size=2, **kwargs)) for r in range(2)]
+    for b, (x, y) in enumerate(whole):
+        # rank r holds the global batch's samples r, r + 2, ...: the same samples, cropped and flipped the same way
+        for r in range(2):
+            assert torch.equal(ranks[r][b][1], y[r::2]) and torch.equal(ranks[r][b][0], x[r::2])
+    assert not torch.equal(ranks[0][0][0], ranks[1][0][0])
+
+
+def test_a_loader_saved_after_its_epochs_last_batch_resumes_with_the_next_epoch():
+    split = Split(torch.randint(0, 255, (40, 3, 8, 8), dtype=torch.uint8), torch.arange(40))
+    kwargs = dict(shuffle=True, drop_last=True, crop_padding=2, flip=True, seed=9)
+    saved = DeviceBatches(split, 8, NORM, **kwargs)
+    saved.set_epoch(2)
+    assert len(list(saved)) == 5 and saved.state_dict() == {"epoch": 2, "batches_served": 5}
+    resumed = DeviceBatches(split, 8, NORM, **kwargs)
+    resumed.load_state_dict(saved.state_dict())  # Lightning restarts in epoch 3 without calling set_epoch
+    following = DeviceBatches(split, 8, NORM, **kwargs)
+    following.set_epoch(3)
+    rest, expected = list(resumed), list(following)
+    assert len(rest) == 5 and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(rest, expected))
+
+
 def test_resumed_loader_continues_with_the_same_batches_and_augmentation():
     images = torch.randint(0, 255, (40, 3, 8, 8), dtype=torch.uint8)
     split = Split(images, torch.arange(40))

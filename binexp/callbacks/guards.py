@@ -125,9 +125,9 @@ class GracefulStop(pl.Callback):
     window it waits for the window's last batch, as the window's gradients are in no checkpoint. A signal that
     comes after the last batch (during the last validation) stops the run as training ends, before the test.
     On an epoch's last batch it lets the epoch finish instead (its validation, its checkpoint and its logged epoch
-    values), then saves and raises as training ends: a checkpoint taken in the last batch's end hook counts that
-    batch as not completed, and a resume then loses the next epoch; one taken in the epoch's end hooks comes before
-    Lightning writes the epoch's values, and they are lost.
+    values), then saves and raises as training ends: a resume from a checkpoint taken in the last batch's end hook
+    restarts in the next epoch, without this epoch's validation and epoch values; one taken in the epoch's end
+    hooks comes before Lightning writes the epoch's values, and they are lost.
     A second Ctrl-C interrupts at once.
 
     Cluster requeue: while training, this callback owns the signals; the handler that was installed before it

@@ -110,13 +110,17 @@ def host_to(values: torch.Tensor, device: torch.device) -> torch.Tensor:
     return values.to(device)
 
 
-def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Each image's random H x W window of itself zero-padded by `padding` pixels on every side."""
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator, shards: int = 1, shard: int = 0) -> torch.Tensor:
+    """Each image's random H x W window of itself zero-padded by `padding` pixels on every side.
+
+    `x` may be shard `shard` of `shards` (a DDP rank's part of a global batch, its samples at positions shard,
+    shard + shards, ...): the offsets are drawn for the whole global batch and this shard's taken, so the ranks crop
+    differently and together exactly as one process does the global batch."""
     if padding <= 0:
         return x
     n, c, h, w = x.shape
-    oy = host_to(torch.randint(0, 2 * padding + 1, (n,), generator=generator), x.device)
-    ox = host_to(torch.randint(0, 2 * padding + 1, (n,), generator=generator), x.device)
+    oy = host_to(torch.randint(0, 2 * padding + 1, (n * shards,), generator=generator)[shard::shards], x.device)
+    ox = host_to(torch.randint(0, 2 * padding + 1, (n * shards,), generator=generator)[shard::shards], x.device)
     padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
     rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
@@ -125,8 +129,9 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> to
     return padded[batch, channel, rows, cols]
 
 
-def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    flip = host_to(torch.rand(x.shape[0], generator=generator) < 0.5, x.device)
+def random_flip(x: torch.Tensor, generator: torch.Generator, shards: int = 1, shard: int = 0) -> torch.Tensor:
+    """Half of the images mirrored left-right; a shard of a global batch as in `random_crop`."""
+    flip = host_to(torch.rand(x.shape[0] * shards, generator=generator)[shard::shards] < 0.5, x.device)
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
@@ -173,6 +178,10 @@ class DeviceBatches:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch = int(state["epoch"])
         self._skip = int(state["batches_served"])
+        if self._skip >= len(self):
+            # saved at an epoch's last batch: Lightning restarts in the next epoch without calling set_epoch, which
+            # would otherwise find this epoch's batches all served and train none
+            self.epoch, self._skip = self.epoch + 1, 0
 
     def _order(self) -> torch.Tensor:
         n = len(self.labels)
@@ -189,9 +198,9 @@ class DeviceBatches:
             x = self.images[index]
             if self.crop_padding or self.flip:
                 g = _generator(self.seed, self.epoch, b)
-                x = random_crop(x, self.crop_padding, g)
+                x = random_crop(x, self.crop_padding, g, self.world_size, self.rank)
                 if self.flip:
-                    x = random_flip(x, g)
+                    x = random_flip(x, g, self.world_size, self.rank)
             x = x.float() * self.scale + self.shift
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
