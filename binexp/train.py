@@ -458,6 +458,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             check_checkpoint_fits(module, saved, cfg)
         callbacks = build_callbacks(cfg, schedule, method, dm)
         trainer = build_trainer(cfg, callbacks, run_dir)
+        dm.check_training_batches(trainer.world_size)
         ckpt = last_checkpoint(Path(cfg.resume)) if cfg.get("resume") else found
     except Exception as raised:
         err = user_error(raised)  # a constructor's ConfigError comes wrapped by Hydra's instantiate

@@ -106,6 +106,16 @@ def test_ranks_split_the_epoch_without_overlap():
     assert sorted(seen) == list(range(12))
 
 
+def test_a_small_class_keeps_a_training_sample_and_the_others_make_up_the_hold_out():
+    labels = torch.tensor([0] * 300 + [1] * 300 + [2] * 3)
+    split = Split(torch.zeros(len(labels), 1, 1, 1, dtype=torch.uint8), labels)
+    train, val = stratified_holdout(split, 30, 3, seed=0)
+    assert torch.bincount(val.labels).tolist() == [14, 14, 2] and torch.bincount(train.labels).tolist() == [286, 286, 1]
+    with pytest.raises(ConfigError, match=r"^dataset\.val_size=601: would hold out every training sample of a class "
+                                          r"\(classes of \[300, 300, 3\] samples\); allowed is a count <= 600$"):
+        stratified_holdout(split, 601, 3, seed=0)
+
+
 def test_ranks_augment_their_shards_as_one_process_augments_the_global_batch():
     images = torch.randint(0, 255, (48, 3, 8, 8), dtype=torch.uint8)
     split = Split(images, torch.arange(48))
@@ -334,6 +344,40 @@ def test_an_image_folder_binexp_cannot_read_says_what_to_change(tmp_path, layout
     dm = ImageFolderData(folder=str(tmp_path / "imgs"), root=str(tmp_path), cache_dir=None, val_size=0, batch_size=1)
     with pytest.raises(DatasetLayoutError, match=message):
         dm.setup()
+
+
+def test_the_decoded_image_cache_follows_edits_and_moves(tmp_path):
+    import os
+
+    from binexp.data.imagefolder import read_image_folder
+
+    def save(path, value):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((4, 4, 3), value, np.uint8)).save(path)
+
+    root = tmp_path / "imgs"
+    for name, value in (("train/a/0.png", 10), ("train/a/1.png", 20), ("train/b/2.png", 30), ("test/a/3.png", 0),
+                        ("test/b/4.png", 0)):
+        save(root / name, value)
+    read = lambda: read_image_folder(root, str(tmp_path / "cache"))[0]  # noqa: E731
+    assert read().images[:, 0, 0, 0].tolist() == [10, 20, 30]
+    edited = root / "train" / "b" / "2.png"
+    size = edited.stat().st_size
+    save(edited, 31)  # other pixels in as many bytes
+    assert edited.stat().st_size == size
+    os.utime(edited, ns=(edited.stat().st_atime_ns, edited.stat().st_mtime_ns + 10**9))
+    assert read().images[:, 0, 0, 0].tolist() == [10, 20, 31]
+    (root / "train" / "a" / "1.png").rename(root / "train" / "b" / "1.png")  # relabelled; the names keep their order
+    assert read().labels.tolist() == [0, 1, 1]
+
+
+def test_a_batch_larger_than_each_processs_shard_is_refused():
+    dm = SyntheticData(num_train=640, val_size=129, batch_size=300)  # 511 to train on: one batch for one process
+    dm.setup()
+    with pytest.raises(ConfigError, match=r"^dataset\.batch_size=300: more than the 511 training samples; each of the 2 "
+                                          r"processes gets 255 \(dataset\.subset=null, dataset\.val_size=129\), so no "
+                                          r"training batch; allowed is a batch size <= 255$"):
+        dm.check_training_batches(world_size=2)
 
 
 def test_a_subset_larger_than_the_training_split_is_refused_not_taken_as_all():

@@ -121,11 +121,19 @@ class ImageData(pl.LightningDataModule):
                                   f"(dataset.val_size={n_val} held out); allowed is a count <= {len(train)}, or null "
                                   f"for all of them")
             train = balanced_subset(train, self.subset, len(self.classes))
-        if len(train) < self.batch_size:  # training drops the last incomplete batch: there would be none
-            raise ConfigError(f"dataset.batch_size={self.batch_size}: more than the {len(train)} training samples "
-                              f"(dataset.subset={self.subset}, dataset.val_size={n_val}), so no training batch; "
-                              f"allowed is a batch size <= {len(train)}")
         self.splits.update(train=train, test=test)
+        self.check_training_batches(world_size=1)
+
+    def check_training_batches(self, world_size: int) -> None:
+        """Training drops each process's last incomplete batch: a shard smaller than a batch would train nothing
+        and the run would report its untrained weights."""
+        n, shard = len(self.splits["train"]), len(self.splits["train"]) // world_size
+        if shard < self.batch_size:
+            each = f"; each of the {world_size} processes gets {shard}" if world_size > 1 else ""
+            raise ConfigError(f"dataset.batch_size={self.batch_size}: more than the {n} training samples{each} "
+                              f"(dataset.subset={'null' if self.subset is None else self.subset}, dataset.val_size="
+                              f"{self.validation_size()}), so no "
+                              f"training batch; allowed is a batch size <= {shard}")
 
     def batches(
         self, stage: str, train: bool = False, device: torch.device | str | None = None, shard: bool = True,

@@ -25,7 +25,7 @@ from binexp.data.split import Split, interleave_classes
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}  # what torchvision.io.decode_image reads
 
 
 @dataclass
@@ -78,7 +78,9 @@ def read_image_folder(folder: Path, cache_dir: Optional[str]) -> tuple[Split, Sp
     key = hashlib.sha1(str(folder.resolve()).encode())
     for split in ("train", "test"):
         for path, _ in listing[split][1]:
-            key.update(f"{path.name}:{path.stat().st_size}".encode())
+            # where it is (its split and class), and a rewrite or a touch of the same size, make a new cache
+            stat = path.stat()
+            key.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     cache = Path(cache_dir) / f"imagefolder-{key.hexdigest()[:16]}.pt" if cache_dir else None
     if cache is not None and cache.exists():
         saved = torch.load(cache, weights_only=True)

@@ -27,36 +27,47 @@ def _per_class_counts(n: int, num_classes: int) -> list[int]:
     return [base + (c < extra) for c in range(num_classes)]
 
 
+def _capped_counts(n: int, caps: list[int]) -> list[int]:
+    """n spread over the classes as `_per_class_counts` does, no class above its cap: a class short of its share
+    gives the shortfall to the others, one sample each in turn (n <= sum(caps))."""
+    counts = [min(want, cap) for want, cap in zip(_per_class_counts(n, len(caps)), caps)]
+    short = n - sum(counts)
+    while short > 0:
+        for c, cap in enumerate(caps):
+            if short > 0 and counts[c] < cap:
+                counts[c] += 1
+                short -= 1
+    return counts
+
+
 def balanced_subset(split: Split, n: int, num_classes: int) -> Split:
     """The first samples of each class, n in all, in their original order (`dataset.subset=n`). A class with fewer
     samples than its share gives its shortfall to the others, one sample each in turn, so there are still n."""
     if n >= len(split):
         return split
     members = [torch.nonzero(split.labels == c).flatten() for c in range(num_classes)]
-    counts = [min(want, len(m)) for want, m in zip(_per_class_counts(n, num_classes), members)]
-    short = n - sum(counts)
-    while short > 0:
-        for c in range(num_classes):
-            if short > 0 and counts[c] < len(members[c]):
-                counts[c] += 1
-                short -= 1
-    keep = [m[:count] for m, count in zip(members, counts)]
+    keep = [m[:count] for m, count in zip(members, _capped_counts(n, [len(m) for m in members]))]
     index, _ = torch.sort(torch.cat(keep))
     return split.take(index)
 
 
 def stratified_holdout(split: Split, n: int, num_classes: int, seed: int) -> tuple[Split, Split]:
-    """A seeded random validation set of n samples, balanced over classes, and the rest for training. The
+    """A seeded random validation set of n samples, balanced over classes (a class keeps at least one training
+    sample: a small class's shortfall comes from the others), and the rest for training. The
     validation set is served with its classes interleaved: a training split stored by class (an image folder) would
     otherwise give a `trainer.limit_val_batches` prefix, and the best checkpoint chosen on it, one or two classes."""
     if n >= len(split):
         raise ConfigError(f"dataset.val_size={n} leaves nothing to train on ({len(split)} training samples); "
                           f"allowed is a count < {len(split)}")
+    members = [torch.nonzero(split.labels == c).flatten() for c in range(num_classes)]
+    caps = [max(len(m) - 1, 0) for m in members]  # every class keeps a training sample
+    if n > sum(caps):
+        raise ConfigError(f"dataset.val_size={n}: would hold out every training sample of a class (classes of "
+                          f"{[len(m) for m in members]} samples); allowed is a count <= {sum(caps)}")
     g = torch.Generator().manual_seed(seed)
     held = []
-    for c, count in enumerate(_per_class_counts(n, num_classes)):
-        members = torch.nonzero(split.labels == c).flatten()
-        held.append(members[torch.randperm(len(members), generator=g)[:count]])
+    for m, count in zip(members, _capped_counts(n, caps)):
+        held.append(m[torch.randperm(len(m), generator=g)[:count]])
     val_index, _ = torch.sort(torch.cat(held))
     mask = torch.ones(len(split), dtype=torch.bool)
     mask[val_index] = False
