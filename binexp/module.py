@@ -132,7 +132,7 @@ class Classifier(pl.LightningModule):
         extra = self.method.regularization(self.net)
         if extra is not None:
             if log_step:
-                self.log("train/regularization", extra)
+                self.log("train/regularization_step", extra)  # a step's sample: not a metrics.json key
             return loss + extra
         return loss
 

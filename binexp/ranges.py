@@ -109,6 +109,24 @@ def check_ranges(cfg: DictConfig) -> None:
         value = OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
         if not check(value):
             raise ConfigError(f"{key}={value!r}: allowed is {allowed}")
+    _check_scheduler_counts_epochs(cfg)
     if OmegaConf.select(cfg, "optimizer.nesterov", default=False) and not OmegaConf.select(cfg, "optimizer.momentum", default=0) > 0:
         raise ConfigError(f"optimizer.nesterov=true needs optimizer.momentum > 0 (it is "
                           f"{OmegaConf.select(cfg, 'optimizer.momentum', default=0)!r})")
+
+
+def _check_scheduler_counts_epochs(cfg: DictConfig) -> None:
+    """An lr scheduler whose length follows trainer.max_epochs (multistep's total_epochs, cosine's T_max) counts
+    the times it is stepped: stepped per optimizer step (`interval=step`) or every few epochs (`frequency`), it
+    would reach its end early (cosine restarting, multistep dropping in the first epoch) or never."""
+    node = OmegaConf.select(cfg, "lr_scheduler", default=None)
+    if not OmegaConf.is_dict(node) or not OmegaConf.is_dict(node.get("scheduler")):
+        return
+    spec = OmegaConf.to_container(node.scheduler, resolve=False)
+    follows = [k for k, v in spec.items() if isinstance(v, str) and "trainer.max_epochs" in v]
+    interval, frequency = node.get("interval", "epoch"), node.get("frequency", 1)
+    if follows and (interval != "epoch" or frequency != 1):
+        raise ConfigError(
+            f"lr_scheduler.interval={interval} lr_scheduler.frequency={frequency}: lr_scheduler.scheduler.{follows[0]} "
+            f"counts epochs (it is trainer.max_epochs), so the scheduler must step once per epoch (interval=epoch, "
+            f"frequency=1); to step it otherwise set {follows[0]} in those steps")

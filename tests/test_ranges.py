@@ -91,3 +91,13 @@ def test_nesterov_needs_momentum():
     with pytest.raises(ConfigError, match=r"^optimizer.nesterov=true needs optimizer.momentum > 0 \(it is 0\.0\)$"):
         check_ranges(compose_train(SMOKE + ["optimizer.nesterov=true", "optimizer.momentum=0"]))
     check_ranges(compose_train(SMOKE + ["optimizer.nesterov=true", "optimizer.momentum=0.9"]))
+
+
+@pytest.mark.parametrize("lr_scheduler,key", [("cosine", "T_max"), ("multistep", "total_epochs")])
+@pytest.mark.parametrize("stepping", [["lr_scheduler.interval=step"], ["lr_scheduler.frequency=2"]])
+def test_a_scheduler_counting_epochs_must_step_once_per_epoch(lr_scheduler, key, stepping):
+    cfg = compose_train(SMOKE + [f"lr_scheduler={lr_scheduler}", *stepping])
+    with pytest.raises(ConfigError, match=rf"lr_scheduler.scheduler.{key} counts epochs \(it is trainer.max_epochs\), "
+                                          r"so the scheduler must step once per epoch"):
+        check_ranges(cfg)
+    check_ranges(compose_train(SMOKE + [f"lr_scheduler={lr_scheduler}", f"lr_scheduler.scheduler.{key}=40", *stepping]))

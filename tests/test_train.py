@@ -56,6 +56,20 @@ def test_step_values_are_logged_only_on_the_steps_the_logger_writes(tmp_path):
     assert [s for s, _ in scalars(run_dir, "train/loss_epoch")] == [3, 7]
 
 
+def test_schedule_values_are_written_under_the_step_that_used_them(tmp_path):
+    from binexp.schedules import ExponentialNu, Progress
+
+    overrides = ["method=sbn", "schedule.per_step=true", "trainer.log_every_n_steps=3", "trainer.max_epochs=3"]
+    run_dir, metrics = run(tmp_path, overrides)
+    nu = ExponentialNu(per_step=True)
+    expected = [(s, nu.values(Progress(step=s, steps_per_epoch=4, max_epochs=3))["nu"]) for s in (2, 5, 8, 11)]
+    assert [s for s, _ in scalars(run_dir, "schedule/nu")] == [s for s, _ in expected]
+    assert [v for _, v in scalars(run_dir, "schedule/nu")] == pytest.approx([v for _, v in expected], rel=1e-6)
+
+    abr_dir, abr = run(tmp_path, ["method=abr", "method.growth=in_loss", "trainer.max_epochs=2"], name="abr")
+    assert scalars(abr_dir, "train/regularization_step") and "train/regularization" not in abr  # a step's sample
+
+
 def test_synthetic_data_is_learnable(tmp_path):
     _, metrics = run(tmp_path, ["trainer.max_epochs=6", "trainer.limit_train_batches=1.0"])
     assert metrics["test/acc"] > 0.5

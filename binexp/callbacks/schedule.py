@@ -30,9 +30,8 @@ def set_weight_decay(optimizer: torch.optim.Optimizer, value: float) -> None:
 
 
 class ScheduleCallback(pl.Callback):
-    def __init__(self, schedule: Schedule, log_every_n_steps: int = 50):
+    def __init__(self, schedule: Schedule):
         self.schedule = schedule
-        self.log_every_n_steps = log_every_n_steps
         self._values: dict[str, float] = {}  # those of the last step trained (or restored)
 
     def progress(self, trainer: pl.Trainer) -> Progress:
@@ -49,13 +48,15 @@ class ScheduleCallback(pl.Callback):
         if WEIGHT_DECAY in values:
             for optimizer in trainer.optimizers:
                 set_weight_decay(optimizer, values[WEIGHT_DECAY])
-        if trainer.global_step % self.log_every_n_steps == 0:
+        # on the steps the logger writes, as the module's step values: logged at another step, a value would be
+        # written steps later under a later step, or dropped at an epoch's end
+        if trainer._logger_connector.should_update_logs:
             pl_module.log_dict({f"schedule/{k}": float(v) for k, v in values.items()}, on_step=True, on_epoch=False)
 
     @property
     def last_values(self) -> dict[str, float]:
         """The values of the last step trained: metrics.json's `schedule/*` (the step log above samples every
-        log_every_n_steps steps, and its last sample can be from an earlier phase)."""
+        trainer.log_every_n_steps steps, and its last sample can be from an earlier phase)."""
         return dict(self._values)
 
     def state_dict(self) -> dict[str, Any]:
