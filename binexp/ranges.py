@@ -52,6 +52,12 @@ _MAX_STEPS = ((lambda v: isinstance(v, int) and not isinstance(v, bool) and (v =
               "-1 (no limit) or a whole number >= 1")
 _SANITY_STEPS = ((lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= -1),
                  "-1 (every validation batch) or a whole number >= 0")
+# the data arrives in float32 and the latent weights, slopes and schedule buffers stay float32 (mixed precision
+# computes in half where it is safe); a *-true precision casts the network itself, and the first layer then
+# refuses float32 inputs, and ABR's slope growth rounds away in bfloat16
+PRECISIONS = ("32-true", "32", 32, "16-mixed", "16", 16, "bf16-mixed", "bf16")
+_PRECISION = ((lambda v: v in PRECISIONS), f"one of {', '.join(str(p) for p in PRECISIONS)} (mixed precision keeps "
+              f"float32 weights; a *-true half or double precision would cast them)")
 _DETERMINISTIC = ((lambda v: v is None or isinstance(v, bool) or v == "warn"), "true, false, warn or null")
 
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -68,6 +74,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.check_val_every_n_epoch": _or_null(_COUNT),
     "trainer.num_sanity_val_steps": _SANITY_STEPS,
     "trainer.deterministic": _DETERMINISTIC,
+    "trainer.precision": _PRECISION,
     "lr_scheduler.frequency": _COUNT,
     "lr_scheduler.interval": ((lambda v: v in ("step", "epoch")), "step or epoch"),
     "architecture.width": _above(0),

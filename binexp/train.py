@@ -125,7 +125,7 @@ def build_callbacks(cfg: DictConfig, schedule: Schedule, method: Method, dm: Ima
         callbacks = [cb for cb in callbacks if not isinstance(cb, ProgressBar)]
     if not dm.has_validation:  # dataset.val_size=0: nothing to rank checkpoints by, keep last.ckpt only
         callbacks = [cb for cb in callbacks if not (isinstance(cb, ModelCheckpoint) and cb.monitor)]
-    callbacks.append(ScheduleCallback(schedule))
+    callbacks.insert(0, ScheduleCallback(schedule))  # first: it sets the layers' values that others measure
     if schedule.milestones():
         callbacks.append(PhaseEvaluation(schedule.milestones()))
     return callbacks + method.callbacks()

@@ -192,6 +192,14 @@ def run(tmp_path: Path, overrides: list[str], name: str = "run") -> tuple[Path, 
     return run_dir, train(compose_train(ABR_SMOKE + overrides, run_dir=run_dir))
 
 
+def test_the_curves_last_row_names_the_last_epoch_not_the_count_of_epochs(tmp_path):
+    run_dir, _ = run(tmp_path, ["callbacks.binarization.every_n_epochs=2", "trainer.max_epochs=3",
+                                "protocol.enabled=false"])
+    rows = list(csv.DictReader((run_dir / "binarization.csv").open()))
+    # before training, after epoch 1 (0-based), and as training ends, in epoch 2
+    assert [(int(r["step"]), int(r["epoch"])) for r in rows] == [(0, 0), (8, 1), (12, 2)]
+
+
 def test_abr_run_writes_curves_protocol_and_firing_matrix(tmp_path):
     run_dir, metrics = run(tmp_path, [])
     for key in ("protocol/regular", "protocol/binary", "protocol/finetuned", "protocol/phase1_regular",

@@ -25,6 +25,7 @@ CASES = {
     "trainer.check_val_every_n_epoch": (0, None),
     "trainer.num_sanity_val_steps": (-5, -1),
     "trainer.deterministic": ("maybe", "warn"),
+    "trainer.precision": ("bf16-true", "bf16-mixed"),
     "lr_scheduler.frequency": (0, 1),
     "lr_scheduler.interval": ("batch", "epoch"),
     "architecture.width": (0, 0.125),

@@ -273,6 +273,15 @@ def test_two_phase_weight_decay_applies_to_any_method():
     assert schedule.values(Progress(step=1, steps_per_epoch=1, max_epochs=2))["weight_decay"] == 1e-3
 
 
+def test_the_record_before_training_is_measured_at_the_schedules_first_nu(tmp_path):
+    run_dir = tmp_path / "run"
+    train(compose_train(SMOKE + ["method=sbn", "schedule.nu_start=100", "trainer.max_steps=1", "protocol.enabled=false"],
+                        run_dir=run_dir))
+    first = next(r for r in csv.DictReader((run_dir / "binarization.csv").open()) if r["layer"] == "conv1.weight")
+    # at the layers' initial nu of 1 the small initial weights give tanh(P) well inside (-0.99, 0.99): a share of 0
+    assert first["step"] == "0" and float(first["binary99"]) > 0.5
+
+
 def test_scaled_tanh_approaches_sign_for_large_nu():
     act = ScaledTanh("fc1")
     x = torch.linspace(-1, 1, 201)

@@ -187,7 +187,10 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path):
     (["method.t_clip=-0.5"], r"method\.t_clip=-0\.5: allowed is null or a number >= 0"),
     (["dataset.subset=20"], r"dataset\.batch_size=64: more than the 20 training samples .*allowed is a batch size <= 20"),
     (["dataset.subset=null", "dataset.val_size=100000"], r"dataset\.val_size=\d+ leaves nothing to train on .*allowed is a count <"),
-    (["trainer.precision=foo"], r"trainer: Lightning refused .*trainer\.precision=foo, .*Precision 'foo' is invalid"),
+    (["trainer.precision=foo"], r"trainer\.precision='foo': allowed is one of 32-true, .* bf16 \(mixed precision keeps"),
+    (["trainer.accelerator=foo"], r"trainer: Lightning refused .*trainer\.accelerator=foo"),
+    (["trainer.precision=bf16-true"], r"trainer\.precision='bf16-true': allowed is one of .*a \*-true half or double "
+                                      r"precision would cast them"),
     (["dataset.num_classes=0"], r"dataset\.num_classes=0: allowed is a whole number >= 2"),
     (["architecture.channels=[0,50]"], r"architecture\.channels=\[0, 50\]: allowed is whole numbers >= 1"),
     (["architecture.hidden=0"], r"architecture\.hidden=0: allowed is a whole number >= 1"),
@@ -493,3 +496,19 @@ def test_ckpt_best_is_the_latest_best_checkpoint_by_epoch_number(tmp_path):
         (tmp_path / "checkpoints").mkdir(exist_ok=True)
         (tmp_path / "checkpoints" / name).write_bytes(b"")
     assert find_checkpoint(tmp_path, "best") == tmp_path / "checkpoints" / "best-1000-10000.ckpt"
+
+
+def test_progress_lines_come_once_per_reported_optimizer_step_under_accumulation(caplog):
+    from types import SimpleNamespace
+
+    from binexp.callbacks.progress import LogProgress
+
+    progress = LogProgress(every_n_steps=2)
+    trainer = SimpleNamespace(world_size=1, current_epoch=0, num_training_batches=8, callback_metrics={},
+                              is_global_zero=True, global_step=0)
+    with caplog.at_level("INFO", logger="binexp.callbacks.progress"):
+        progress.on_train_epoch_start(trainer, None)
+        for batch_idx in range(8):  # accumulating 2 batches: the optimizer steps after batches 1, 3, 5, 7
+            trainer.global_step = (batch_idx + 1) // 2
+            progress.on_train_batch_end(trainer, None, None, (None, [0] * 4), batch_idx)
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["step 2", "step 4"]

@@ -138,7 +138,10 @@ class BinarizationCurves(pl.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(flat, step=trainer.global_step)
         if trainer.is_global_zero:
-            append_csv(Path(trainer.default_root_dir) / CSV_NAME, trainer.global_step, trainer.current_epoch, stats)
+            # the epoch the step is in, 0-based: after the last epoch Lightning's counter has moved on to max_epochs
+            epoch = min(trainer.current_epoch, trainer.max_epochs - 1) if trainer.max_epochs not in (None, -1) \
+                else trainer.current_epoch
+            append_csv(Path(trainer.default_root_dir) / CSV_NAME, trainer.global_step, epoch, stats)
         self._check_collapse(trainer, stats)
 
     def _check_collapse(self, trainer: pl.Trainer, stats: dict[str, dict[str, float]]) -> None:

@@ -21,6 +21,7 @@ class LogProgress(pl.Callback):
         self._t0 = 0.0
         self._images = 0
         self._epoch_t0 = 0.0
+        self._reported = 0  # the last optimizer step reported: with gradient accumulation a step spans batches
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._t0 = self._epoch_t0 = time.perf_counter()
@@ -28,7 +29,9 @@ class LogProgress(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._images += len(batch[1]) * trainer.world_size  # ranks train equal-sized shards
-        if trainer.global_step % self.every_n_steps == 0:
+        step = trainer.global_step
+        if step > self._reported and step % self.every_n_steps == 0:
+            self._reported = step
             now = time.perf_counter()
             rate = self._images / max(now - self._t0, 1e-9)
             self._t0, self._images = now, 0

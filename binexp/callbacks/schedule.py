@@ -39,15 +39,25 @@ class ScheduleCallback(pl.Callback):
         steps_per_epoch = max(-(-int(trainer.num_training_batches) // int(trainer.accumulate_grad_batches)), 1)
         return Progress(trainer.global_step, steps_per_epoch, int(trainer.max_epochs or 1))
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def _apply(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         values = self.schedule.values(self.progress(trainer))
+        if values:
+            write_buffers(pl_module, values)
+            if WEIGHT_DECAY in values:
+                for optimizer in trainer.optimizers:
+                    set_weight_decay(optimizer, values[WEIGHT_DECAY])
+        return values
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # the layers hold the values of the step about to train before anything measures them (the curves' record
+        # before training runs next, in on_train_start: this callback comes first)
+        self._apply(trainer, pl_module)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        values = self._apply(trainer, pl_module)
         if not values:
             return
-        write_buffers(pl_module, values)
         self._values = values
-        if WEIGHT_DECAY in values:
-            for optimizer in trainer.optimizers:
-                set_weight_decay(optimizer, values[WEIGHT_DECAY])
         # on the steps the logger writes, as the module's step values: logged at another step, a value would be
         # written steps later under a later step, or dropped at an epoch's end
         if trainer._logger_connector.should_update_logs:
