@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -142,7 +143,7 @@ def main() -> None:
         rows.append((batch, "binary layers together", f"{len(values)} layers", binary_float, binary_packed))
 
     lines = [
-        f"`python scripts/bench_infer.py --arch {args.arch} --method {args.method} --width {args.width}` — "
+        f"`{shlex.join(['python', 'scripts/bench_infer.py', *sys.argv[1:]])}` — "
         f"{date.today()}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"popcount {backend()}",
         "",

@@ -13,9 +13,17 @@ case $which in
 esac
 extra=("$@")
 out=${BINEXP_LOGS:-logs}/abr
+rc=0
+# a run that fails (diverged: exit 3, collapsed: 4) leaves the others to run and the report to tabulate them; the
+# first failure's status is the script's. A stop (Ctrl-C, SIGTERM: 130) stops the script; a re-run continues it.
 run() {
-  local name=$1; shift
-  binexp train "$@" ${extra[@]+"${extra[@]}"} hydra.run.dir="$out/$name" callbacks.rich_progress_bar=null
+  local name=$1 r=0; shift
+  binexp train "$@" ${extra[@]+"${extra[@]}"} hydra.run.dir="$out/$name" callbacks.rich_progress_bar=null || r=$?
+  (( r != 130 )) || exit 130
+  if (( r )); then
+    echo "reproduce_abr.sh: $name failed (exit $r); going on with the other runs" >&2
+    (( rc )) || rc=$r
+  fi
 }
 
 if [[ $which == mnist || $which == all ]]; then
@@ -32,4 +40,5 @@ if [[ $which == cifar10 || $which == all ]]; then
   # at 4x, lr 2e-3 saturates every fc1 unit within the first epoch (the collapse guard stops the run)
   run sec44_cifar10_4x experiment=abr_sec44_cifar10 architecture.width=4 optimizer.lr=1e-3
 fi
-binexp report "$out"
+binexp report "$out" || { r=$?; (( rc )) || rc=$r; }
+exit "$rc"

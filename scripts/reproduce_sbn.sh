@@ -10,9 +10,17 @@
 set -euo pipefail
 out=${BINEXP_LOGS:-logs}/sbn
 extra=("$@")
+rc=0
+# a run that fails (diverged: exit 3, collapsed: 4) leaves the others to run and the report to tabulate them; the
+# first failure's status is the script's. A stop (Ctrl-C, SIGTERM: 130) stops the script; a re-run continues it.
 run() {
-  local name=$1; shift
-  binexp train "$@" ${extra[@]+"${extra[@]}"} hydra.run.dir="$out/$name" callbacks.rich_progress_bar=null
+  local name=$1 r=0; shift
+  binexp train "$@" ${extra[@]+"${extra[@]}"} hydra.run.dir="$out/$name" callbacks.rich_progress_bar=null || r=$?
+  (( r != 130 )) || exit 130
+  if (( r )); then
+    echo "reproduce_sbn.sh: $name failed (exit $r); going on with the other runs" >&2
+    (( rc )) || rc=$r
+  fi
 }
 
 run fp experiment=sbn_table1_fp
@@ -20,4 +28,5 @@ for base in bc bwn bnn xnor; do
   run "$base" experiment=sbn_table1_$base
   run "sbn_$base" experiment=sbn_table1_sbn_$base
 done
-binexp report "$out"
+binexp report "$out" || { r=$?; (( rc )) || rc=$r; }
+exit "$rc"

@@ -120,6 +120,8 @@ def finish(run: PlannedRun, stopped: bool) -> None:
     run.wall_s = time.monotonic() - run.started
     metrics = run.run_dir / "metrics.json"
     run.metrics = json.loads(metrics.read_text()) if metrics.exists() else {}
+    # a stop exits 130 (binexp's resumable stop) or by the signal itself; any other status is the run's own failure
+    stopped = stopped and run.rc in (130, -signal.SIGTERM, -signal.SIGKILL)
     run.status = "done" if run.rc == 0 else "stopped (deadline)" if stopped else f"failed ({run.rc})"
     print(f"[{time.strftime('%H:%M:%S')}] {run.status} {run.name} after {run.wall_s:.0f} s", flush=True)
 

@@ -126,8 +126,18 @@ def test_the_deadline_stops_a_run_with_a_resumable_checkpoint(tmp_path, monkeypa
     monkeypatch.setattr(run_plan, "time", ClockThatJumpsOnceSaved(logs / "probe" / "long" / "checkpoints" / "last.ckpt"))
     assert run_plan.main([str(plan), "--logs", str(logs), "--jobs", "1", "--deadline", "3600"]) == 1
     rows = {r["name"]: r for r in json.loads((logs / "probe" / "summary.json").read_text())}
-    assert rows["long"]["status"] == "stopped (deadline)" and rows["long"]["rc"] != 0
+    assert rows["long"]["status"] == "stopped (deadline)" and rows["long"]["rc"] == 130
     assert rows["later"]["status"] == "not started (deadline)" and not (logs / "probe" / "later").exists()
     saved = torch.load(logs / "probe" / "long" / "checkpoints" / "last.ckpt", weights_only=False)
     assert saved["global_step"] > 0 and not (logs / "probe" / "long" / "metrics.json").exists()
     assert "resume=" in (logs / "probe" / "long.out").read_text()  # binexp's own resume hint
+
+
+@pytest.mark.parametrize("rc,status", [(130, "stopped (deadline)"), (-15, "stopped (deadline)"), (3, "failed (3)"),
+                                       (0, "done")])
+def test_after_the_deadline_only_a_stop_counts_as_stopped(tmp_path, rc, status):
+    from types import SimpleNamespace
+
+    run = SimpleNamespace(process=SimpleNamespace(returncode=rc), started=time.monotonic(), run_dir=tmp_path, name="x")
+    run_plan.finish(run, stopped=True)
+    assert run.status == status
