@@ -388,6 +388,22 @@ def test_a_subset_larger_than_the_training_split_is_refused_not_taken_as_all():
     SyntheticData(num_train=100, subset=90, val_size=10, batch_size=8).setup()
 
 
+@pytest.mark.parametrize("limit", [0.5, 0.3, 2])
+def test_a_split_read_whole_under_ddp_is_cut_to_the_images_the_ranks_shards_are(limit):
+    from types import SimpleNamespace
+
+    dm = SyntheticData(num_train=256, num_test=1000, val_size=0, batch_size=32, eval_batch_size=100, seed=0)
+    shards = []
+    for rank in range(2):
+        dm.trainer = SimpleNamespace(limit_test_batches=limit, world_size=2, global_rank=rank,
+                                     strategy=SimpleNamespace(root_device=torch.device("cpu")))
+        shards += [x for x, _ in dm.batches("test")]  # what test/acc and the sharded protocol numbers see
+    whole = [x for x, _ in dm.batches("test", shard=False)]  # a job every rank repeats (Section 4.4)
+    by_rank, at_once = torch.cat(shards).flatten(1), torch.cat(whole).flatten(1)
+    assert len(at_once) == len(by_rank) == {0.5: 400, 0.3: 200, 2: 400}[limit]
+    assert sorted(map(tuple, by_rank.tolist())) == sorted(map(tuple, at_once.tolist()))  # the same images
+
+
 def test_interleaved_classes_keep_each_class_in_order_and_mix_every_prefix():
     labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
     out = interleave_classes(Split(torch.arange(9, dtype=torch.uint8).view(9, 1, 1, 1), labels))

@@ -146,8 +146,13 @@ class ImageData(pl.LightningDataModule):
         loader = self._loader(stage, train, device, shard)
         limit = getattr(self.trainer, f"limit_{stage}_batches", None) if stage in ("val", "test") else None
         if limit is not None:
-            if isinstance(limit, int) and not shard:  # Lightning's count is per rank: the whole split holds world x
-                limit *= self.trainer.world_size
+            world = self.trainer.world_size
+            if not shard and world > 1:
+                # Lightning counts (or takes its share of) each rank's shard; the first k batches of every shard are
+                # the whole split's first world x k
+                rank_zero = DeviceBatches(self.splits[stage], self.eval_batch_size, self.norm, rank=0, world_size=world,
+                                          device=self.splits[stage].images.device)
+                limit = world * limit_to_count(len(rank_zero), limit)
             loader.max_batches = limit_to_count(len(loader), limit)
         return loader
 
