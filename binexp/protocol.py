@@ -161,19 +161,20 @@ def fixed_point_bn(net: nn.Module, train: Iterable, test: Iterable, bits: int, r
                    ) -> tuple[float, dict[str, dict[str, Any]]]:
     """Step-form test accuracy with every BinaryBN threshold as a `bits`-bit fixed-point code, each layer's
     fraction bits from the largest input it sees over the first `range_batches` of `train` (the network in step
-    mode, eval), rounded towards the comparison where those inputs were all integers; and per layer: its fraction
-    bits, that range, whether its inputs were integers, and the test outputs that differ from the float form."""
+    mode, eval), rounded towards the comparison where those inputs all lay on the codes' grid (a binary layer's
+    integer, often even, sums); and per layer: its fraction bits, that range, the power-of-two grid its inputs lay
+    on (0: not integers), and the test outputs that differ from the float form."""
     layers = binary_bn_layers(net)
     with evaluating(net, step=True), input_ranges(layers) as ranges:
         for _, (x, _y) in zip(range(range_batches), train):
             net(x)
-    seen = {name: (ranges[name].largest.item(), bool(ranges[name].integer)) for name in layers}
+    seen = {name: (ranges[name].largest.item(), ranges[name].grid.item()) for name in layers}
     forms = {name: BinaryBN.from_batchnorm(m).quantize(bits, *seen[name]) for name, m in layers.items()}
     with fixed_point_outputs(layers, forms) as counts:
         acc = accuracy(net, test, step=True)
     counts = sum_over_shards(counts, test).tolist()
     per_layer = {
-        name: {"fraction_bits": forms[name].fraction_bits, "data_range": seen[name][0], "integer_inputs": seen[name][1],
+        name: {"fraction_bits": forms[name].fraction_bits, "data_range": seen[name][0], "input_grid": seen[name][1],
                "flips": flips, "values": values}
         for name, (flips, values) in zip(layers, counts)
     }

@@ -83,7 +83,7 @@ def shift_bn_sign(bn: torch.nn.BatchNorm2d) -> Callable[[torch.Tensor], torch.Te
 
 def binary_bn_int(bn: torch.nn.BatchNorm2d) -> Callable[[torch.Tensor], torch.Tensor]:
     """XNOR(I > T, gamma > 0) on integer inputs, T from its 8-bit code (ties go to +1, as sign(0) = +1)."""
-    fixed = BinaryBN.from_batchnorm(bn).quantize(bits=8, data_range=INPUT_RANGE, integer_inputs=True)
+    fixed = BinaryBN.from_batchnorm(bn).quantize(bits=8, data_range=INPUT_RANGE, input_grid=1.0)
     # integer inputs: I >= T <=> I > ceil(T) - 1, and I <= T <=> not (I > floor(T)); pre-expanded once at load
     t = fixed.thresholds
     above = per_channel(torch.where(fixed.negative, torch.floor(t), torch.ceil(t) - 1).to(torch.int32))

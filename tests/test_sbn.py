@@ -117,7 +117,7 @@ def test_fixed_point_thresholds_are_exact_on_inputs_of_their_grid():
     exact = BinaryBN.from_batchnorm(bn)
     assert 10 < exact.threshold.abs().max() < 127 and exact.negative.sum() == 8
     x = torch.arange(-300.0, 301.0).view(-1, 1).expand(-1, 16)  # every integer sum, each channel
-    fixed = exact.quantize(bits=8, data_range=300.0, integer_inputs=True)
+    fixed = exact.quantize(bits=8, data_range=300.0, input_grid=1.0)
     assert fixed.fraction_bits >= 0
     assert torch.equal(fixed(x), exact(x)) and torch.equal(exact(x), binary_sign(bn(x)))
     nearest = exact.quantize(bits=8, data_range=300.0)
@@ -125,8 +125,35 @@ def test_fixed_point_thresholds_are_exact_on_inputs_of_their_grid():
     assert (nearest(x) != exact(x)).any()
 
 
-@pytest.mark.parametrize("integer_inputs", [False, True])
-def test_thresholds_beyond_the_code_range_stay_constant_up_to_its_ends(integer_inputs):
+def test_the_input_grid_is_the_largest_power_of_two_dividing_every_input():
+    from binexp.binarize.binary_bn import GRID_EXPONENTS, input_grid
+
+    assert input_grid(torch.tensor([2.0, -4.0, 6.0, 0.0])).item() == 2.0
+    assert input_grid(torch.tensor([8.0, -24.0])).item() == 8.0
+    assert input_grid(torch.tensor([3.0, 2.0])).item() == 1.0 and input_grid(torch.tensor([2.0, 0.5])).item() == 0.0
+    assert input_grid(torch.zeros(3)).item() == 2.0**GRID_EXPONENTS
+
+
+def test_thresholds_too_large_for_integer_codes_are_exact_on_even_sums():
+    """A binary layer's sums over an even fan-in are even: with codes in steps of 2 (f = -1, thresholds in the
+    hundreds) rounding towards the comparison is still exact there."""
+    g = torch.Generator().manual_seed(5)
+    bn = SignBatchNorm1d(16)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.rand(16, generator=g) * 400 - 200)
+        bn.running_var.fill_(400.0)
+        bn.weight.copy_((1 + torch.rand(16, generator=g)) * torch.tensor([1.0, -1.0]).repeat(8))
+        bn.bias.copy_(torch.randn(16, generator=g).clamp(-3, 3))
+    bn.eval()
+    exact = BinaryBN.from_batchnorm(bn)
+    x = torch.arange(-300.0, 301.0, 2.0).view(-1, 1).expand(-1, 16)  # every even sum
+    fixed = exact.quantize(bits=8, data_range=300.0, input_grid=2.0)
+    assert fixed.fraction_bits == -1 and torch.equal(fixed(x), exact(x))
+    assert (exact.quantize(bits=8, data_range=300.0, input_grid=1.0)(x) != exact(x)).any()  # nearest codes flip some
+
+
+@pytest.mark.parametrize("input_grid", [0.0, 1.0])
+def test_thresholds_beyond_the_code_range_stay_constant_up_to_its_ends(input_grid):
     """x >= T for T above every input: -1 even at the largest code's value (a clamped code would fire there)."""
     bn = SignBatchNorm1d(4)
     bn.eps = 0.0
@@ -136,7 +163,7 @@ def test_thresholds_beyond_the_code_range_stay_constant_up_to_its_ends(integer_i
         bn.weight.copy_(torch.tensor([1.0, -1.0, 1.0, -1.0]))
         bn.bias.zero_()
     exact = BinaryBN.from_batchnorm(bn)
-    fixed = exact.quantize(bits=8, data_range=127.0, integer_inputs=integer_inputs)
+    fixed = exact.quantize(bits=8, data_range=127.0, input_grid=input_grid)
     assert fixed.fraction_bits == 0
     x = torch.arange(-127.0, 128.0).view(-1, 1).expand(-1, 4)  # every integer input within the data range
     assert exact(x)[:, 0].eq(-1).all() and exact(x)[:, 1].eq(1).all()
@@ -144,8 +171,8 @@ def test_thresholds_beyond_the_code_range_stay_constant_up_to_its_ends(integer_i
     assert torch.equal(fixed(x), exact(x))
 
 
-@pytest.mark.parametrize("integer_inputs", [False, True])
-def test_gamma_zero_channels_stay_constant_over_the_whole_data_range(integer_inputs):
+@pytest.mark.parametrize("input_grid", [0.0, 1.0])
+def test_gamma_zero_channels_stay_constant_over_the_whole_data_range(input_grid):
     """A layer whose finite thresholds are small but whose inputs reach 300, beyond the codes' range: its gamma = 0
     channels (always +1, always -1) keep their one output for every input (the lowest code is T = -inf)."""
     bn = SignBatchNorm1d(3)
@@ -157,7 +184,7 @@ def test_gamma_zero_channels_stay_constant_over_the_whole_data_range(integer_inp
         bn.bias.copy_(torch.tensor([0.0, 0.5, -0.5]))
     bn.eval()
     exact = BinaryBN.from_batchnorm(bn)
-    fixed = exact.quantize(bits=8, data_range=300.0, integer_inputs=integer_inputs)
+    fixed = exact.quantize(bits=8, data_range=300.0, input_grid=input_grid)
     x = torch.arange(-300.0, 301.0).view(-1, 1).expand(-1, 3)
     assert exact(x)[:, 1].eq(1).all() and exact(x)[:, 2].eq(-1).all()
     assert torch.equal(fixed(x), exact(x))
@@ -192,9 +219,19 @@ def test_fixed_point_bn_puts_its_forms_into_the_network_and_counts_their_flips()
     for h in hooks:
         h.remove()
     largest = {n: max(x.abs().max().item() for x in seen[n]) for n in layers}
-    integer = {n: all(torch.equal(x, x.round()) for x in seen[n]) for n in layers}
-    assert integer == {"features.2": False, "features.6": True, "classifier.2": True}  # the image; sums of +-1 products
-    forms = {n: BinaryBN.from_batchnorm(m).quantize(3, largest[n], integer[n]) for n, m in layers.items()}
+
+    def grid(xs: list[torch.Tensor]) -> float:
+        if not all(torch.equal(x, x.round()) for x in xs):
+            return 0.0
+        step = 1.0
+        while all(bool((torch.remainder(x, 2 * step) == 0).all()) for x in xs):
+            step *= 2
+        return step
+
+    grids = {n: grid(seen[n]) for n in layers}
+    # the image; sums of 500 and 800 +-1 products (even fan-ins, max-pooled): even numbers
+    assert grids == {"features.2": 0.0, "features.6": 2.0, "classifier.2": 2.0}
+    forms = {n: BinaryBN.from_batchnorm(m).quantize(3, largest[n], grids[n]) for n, m in layers.items()}
     flips = dict.fromkeys(layers, 0)
     outputs = dict.fromkeys(layers, 0)
 
@@ -214,7 +251,7 @@ def test_fixed_point_bn_puts_its_forms_into_the_network_and_counts_their_flips()
     assert acc == by_hand
     for name in layers:
         assert per_layer[name] == {"fraction_bits": forms[name].fraction_bits, "data_range": largest[name],
-                                   "integer_inputs": integer[name], "flips": flips[name], "values": outputs[name]}, name
+                                   "input_grid": grids[name], "flips": flips[name], "values": outputs[name]}, name
     assert sum(flips.values()) > 0  # 3 bits are too few to be exact here
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in layers.values())  # it removed its own hooks
 

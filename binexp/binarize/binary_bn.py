@@ -94,15 +94,15 @@ class BinaryBN:
         fires = values * _per_channel(s.to(values.dtype), x) >= _per_channel(bound, x)
         return _plus_minus_one(fires, x.dtype)
 
-    def quantize(self, bits: int = 8, data_range: float | None = None,
-                 integer_inputs: bool = False) -> FixedPointBinaryBN:
+    def quantize(self, bits: int = 8, data_range: float | None = None, input_grid: float = 0.0) -> FixedPointBinaryBN:
         """The deployed form: T as a `bits`-bit fixed-point code per channel plus the sign bit of gamma.
 
         The layer's fraction bits f are the most that keep its largest finite |T| (at most `data_range`, the largest
         |input| seen, when given: thresholds beyond every input saturate without changing an output) in range.
-        With `integer_inputs` (a binary layer's sums) and f >= 0, every input lies on the code grid of 2^-f, and each
-        code is s*T rounded up on it (s = sign(gamma)): s*x >= s*code*2^-f exactly where s*x >= s*T, for every such
-        x. Otherwise each code is T's nearest, which moves T by at most half a step and favours neither output.
+        Where every input is a multiple of `input_grid` (a power of two: 1 for a binary layer's integer sums, 2 for
+        its even ones; 0 for none) and the code step 2^-f divides it, every input lies on the code grid, and each code
+        is s*T rounded up on it (s = sign(gamma)): s*x >= s*code*2^-f exactly where s*x >= s*T, for every such x.
+        Otherwise each code is T's nearest, which moves T by at most half a step and favours neither output.
         The lowest code stands for T = -inf: with the sign of gamma it makes the channels that are constant (gamma =
         0) constant for every input, as the paper's special case is; a T beyond the codes' range becomes constant
         where its comparison never fires inside the range, and clamps to the range's end where it always fires.
@@ -114,7 +114,7 @@ class BinaryBN:
         f = fraction_bits(max_abs, bits)
         low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
         scaled = self.threshold * 2.0**f  # +-inf for gamma = 0 stay infinite until the clamp
-        if integer_inputs and f >= 0:
+        if input_grid > 0 and 2.0**-f <= input_grid:
             s = _plus_minus_one(~self.negative, torch.float64)
             codes = s * torch.ceil(s * scaled)
         else:
@@ -189,7 +189,24 @@ def binary_bn_layers(model: nn.Module) -> dict[str, nn.Module]:
 @dataclass(frozen=True)
 class InputRange:
     largest: torch.Tensor  # 0-d: the largest |input| seen
-    integer: torch.Tensor  # 0-d bool: every input seen was an integer (a binary layer's sums)
+    # 0-d: the largest power of two (up to 2^GRID_EXPONENTS) every input seen is a multiple of, 0 where one was not an
+    # integer. A binary layer's sums are integers, and even ones where the fan-in is even (+-1 products; zero padding
+    # adds 0, max-pooling keeps the parity)
+    grid: torch.Tensor
+
+
+GRID_EXPONENTS = 30
+
+
+def input_grid(x: torch.Tensor) -> torch.Tensor:
+    """The largest 2^g (g <= GRID_EXPONENTS) dividing every value of `x`, as a 0-d float tensor; 0 if one is not an
+    integer."""
+    if not bool((x == x.round()).all()):
+        return torch.zeros((), device=x.device)
+    grid = 1.0
+    while grid < 2.0**GRID_EXPONENTS and bool((torch.remainder(x, 2 * grid) == 0).all()):
+        grid *= 2
+    return torch.tensor(grid, device=x.device)
 
 
 @contextlib.contextmanager
@@ -200,9 +217,9 @@ def input_ranges(layers: dict[str, nn.Module]) -> Iterator[dict[str, InputRange]
     def recorder(name: str):
         def record(_module, args) -> None:
             x = args[0].detach()
-            seen = InputRange(x.abs().max(), (x == x.round()).all())
-            if name in ranges:
-                seen = InputRange(torch.maximum(ranges[name].largest, seen.largest), ranges[name].integer & seen.integer)
+            seen = InputRange(x.abs().max(), input_grid(x))
+            if name in ranges:  # grids are powers of two: the smaller one holds both batches' inputs
+                seen = InputRange(torch.maximum(ranges[name].largest, seen.largest), torch.minimum(ranges[name].grid, seen.grid))
             ranges[name] = seen
         return record
 
