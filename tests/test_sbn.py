@@ -319,6 +319,33 @@ def test_the_record_before_training_is_measured_at_the_schedules_first_nu(tmp_pa
     assert first["step"] == "0" and float(first["binary99"]) > 0.5
 
 
+def test_the_protocol_fits_on_training_batches_and_measures_on_the_test_set(tmp_path):
+    from binexp.protocol import ProtocolConfig, run_protocol
+    from binexp.train import build_data, build_module
+
+    cfg = compose_train(SMOKE + ["method=bnn", "architecture.batch_norm=true", "architecture.conv_act=true"],
+                        run_dir=tmp_path / "run")
+    dm, method = build_data(cfg), build_method(cfg)
+    net = build_module(cfg, dm, method).net
+    served, batches = [], dm.batches
+
+    def spy(stage, train=False, device=None, shard=True):
+        served.append((stage, train))
+        return batches(stage, train=train, device=device, shard=shard)
+
+    dm.batches = spy
+    config = ProtocolConfig(finetune_epochs=1, binary_weights_epochs=1, bn_batches=2)
+    assert sorted(run_protocol(net, method, dm, config, seed=0)) == sorted(
+        f"protocol/{k}" for k in ("regular", "binary", "binary_bn_reestimated", "binary_fixed_bn", "fixed_bn_flips",
+                                  "finetuned", "binary_weights"))
+    assert served == [
+        ("test", False),  # regular and binary
+        ("train", True), ("train", True),  # BN statistics re-estimated; the fixed-point thresholds' ranges
+        ("train", False), ("test", False),  # the finetuned classifier: fitted on training features, then tested
+        ("train", True), ("test", False),  # Section 4.4: finetuned on training batches, then tested
+    ]
+
+
 def test_scaled_tanh_approaches_sign_for_large_nu():
     act = ScaledTanh("fc1")
     x = torch.linspace(-1, 1, 201)
