@@ -103,17 +103,22 @@ def test_fixed_point_thresholds_count_their_disagreements():
     assert (torch.bincount(flipped, minlength=16) <= near).all() and near[flipped].min() > 0
 
 
+def _trained_bn(seed: int, means_within: float, var: float) -> SignBatchNorm1d:
+    """16 channels in eval mode: means uniform in +-means_within, half of the gammas negative, betas within +-3."""
+    g = torch.Generator().manual_seed(seed)
+    bn = SignBatchNorm1d(16)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.rand(16, generator=g) * 2 * means_within - means_within)
+        bn.running_var.fill_(var)
+        bn.weight.copy_((1 + torch.rand(16, generator=g)) * torch.tensor([1.0, -1.0]).repeat(8))
+        bn.bias.copy_(torch.randn(16, generator=g).clamp(-3, 3))
+    return bn.eval()
+
+
 def test_fixed_point_thresholds_are_exact_on_inputs_of_their_grid():
     """For integer inputs (a binary layer's sums) and f >= 0, codes rounded towards the comparison: the 8-bit form is
     the float form exactly, for either sign of gamma; T's nearest code (the rounding for other inputs) flips values."""
-    g = torch.Generator().manual_seed(3)
-    bn = SignBatchNorm1d(16)
-    with torch.no_grad():  # T = mu - sigma * beta / gamma, within +-(60 + 10 * 3): thresholds of tens
-        bn.running_mean.copy_(torch.rand(16, generator=g) * 120 - 60)
-        bn.running_var.fill_(100.0)
-        bn.weight.copy_((1 + torch.rand(16, generator=g)) * torch.tensor([1.0, -1.0]).repeat(8))
-        bn.bias.copy_(torch.randn(16, generator=g).clamp(-3, 3))
-    bn.eval()
+    bn = _trained_bn(seed=3, means_within=60, var=100.0)  # T = mu - sigma * beta / gamma within +-(60 + 10 * 3)
     exact = BinaryBN.from_batchnorm(bn)
     assert 10 < exact.threshold.abs().max() < 127 and exact.negative.sum() == 8
     x = torch.arange(-300.0, 301.0).view(-1, 1).expand(-1, 16)  # every integer sum, each channel
@@ -137,15 +142,7 @@ def test_the_input_grid_is_the_largest_power_of_two_dividing_every_input():
 def test_thresholds_too_large_for_integer_codes_are_exact_on_even_sums():
     """A binary layer's sums over an even fan-in are even: with codes in steps of 2 (f = -1, thresholds in the
     hundreds) rounding towards the comparison is still exact there."""
-    g = torch.Generator().manual_seed(5)
-    bn = SignBatchNorm1d(16)
-    with torch.no_grad():
-        bn.running_mean.copy_(torch.rand(16, generator=g) * 400 - 200)
-        bn.running_var.fill_(400.0)
-        bn.weight.copy_((1 + torch.rand(16, generator=g)) * torch.tensor([1.0, -1.0]).repeat(8))
-        bn.bias.copy_(torch.randn(16, generator=g).clamp(-3, 3))
-    bn.eval()
-    exact = BinaryBN.from_batchnorm(bn)
+    exact = BinaryBN.from_batchnorm(_trained_bn(seed=5, means_within=200, var=400.0))
     x = torch.arange(-300.0, 301.0, 2.0).view(-1, 1).expand(-1, 16)  # every even sum
     fixed = exact.quantize(bits=8, data_range=300.0, input_grid=2.0)
     assert fixed.fraction_bits == -1 and torch.equal(fixed(x), exact(x))
