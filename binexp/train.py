@@ -347,6 +347,18 @@ def _job_label(run_dir: Path) -> str:
     return f"run {run_dir}"
 
 
+def launched_lengths(run_dir: Path) -> dict[str, int]:
+    """trainer.max_epochs / max_steps as the run's first launch composed them (`.hydra/config.yaml`, which a resume
+    leaves alone), where they are plain numbers."""
+    saved = run_dir / ".hydra" / "config.yaml"
+    trainer = OmegaConf.load(saved).get("trainer") if saved.exists() else None
+    if not OmegaConf.is_dict(trainer):
+        return {}
+    values = OmegaConf.to_container(trainer, resolve=False)
+    return {f"trainer.{key}": values[key] for key in ("max_epochs", "max_steps")
+            if isinstance(values.get(key), int) and not isinstance(values.get(key), bool)}
+
+
 def existing_run(cfg: DictConfig, run_dir: Path) -> tuple[str, Any]:
     """What a run finds in its directory: ("new", None), ("finished", metrics), ("unfinished", last.ckpt) or, with
     `existing_run=restart` over earlier results, ("restart", None): cleared by the caller once its config built.
@@ -368,6 +380,8 @@ def existing_run(cfg: DictConfig, run_dir: Path) -> tuple[str, Any]:
     if saved is not None:
         before = job_identity(saved.get("hyper_parameters", {}).get("config", {}))
         now = job_identity(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+        if metrics_path.exists():  # a resume may have lengthened the finished job: it is the job as first launched
+            before.update(launched_lengths(run_dir))
         # a key only one side has came or went with a binexp version (a new protocol key, say), not with this job
         differ = sorted(k for k in set(before) & set(now) if before[k] != now[k])
         if before and differ:

@@ -335,3 +335,19 @@ def test_an_interrupted_sweep_rerun_with_its_sweep_dir_skips_finished_jobs(tmp_p
     assert "lr: 0.02" in (sweep / "0" / ".hydra" / "config.yaml").read_text()
     steps = [s for s, _ in tb_scalars(sweep / "0" / "tb", "train/loss_epoch")]
     assert steps == [3, 7]  # the new run's two epochs only: the old run's events were cleared
+
+
+def test_a_finished_job_a_resume_lengthened_is_still_the_sweeps_job(tmp_path, caplog):
+    run_dir = tmp_path / "job"
+    job = SMOKE + ["trainer.max_epochs=1"]
+    train(compose_train(job, run_dir=run_dir))
+    from omegaconf import OmegaConf
+
+    (run_dir / ".hydra").mkdir(exist_ok=True)  # the sweep's record of the job, as Hydra writes it
+    OmegaConf.save(compose_train(job, run_dir=run_dir), run_dir / ".hydra" / "config.yaml")
+    longer = train(compose_train(SMOKE + [f"resume={run_dir}", "trainer.max_epochs=2"], run_dir=run_dir))
+    with caplog.at_level(logging.INFO, logger="binexp"):
+        again = train(compose_train(job, run_dir=run_dir))  # the sweep's command again
+    assert again == longer and "SKIPPED" in caplog.text
+    with pytest.raises(ConfigError, match=r"holds a different job \(trainer.max_epochs: 1 there, 3 now"):
+        train(compose_train(SMOKE + ["trainer.max_epochs=3"], run_dir=run_dir))
