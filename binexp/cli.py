@@ -187,7 +187,8 @@ def _check_added_keys(added, trial: list[str], cfg) -> None:
         top, _, rest = key.partition(".")
         name = rest.partition(".")[0]
         if top in ADDABLE and OmegaConf.select(before, f"{top}.{name}") is None:
-            if not OmegaConf.is_dict(OmegaConf.select(cfg, f"{top}.{name}")) or "_target_" not in OmegaConf.select(cfg, f"{top}.{name}"):
+            entry = OmegaConf.select(cfg, f"{top}.{name}")
+            if not (OmegaConf.is_dict(entry) and "_target_" in entry):
                 _fail(f"+{key}: a new entry of {top} is an object to build; give its class first: "
                       f"'+{top}.{name}._target_=<module.Class>'")
             continue
@@ -195,8 +196,8 @@ def _check_added_keys(added, trial: list[str], cfg) -> None:
         node = OmegaConf.select(cfg, parent)
         if OmegaConf.is_dict(node) and "_target_" in node:
             continue  # checked against the class's parameters when it is built
-        keys = sorted(str(k) for k in OmegaConf.select(before, parent) or {} if not str(k).startswith("_")) \
-            if OmegaConf.is_dict(OmegaConf.select(before, parent)) else []
+        there = OmegaConf.select(before, parent)
+        keys = sorted(str(k) for k in there if not str(k).startswith("_")) if OmegaConf.is_dict(there) else []
         _fail(f"+{key}: {parent} has no key {key.rpartition('.')[2]!r} and nothing would read one"
               + (f" (its keys: {', '.join(keys)})" if keys else ""))
 

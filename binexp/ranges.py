@@ -43,11 +43,16 @@ _FRACTIONS = ((lambda v: isinstance(v, list) and all(_number(f) and 0 < f < 1 fo
               "fractions of training in (0, 1)")
 _LIMIT = ((lambda v: (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
            or (isinstance(v, float) and 0 <= v <= 1)), "a count of batches >= 0 or a share in [0.0, 1.0]")
+
+
+def _batches_or_share(allowed: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+            or (isinstance(v, float) and 0 < v <= 1)), allowed
+
+
 # a run that trains on no batch would write the metrics of its random weights as results
-_TRAIN_LIMIT = ((lambda v: (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
-                 or (isinstance(v, float) and 0 < v <= 1)), "a count of batches >= 1 or a share in (0.0, 1.0]")
-_INTERVAL = ((lambda v: (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
-              or (isinstance(v, float) and 0 < v <= 1)), "a count of training batches >= 1 or a share of an epoch in (0.0, 1.0]")
+_TRAIN_LIMIT = _batches_or_share("a count of batches >= 1 or a share in (0.0, 1.0]")
+_INTERVAL = _batches_or_share("a count of training batches >= 1 or a share of an epoch in (0.0, 1.0]")
 _MAX_STEPS = ((lambda v: isinstance(v, int) and not isinstance(v, bool) and (v == -1 or v >= 1)),
               "-1 (no limit) or a whole number >= 1")
 _SANITY_STEPS = ((lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= -1),

@@ -10,18 +10,8 @@
 set -euo pipefail
 out=${BINEXP_LOGS:-logs}/sbn
 extra=("$@")
-rc=0
-# a run that fails (diverged: exit 3, collapsed: 4) leaves the others to run and the report to tabulate them; the
-# first failure's status is the script's. A stop (Ctrl-C, SIGTERM: 130) stops the script; a re-run continues it.
-run() {
-  local name=$1 r=0; shift
-  binexp train "$@" ${extra[@]+"${extra[@]}"} hydra.run.dir="$out/$name" callbacks.rich_progress_bar=null || r=$?
-  (( r != 130 )) || exit 130
-  if (( r )); then
-    echo "reproduce_sbn.sh: $name failed (exit $r); going on with the other runs" >&2
-    (( rc )) || rc=$r
-  fi
-}
+# shellcheck source=scripts/run_each.sh
+source "$(dirname "$0")/run_each.sh"
 
 run fp experiment=sbn_table1_fp
 for base in bc bwn bnn xnor; do
