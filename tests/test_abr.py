@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 from pathlib import Path
 from types import SimpleNamespace
@@ -414,3 +415,43 @@ def test_step_form_fires_by_the_sign_of_y_even_where_k_times_y_underflows():
     tiny = 1e-45  # 0.25 * -tiny rounds to -0.0, which `k*y >= 0` would count as firing
     y = torch.tensor([[-tiny, -tiny, -5.0], [tiny, tiny, 3.0], [0.0, -0.0, 7.0]])
     assert rect(y).tolist() == [[0.0, 1.0, 1.0], [1.0, 0.0, 1.0], [1.0, 1.0, 1.0]]
+
+
+def test_the_finetuned_number_is_the_classifier_retrained_on_step_features_of_the_training_images(tmp_path):
+    from binexp.protocol import ProtocolConfig, finetuned_accuracy
+    from binexp.train import build_data, build_method, build_module
+
+    cfg = compose_train(ABR_SMOKE, run_dir=tmp_path / "run")
+    dm, method = build_data(cfg), build_method(cfg)
+    net = build_module(cfg, dm, method).net
+    torch.manual_seed(0)
+    with torch.no_grad():  # slopes far from 1, so the step features differ from the trained ones
+        for r in rectifiers(net):
+            r.slope.uniform_(0.2, 5.0)
+    config = ProtocolConfig(finetune_epochs=2, finetune_lr=1e-2)
+    found = finetuned_accuracy(net, dm, config, seed=3)
+
+    # by hand, from the splits themselves: LeNet's features and hidden layer in step mode, its fc2 retrained
+    def features(split):
+        x = (split.images.float() * dm.norm.affine("cpu")[0] + dm.norm.affine("cpu")[1])
+        with torch.no_grad(), step_mode(net):
+            net.eval()
+            return net.classifier[:-1](net.features(x))
+
+    train_x, test_x = features(dm.splits["train"]), features(dm.splits["test"])
+    train_y, test_y = dm.splits["train"].labels, dm.splits["test"].labels
+    head = copy.deepcopy(net.classifier[-1])
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(2):
+        order = torch.randperm(len(train_y), generator=g)
+        for i in range(0, len(order), dm.batch_size):
+            idx = order[i : i + dm.batch_size]
+            loss = F.cross_entropy(head(train_x[idx]), train_y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    by_hand = (head(test_x).argmax(1) == test_y).double().mean().item()
+    assert found == pytest.approx(by_hand, abs=1 / len(test_y))  # float summation order may move one image
+    untrained = (net.classifier[-1](test_x).argmax(1) == test_y).double().mean().item()
+    assert by_hand != untrained  # the retraining moved the number this test pins
