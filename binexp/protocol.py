@@ -266,19 +266,17 @@ def sign_scale(weight: torch.Tensor, per_unit: bool) -> torch.Tensor:
 def freeze_sign_weights(net: nn.Module) -> list[nn.Parameter]:
     """Section 4.4 in place: every conv / linear weight but the first layer's set to sign(W) and frozen. Plain
     layers are also marked binary, with their mean |W| as a frozen output scale; layers of binarizing methods
-    already are, and their scale (BWN/XNOR's alpha, FB's mean |W|), which the method derives from W, is frozen at
-    its trained value before W becomes +-1. Returns the frozen weights."""
+    already are, and the scales the method derives from W (BWN/XNOR's alpha, FB's mean |W|, B's input-gradient
+    scale) are frozen at their trained values before W becomes +-1. Returns the frozen weights."""
     first, classifier = first_layer_of(net), classifier_of(net)
     frozen = []
     for m in net.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)) and m is not first:
             if type(m) in (nn.Conv2d, nn.Linear):
-                scale = sign_scale(m.weight, per_unit=m is not classifier)
+                m.register_buffer("sign_scale", sign_scale(m.weight, per_unit=m is not classifier).clone())
                 m.__class__ = FrozenSignConv2d if type(m) is nn.Conv2d else FrozenSignLinear
-            else:
-                scale = m.output_scale() if isinstance(m, BinaryWeights) else None
-            if scale is not None:
-                m.register_buffer("sign_scale", scale.detach().clone())
+            elif isinstance(m, BinaryWeights):
+                m.freeze_scales()
             with torch.no_grad():
                 m.weight.copy_(binary_sign(m.weight))
             m.weight.requires_grad_(False)

@@ -6,7 +6,8 @@ so do the scales a binary layer multiplies its output by (BWN/XNOR's alpha per o
 training derives them from the float weights; a deployed model has only the signs, so it stores them. They are not
 parameters, so `size/params` and the all-float `size/bytes_float` leave them out.
 Training bookkeeping is not counted: integer buffers (BN's num_batches_tracked) and the buffers a schedule writes
-(ABR's slope_lambda and phase, SBN's nu).
+(ABR's slope_lambda and phase, SBN's nu) and the ones only a layer's training reads (STE B's frozen
+input-gradient scale).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def model_size(net: nn.Module) -> dict[str, float]:
     # a scale kept as a buffer (Section 4.4's frozen mean |W|) is counted once, with the other scales
     kept_scales = {id(scale) for scale in scales}
     buffers = [b for m in net.modules() for name, b in m._buffers.items()
-               if b is not None and name not in scheduled and id(b) not in kept_scales]
+               if b is not None and name not in scheduled and id(b) not in kept_scales
+               and name not in getattr(m, "training_buffers", ())]
     tensors = {id(t): t for t in [*net.parameters(), *buffers] if t.is_floating_point()}
     binary = sum(t.numel() for i, t in tensors.items() if i in binary_ids)
     total = sum(t.numel() for t in tensors.values())

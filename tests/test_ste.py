@@ -129,6 +129,32 @@ def test_section_4_4s_frozen_scales_are_counted_once():
                                "size/bytes_binary": binary / 8 + 4 * (4 * 27 + 4 + 8 + 1)}
 
 
+def test_section_4_4_keeps_the_backward_modes_input_gradient_scale():
+    """B scales the input gradient by mean |W|; once Section 4.4 sets W to its signs, mean |W| is 1, so the trained
+    alpha is kept (the earlier layers' biases and BN finetune with the gradients they trained with) and is not
+    deployed: the size table does not count it, and a rebuilt network loads it from the checkpoint."""
+    from binexp.protocol import freeze_sign_weights
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 16), BinaryLinear(16, 8, bias=True, scaling="backward"))
+    x = torch.randn(3, 4)
+
+    def input_grad(model):
+        model.zero_grad()
+        model(x).pow(2).sum().backward()
+        return model[0].bias.grad.clone()
+
+    trained, size = input_grad(net), model_size(net)
+    alpha = net[1].weight.abs().mean()
+    freeze_sign_weights(net)
+    assert torch.allclose(input_grad(net), trained, rtol=1e-6) and alpha < 0.5  # not 1/alpha times larger
+    assert model_size(net) == size
+    rebuilt = torch.nn.Sequential(torch.nn.Linear(4, 16), BinaryLinear(16, 8, bias=True, scaling="backward"))
+    freeze_sign_weights(rebuilt)
+    rebuilt.load_state_dict(net.state_dict())
+    assert torch.equal(input_grad(rebuilt), input_grad(net))
+
+
 def test_sign_curves_count_the_inputs_inside_the_gradient_window_ones_and_constant_units():
     x = torch.tensor([[1.0, -0.25, 0.0, 2.0], [0.1, -0.5, 0.5, -3.0], [0.3, -0.9, 0.2, -5.0]])
     act = SignActivation("fc1", t_clip=0.5)

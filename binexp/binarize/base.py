@@ -115,9 +115,17 @@ class BinaryWeights:
     """
 
     bias: torch.Tensor | None
+    # buffers only training reads (STE B's input-gradient scale): not deployed, so not in size tables
+    training_buffers: tuple[str, ...] = ()
 
     def signs(self) -> torch.Tensor:
         raise NotImplementedError
+
+    def freeze_scales(self) -> None:
+        """Before Section 4.4 sets W to its signs: keep as buffers the scales the method derives from W."""
+        scale = self.output_scale()
+        if scale is not None:
+            self.register_buffer("sign_scale", scale.detach().clone())  # type: ignore[attr-defined]
 
     def output_scale(self) -> torch.Tensor | None:
         frozen = self._buffers.get("sign_scale")  # type: ignore[attr-defined]

@@ -74,23 +74,31 @@ def weight_scale(w: torch.Tensor, scaling: str) -> torch.Tensor | None:
     return _alpha(w) if scaling == Scaling.forward_backward.value else None
 
 
-def layer_input(x: torch.Tensor, w: torch.Tensor, scaling: str) -> torch.Tensor:
-    """The layer's input as it goes in: for `backward` its gradient is scaled by alpha, which is what computing the
-    input gradient with alpha * sign(W) gives; the forward and W's gradient are N's."""
-    return _ScaleGrad.apply(x, _alpha(w)) if scaling == Scaling.backward.value else x
-
-
 class _STEWeights(BinaryWeights):
     """sign(W) with the straight-through estimator, scaled as `scaling` says; shared by the conv and linear layers."""
 
     weight: nn.Parameter
     scaling: str
+    training_buffers = ("grad_scale",)
 
     def signs(self) -> torch.Tensor:
         return binary_weight(self.weight, self.scaling)
 
     def method_scale(self) -> torch.Tensor | None:
         return weight_scale(self.weight, self.scaling)
+
+    def freeze_scales(self) -> None:
+        super().freeze_scales()
+        if self.scaling == Scaling.backward.value:  # W := sign(W) would make it 1
+            self.register_buffer("grad_scale", _alpha(self.weight).clone())
+
+    def layer_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's input as it goes in: for `backward` its gradient is scaled by alpha, which is what computing
+        the input gradient with alpha * sign(W) gives; the forward and W's gradient are N's."""
+        if self.scaling != Scaling.backward.value:
+            return x
+        frozen = self._buffers.get("grad_scale")
+        return _ScaleGrad.apply(x, frozen if frozen is not None else _alpha(self.weight))
 
 
 class BinaryConv2d(_STEWeights, nn.Conv2d):
@@ -99,7 +107,7 @@ class BinaryConv2d(_STEWeights, nn.Conv2d):
         self.scaling = scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.finish(self._conv_forward(layer_input(x, self.weight, self.scaling), self.signs(), None))
+        return self.finish(self._conv_forward(self.layer_input(x), self.signs(), None))
 
 
 class BinaryLinear(_STEWeights, nn.Linear):
@@ -108,7 +116,7 @@ class BinaryLinear(_STEWeights, nn.Linear):
         self.scaling = scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.finish(F.linear(layer_input(x, self.weight, self.scaling), self.signs()))
+        return self.finish(F.linear(self.layer_input(x), self.signs()))
 
 
 class STE(Method):
