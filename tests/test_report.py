@@ -318,8 +318,9 @@ def test_a_sweep_stopped_before_some_jobs_names_them(tmp_path, capsys):
     OmegaConf.save(OmegaConf.create({"hydra": hydra}), sweep / "multirun.yaml")
     assert never_started(sweep) == [2, 3]
     report([sweep], out=tmp_path / "out")
-    assert (f"sweep {sweep}: jobs 2, 3 never started (the sweep stopped before them); its command again with "
-            f"hydra.sweep.dir={sweep} runs them") in capsys.readouterr().out.replace("\n", "")
+    assert (f"sweep {sweep}: jobs 2, 3 never started (the sweep stopped before them, or was refused at the first of "
+            f"them: the sweep's output has the error); its command again with hydra.sweep.dir={sweep} runs them"
+            ) in capsys.readouterr().out.replace("\n", "")
     hydra["sweeper"]["params"] = {"seed": "0,1"}  # a sweep this count does not expand: no claim
     OmegaConf.save(OmegaConf.create({"hydra": hydra}), sweep / "multirun.yaml")
     assert never_started(sweep) == []
@@ -343,3 +344,68 @@ def test_the_cli_prints_a_report_error_as_the_other_tasks_do(tmp_path, capsys):
         main(["report", str(tmp_path / "nope")])
     assert raised.value.code == 2
     assert capsys.readouterr().err == f"binexp: error: {tmp_path / 'nope'}: no such directory (give run or multirun directories)\n"
+
+
+def test_one_value_spelt_two_ways_is_one_setting(tmp_path, capsys):
+    """A sweep's job records `false` as False and 1e-2 as 0.01; a run launched alone keeps what was typed; a run that
+    left the key at its default shows the config's True/False: all one setting in the tables, the CSVs and the plot."""
+    from binexp.report import canonical, report, varying_overrides
+    from binexp.report.sweeps import sweep_points
+
+    assert [canonical(t) for t in ("False", "TRUE", "NULL", "1e-2", "0.01", "1.0", "+3", "1_000", "nan", "none")] == [
+        "false", "true", "null", "0.01", "0.01", "1.0", "3", "1000", "nan", "none"]
+    sweep = _seeded_runs(tmp_path / "runs", [
+        (["method.binarize_first=False", "optimizer.lr=0.01", "method.t_clip=0.5", "seed=0"], {"test/acc": 0.40}),
+        (["method.binarize_first=false", "optimizer.lr=1e-2", "method.t_clip=0.5", "seed=1"], {"test/acc": 0.44}),
+        (["optimizer.lr=0.01", "method.t_clip=1.0", "seed=0"], {"test/acc": 0.50}),
+        (["optimizer.lr=1e-2", "method.t_clip=1.0", "seed=1"], {"test/acc": 0.60}),
+    ])
+    for job in ("2", "3"):  # binarize_first left at its default, False in the composed config
+        OmegaConf.save(OmegaConf.create({"task_name": "train", "seed": 0, "method": {"binarize_first": False}}),
+                       sweep / job / ".hydra" / "config.yaml")
+    runs, _ = report([sweep], out=tmp_path / "out")
+    assert varying_overrides(runs) == ["method.t_clip", "seed"]
+    rows = (tmp_path / "out" / "report-over-seeds.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[:3] for r in rows] == [["0.5", "2", "0 1"], ["1.0", "2", "0 1"]]
+    lines = sweep_points(runs, "method.t_clip", varying_overrides(runs), "test/acc")
+    assert [(x, round(s.mean, 6), s.n) for x, s, _ in lines["test/acc"]] == [(0.5, 42.0, 2), (1.0, 55.0, 2)]
+
+
+def test_a_seeds_run_found_twice_counts_once_and_is_named(tmp_path, capsys):
+    from binexp.report import report, varying_overrides
+    from binexp.report.sweeps import sweep_points
+
+    for sweep, settings in [("a", [("0.5", "0", 0.40), ("0.5", "1", 0.50)]), ("b", [("0.5", "0", 0.40), ("1.0", "0", 0.3)])]:
+        _seeded_runs(tmp_path / "runs" / sweep, [([f"method.t_clip={t}", f"seed={s}"], {"test/acc": acc})
+                                                 for t, s, acc in settings])
+    runs, _ = report([tmp_path / "runs"], out=tmp_path / "out")
+    rows = (tmp_path / "out" / "report-over-seeds.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[:6] for r in rows] == [["0.5", "2", "0 1", "0.45", "0.07071067811865474", "2"],
+                                                ["1.0", "1", "0", "0.3", "", "1"]]
+    assert "method.t_clip=0.5: b/0 repeats seed 0 of a/0; the statistics over seeds count a/0 only" in (
+        capsys.readouterr().out.replace("\n", ""))
+    points = sweep_points(runs, "method.t_clip", varying_overrides(runs), "test/acc")["test/acc"]
+    assert [(x, s.n) for x, s, _ in points] == [(0.5, 2), (1.0, 1)]
+
+
+def test_the_seed_table_keeps_small_values_and_whole_headers_in_a_pipe(tmp_path, capsys):
+    from binexp.report.seeds import SeedGroup, print_seed_table
+
+    runs = [Run(tmp_path / str(i), {"protocol/fixed_bn_flips": v, "protocol/binary_bn_reestimated": 0.5}, {"seed": str(i)})
+            for i, v in enumerate((3e-5, 5e-5))]
+    print_seed_table([SeedGroup({"method.t_clip": "0.5"}, runs)], ["protocol/fixed_bn_flips", "protocol/binary_bn_reestimated"] * 6)
+    out = capsys.readouterr().out
+    assert "4e-05 ± 1.41e-05" in out and "0.5000 ± 0" in out
+    assert out.count("protocol/binary_bn_reestimated") == 6 and "…" not in out
+
+
+def test_report_names_an_unreadable_metrics_file_and_an_out_path_under_a_file(tmp_path):
+    from binexp.report import report
+
+    run = _finished_run(tmp_path / "run", "0.5", 0.4)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ReportInputError, match=r"^--out .*afile/sub: cannot be made a directory \(Not a directory"):
+        report([run], out=tmp_path / "afile" / "sub")
+    (run / "metrics.json").write_text('{"test/acc": ')
+    with pytest.raises(ReportInputError, match=r"run/metrics.json: not readable as JSON \(Expecting value"):
+        report([run], out=tmp_path / "out")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -48,7 +49,7 @@ class Run:
         its composed config (a sweep's runs that left `seed` at its default show 0, not a blank), or "" where that is
         not a plain value. An override of null shows what the run put there (`seed=null`: the seed it drew)."""
         if key in self.overrides:
-            text = self.overrides[key]
+            text = canonical(self.overrides[key])
             return text if text != "null" else self._configured(key) or text
         if key in self.choices:
             return self.choices[key]
@@ -60,7 +61,7 @@ class Run:
             if not isinstance(node, dict) or part not in node:
                 return ""
             node = node[part]
-        return "" if isinstance(node, (dict, list)) else "null" if node is None else str(node)
+        return "" if isinstance(node, (dict, list)) else "null" if node is None else canonical(str(node))
 
     @property
     def file_stem(self) -> str:
@@ -83,7 +84,10 @@ class Run:
 
 def load_run(path: Path) -> Run:
     metrics_file = path / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    try:
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    except json.JSONDecodeError as err:
+        raise ReportInputError(f"{metrics_file}: not readable as JSON ({err}); move the run aside or rerun it") from None
     overrides: dict[str, str] = {}
     # the first launch's overrides, then each resume's on top (binexp keeps a record only of launches that trained)
     for over_file in [path / ".hydra" / "overrides.yaml", *sorted(path.glob(".hydra/resumed-*/overrides.yaml"))]:
@@ -123,6 +127,22 @@ def find_runs(paths: list[Path]) -> list[Run]:
     return runs
 
 
+def canonical(text: str) -> str:
+    """One spelling per value, so one setting is one row: Hydra's sweeper records a job's `false` as False and
+    `1e-2` as 0.01, a run launched alone keeps what was typed, and a key left at its default shows the config's
+    value (Python's True). Booleans and null in lower case (Hydra reads them in any case), integers as integers,
+    other numbers as Python writes the float; anything else as it is."""
+    if text.lower() in ("true", "false", "null"):
+        return text.lower()
+    n = number(text)
+    if n is None or not math.isfinite(n):
+        return text
+    try:
+        return str(int(text))
+    except ValueError:
+        return repr(n)
+
+
 def number(text: str | None) -> float | None:
     """An override's value as a number, or None where it is not one."""
     try:
@@ -145,10 +165,9 @@ def in_override_order(runs: list[Run], keys: list[str]) -> list[Run]:
 
 def never_started(sweep_dir: Path) -> list[int]:
     """The job numbers of the sweep recorded in `sweep_dir`/multirun.yaml that have no folder: a sweep stopped before
-    them (Ctrl-C, a kill) leaves them unrun, and the table could not say so. Only Hydra's basic sweeper over
+    them (Ctrl-C, a kill) leaves them unrun, and the table could not say so; so does a job refused at start (binexp
+    removes the folder of a launch it refuses, and the sweep stops there). Only Hydra's basic sweeper over
     command-line sweeps into job-number folders is counted; anything else returns []."""
-    import math
-
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     hydra = OmegaConf.to_container(OmegaConf.load(sweep_dir / "multirun.yaml"), resolve=False).get("hydra") or {}
@@ -177,7 +196,7 @@ def _has_run_files(path: Path) -> bool:
 def varying_overrides(runs: list[Run]) -> list[str]:
     """The overrides and config groups whose values differ between the runs (a method's own schedule included)."""
     keys = sorted({k for r in runs for k in [*r.overrides, *r.choices]})
-    return [k for k in keys if len({r.value(k) for r in runs}) > 1]
+    return [k for k in keys if len({value_order(r.value(k)) for r in runs}) > 1]
 
 
 DEFAULT_METRICS = (
@@ -249,14 +268,18 @@ def report(paths: list[Path], out: Path | None = None, metrics: list[str] | None
                          f"{', '.join(known)}")
     metrics = metrics or [m for m in DEFAULT_METRICS if any(m in r.metrics for r in runs)]
     out = out or paths[0]
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file where a folder of the path should be
+        raise ReportInputError(f"--out {out}: cannot be made a directory ({err.strerror}: {err.filename})") from None
     print_table(runs, keys, metrics)
     for sweep_dir in sorted({p.parent for root in paths for p in [root / "multirun.yaml", *root.rglob("multirun.yaml")]
                              if p.exists()}):
         missing = never_started(sweep_dir)
         if missing:
             print(f"sweep {sweep_dir}: job{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} never started "
-                  f"(the sweep stopped before them); its command again with hydra.sweep.dir={sweep_dir} runs them")
+                  f"(the sweep stopped before them, or was refused at the first of them: the sweep's output has the "
+                  f"error); its command again with hydra.sweep.dir={sweep_dir} runs them")
     written = [write_csv(runs, out, keys, metrics)]
     seed_groups = group_over_seeds(runs, keys)
     if seed_groups:

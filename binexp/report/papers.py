@@ -97,7 +97,7 @@ def write_paper_table(runs, out: Path) -> list[Path]:
     for row in rows:
         table.add_row(row.run, row.source, row.metric, _pct(row.ours), _pct(row.paper), _pct(row.difference, signed=True),
                       *([row.changed] if changed else []))
-    Console(width=None if sys.stdout.isatty() else 220).print(table)
+    Console(width=None if sys.stdout.isatty() else 10_000).print(table)  # logs and pipes get every column whole
     if changed:
         print("Runs with changes did not train the experiment's recipe as it is: their difference is not the paper's.")
     path = out / "paper.csv"

@@ -5,7 +5,8 @@ other varying overrides (a method, a t_clip, ...) becomes one row over its finis
 a second table, and, when no other swept key is a number (methods side by side), `accuracy-over-seeds.png`.
 Statistics use the finite values a metric has (a diverged run's NaN loss is left out) and say how many that is;
 the standard deviation is the sample's (n - 1), empty for one value. Settings are equal when their values are
-equal as numbers (t_clip 1 and 1.0 are one setting).
+equal as numbers (t_clip 1 and 1.0 are one setting). A seed appears once per setting: a second run with it (the same
+sweep in another folder) is named and left out.
 """
 
 from __future__ import annotations
@@ -62,7 +63,13 @@ def group_over_seeds(runs: list, keys: list[str]) -> list[SeedGroup]:
     groups: dict[tuple, SeedGroup] = {}
     for run in in_override_order([r for r in runs if r.finished], others):
         key = tuple(value_order(run.value(k)) for k in others)
-        groups.setdefault(key, SeedGroup({k: run.value(k) for k in others}, [])).runs.append(run)
+        group = groups.setdefault(key, SeedGroup({k: run.value(k) for k in others}, []))
+        twin = next((r for r in group.runs if value_order(r.value(SEED_KEY)) == value_order(run.value(SEED_KEY))), None)
+        if twin is None:
+            group.runs.append(run)
+        else:  # the same run twice (a sweep run again into another folder): one seed's result counted once
+            print(f"{group.label}: {run.name} repeats seed {run.value(SEED_KEY)} of {twin.name}; the statistics over "
+                  f"seeds count {twin.name} only")
     if all(len(g.runs) < 2 for g in groups.values()):
         return []
     return list(groups.values())
@@ -89,7 +96,7 @@ def _cell(s: Summary, runs: int) -> str:
     if s.mean is None:
         return "-"
     if s.n > 1:  # a spread of 0 (a size, or two seeds that hit the same count) is still a mean of n
-        text = f"{s.mean:.4f} ± {s.sd:.4f}" if s.sd else f"{_format(s.mean)} ± 0"
+        text = f"{_format(s.mean)} ± {_format(s.sd) if s.sd else 0}"
     else:
         text = _format(s.mean)
     return text if s.n == runs else f"{text} (n={s.n})"  # some runs lack it, or it is not finite there
@@ -107,7 +114,7 @@ def print_seed_table(groups: list[SeedGroup], metrics: list[str]) -> None:
         table.add_column(m, justify="right")
     for g in groups:
         table.add_row(*g.setting.values(), " ".join(g.seeds), *[_cell(g.summary(m), len(g.runs)) for m in metrics])
-    Console(width=None if sys.stdout.isatty() else 220).print(table)
+    Console(width=None if sys.stdout.isatty() else 10_000).print(table)  # logs and pipes get every column whole
 
 
 def plot_seed_means(runs, out: Path, metric: str = "test/acc") -> list[Path]:

@@ -17,14 +17,19 @@ from binexp.report.seeds import SEED_KEY, Summary, summarize
 def sweep_points(runs, key: str, keys: list[str], metric: str) -> dict[str, list[tuple[float, Summary, list[float]]]]:
     """{line label: [(value of `key`, summary of `metric` in %, the runs' values in %)]} sorted by the value; the
     label names the other varying keys but `seed`, so a setting's seeds are one point."""
-    from binexp.report import number
+    from binexp.report import number, value_order
 
-    lines: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    others = [k for k in keys if k not in (key, SEED_KEY)]
+    labels: dict[tuple, str] = {}  # a line per setting of the other keys, compared as the seeds table compares them
+    # {setting: {x: {seed: value}}}: a seed's run found twice (a sweep run again elsewhere) counts once, the first
+    lines: dict[tuple, dict[float, dict[tuple, float]]] = defaultdict(lambda: defaultdict(dict))
     for r in runs:
         if metric in r.metrics and number(r.value(key)) is not None:
-            label = ", ".join(f"{k}={v}" for k in keys if k not in (key, SEED_KEY) and (v := r.value(k))) or metric
-            lines[label][number(r.value(key))].append(100 * r.metrics[metric])
-    return {label: [(x, summarize(points[x]), points[x]) for x in sorted(points)] for label, points in sorted(lines.items())}
+            setting = tuple(value_order(r.value(k)) for k in others)
+            labels.setdefault(setting, ", ".join(f"{k}={v}" for k in others if (v := r.value(k))) or metric)
+            lines[setting][number(r.value(key))].setdefault(value_order(r.value(SEED_KEY)), 100 * r.metrics[metric])
+    return {labels[s]: [(x, summarize(list(points[x].values())), list(points[x].values())) for x in sorted(points)]
+            for s, points in sorted(lines.items(), key=lambda item: labels[item[0]])}
 
 
 def numeric_keys(runs, keys: list[str]) -> list[str]:
