@@ -71,6 +71,12 @@ def _resume_args(args: list[str]) -> list[str]:
     except ConfigError as err:
         _fail(str(err))
     rest = [a for a in args if not a.startswith("resume=")]
+    for arg in rest:  # later on Hydra's command line, they would win over the folder the resume continues in
+        name, _, given = arg.partition("=")
+        key = name.lstrip("+~")
+        if key == "hydra.output_subdir" or (key == "hydra.run.dir" and Path(given).resolve() != run_dir):
+            _fail(f"{arg}: resume={value} continues the run in its own folder ({run_dir}); to continue it elsewhere, "
+                  f"copy the folder there and resume the copy")
     groups = _config_groups()
     for arg in rest:
         name, sep, _ = arg.partition("=")

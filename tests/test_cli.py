@@ -64,6 +64,22 @@ def test_a_refused_resume_prints_its_message_once_and_logs_it_in_the_run(tmp_pat
     assert (run_dir / "train.log").read_text().endswith(f"[binexp][ERROR] - {message}\n")
 
 
+def test_a_resume_into_another_folder_is_refused_before_anything_runs(tmp_path, capsys):
+    """`resume=A hydra.run.dir=B` wrote A's continuation over whatever job B held (Hydra's last run.dir wins)."""
+    from binexp.cli import main
+
+    run = tmp_path / "a"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("dataset: {name: synthetic}\narchitecture: {name: lenet}\nmethod: {name: fp}\n")
+    for arg in (f"hydra.run.dir={tmp_path / 'b'}", "hydra.output_subdir=elsewhere"):
+        with pytest.raises(SystemExit) as raised:
+            main(["train", f"resume={run}", arg])
+        assert raised.value.code == 2
+        assert capsys.readouterr().err == (f"binexp: error: {arg}: resume={run} continues the run in its own folder "
+                                           f"({run}); to continue it elsewhere, copy the folder there and resume the copy\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
 def test_an_eval_folder_given_as_a_run_is_named_as_not_a_training_run(tmp_path):
     folder = tmp_path / "eval" / "2026-01-01_00-00-00"  # what `binexp eval` leaves inside a run
     (folder / ".hydra").mkdir(parents=True)
