@@ -110,9 +110,22 @@ def eval_result_name(run_dir: Path, ckpt: Path) -> str:
 def load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
     """(run config, data module, trained Classifier, checkpoint path): a run rebuilt from its own saved config
     (`overrides`, dotted key=value, change it, e.g. dataset.root) with the weights of checkpoint `ckpt`."""
-    from binexp.train import build_data, build_method, build_module
+    from binexp.train import build_data, build_method, build_module, other_job
 
     cfg = load_run_config(run_dir)
+    path = find_checkpoint(run_dir, ckpt)
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # pickle, zip and I/O errors alike: the file is no checkpoint
+        raise ConfigError(f"ckpt={ckpt}: {path} is not a checkpoint torch can read ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    if not isinstance(saved, dict) or "state_dict" not in saved:
+        raise ConfigError(f"ckpt={ckpt}: {path} holds no state_dict; it is not a checkpoint of `binexp train`")
+    differ = other_job(saved, cfg)
+    if differ:  # its tensors may fit (fp, ste, bnn and xnor's LeNets do): tested as this run, it would mean nothing
+        raise ConfigError(f"ckpt={ckpt}: {path} was trained as another job than {run_dir}'s ({'; '.join(differ[:3])}); "
+                          f"evaluate it with run=<the run directory that trained it>")
+    cfg = as_tested(cfg, saved)
     if overrides:
         from binexp.config import check_override_keys, check_override_types
         from binexp.ranges import check_ranges
@@ -121,16 +134,8 @@ def load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
         check_override_types(cfg, overrides)
         check_ranges(cfg)
-    path = find_checkpoint(run_dir, ckpt)
     dm = build_data(cfg)
     module = build_module(cfg, dm, build_method(cfg))
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # pickle, zip and I/O errors alike: the file is no checkpoint
-        raise ConfigError(f"ckpt={ckpt}: {path} is not a checkpoint torch can read ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0] if str(err) else ''})") from None
-    if not isinstance(saved, dict) or "state_dict" not in saved:
-        raise ConfigError(f"ckpt={ckpt}: {path} holds no state_dict; it is not a checkpoint of `binexp train`")
     err = _load_weights(module, saved)
     if err is not None:
         detail = " ".join(line.strip() for line in str(err).splitlines()[1:3])
@@ -144,6 +149,20 @@ def load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
                           f"another run? {detail}") from None
     _feed_as_trained(dm, saved, overrides)
     return cfg, dm, module, path
+
+
+# what the launch that saved a checkpoint tested with, which a resume may have changed since the first launch's
+# .hydra/config.yaml: eval's numbers are those of that launch's metrics.json
+TESTED_WITH = ("trainer.limit_test_batches", "trainer.limit_val_batches", "trainer.precision", "protocol")
+
+
+def as_tested(cfg: DictConfig, saved: dict) -> DictConfig:
+    config = saved.get("hyper_parameters", {}).get("config") or {}
+    for key in TESTED_WITH:
+        value = OmegaConf.select(OmegaConf.create(config), key, default=None)
+        if value is not None:
+            OmegaConf.update(cfg, key, value, merge=False)
+    return cfg
 
 
 def _feed_as_trained(dm, saved: dict, overrides: list[str] | None) -> None:
@@ -211,15 +230,19 @@ def _evaluate(cfg: DictConfig) -> dict[str, float]:
     # the run's own test limits, so eval's numbers are those of its metrics.json ('run_overrides=["trainer.
     # limit_test_batches=1.0"]' tests a smoke run on the whole test set)
     limits = {k: run_cfg.trainer[k] for k in ("limit_test_batches", "limit_val_batches") if run_cfg.trainer.get(k) is not None}
+    precision = run_cfg.trainer.get("precision") or "32-true"  # test/acc in bf16-mixed is not float32's
     try:
         trainer = pl.Trainer(
             accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, **limits,
+            enable_progress_bar=False, enable_model_summary=False, precision=precision, **limits,
         )
     except (MisconfigurationException, ValueError) as err:  # Lightning's words for an accelerator it cannot take
         message = str(err).splitlines()[0]  # (the limits were checked with the run's config: binexp.ranges)
-        raise ConfigError(f"accelerator={cfg.accelerator}: {message} (allowed: auto, cpu, gpu, and what Lightning "
-                          "names)") from None
+        hint = "" if str(precision) in ("32-true", "32") else (
+            f" with the run's trainer.precision={precision} ('run_overrides=[\"trainer.precision=32-true\"]' tests in "
+            "float32)")
+        raise ConfigError(f"accelerator={cfg.accelerator}{hint}: {message} (allowed: auto, cpu, gpu, and what "
+                          "Lightning names)") from None
     metrics = scalar_metrics(trainer.test(module, datamodule=dm, verbose=False)[0])
     if has_step_form(module.net):
         with step_mode(module.net):
@@ -229,7 +252,10 @@ def _evaluate(cfg: DictConfig) -> dict[str, float]:
         module.to(trainer.strategy.root_device)  # Lightning hands the model back on the CPU
         metrics.update(protocol_metrics(run_cfg, dm, module, run_dir))
     out = run_dir / eval_result_name(run_dir, ckpt)
-    record = {"checkpoint": str(ckpt), "run_overrides": list(cfg.run_overrides), **metrics}
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+    # where in training the checkpoint was saved: a resume moves last.ckpt on, and this record says which it tested
+    at = {f"checkpoint_{k}": saved[k] for k in ("epoch", "global_step") if k in saved}
+    record = {"checkpoint": str(ckpt), **at, "precision": precision, "run_overrides": list(cfg.run_overrides), **metrics}
     out.write_text(json.dumps(record, indent=2) + "\n")
     print_summary(run_dir, metrics)
     return metrics

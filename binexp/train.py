@@ -206,12 +206,27 @@ RESUMABLE = (
 )
 
 
+def resumable(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE)
+
+
+def other_job(saved: dict, cfg: DictConfig) -> list[str]:
+    """How checkpoint `saved` was trained unlike the job `cfg` describes ("key: value there, value here"), the keys a
+    resume may change left out; [] for this job's checkpoint, or one that records no config (a derived one)."""
+    config = saved.get("hyper_parameters", {}).get("config")
+    if not config:
+        return []
+    before, now = job_identity(config), job_identity(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    return [f"{k}: {before[k]!r} there, {now[k]!r} here" for k in sorted(set(before) & set(now))
+            if before[k] != now[k] and not resumable(k)]
+
+
 def check_resume_overrides(overrides: list[str], run_dir: Path, run_cfg: DictConfig) -> None:
     """A resume continues the run it names (`run_cfg`, its saved config): an override of what is trained is refused
     rather than half applied, unless it gives the value the run has (the first launch's command typed again)."""
     for item in overrides:
         key = item.partition("=")[0].lstrip("+~")
-        if key.startswith("hydra.") or any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE):
+        if key.startswith("hydra.") or resumable(key):
             continue
         given = OmegaConf.select(OmegaConf.from_dotlist([item.lstrip("+~")]), key, default="<unset>")
         if given == OmegaConf.select(run_cfg, key, default="<absent>"):
@@ -228,6 +243,11 @@ def continue_last_launch(cfg: DictConfig, ckpt: Path, run_dir: Path) -> dict:
     the run), unless this launch sets trainer.max_epochs / max_steps itself; the schedules follow that length.
     A finished run with nothing left to train is refused rather than tested again over its metrics."""
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    differ = other_job(saved, cfg)
+    if differ:  # an override of what is trained, or a last.ckpt copied in from another run: it would train on as this
+        raise ConfigError(f"resume={cfg.resume}: {ckpt} trained another job than this launch composes "
+                          f"({'; '.join(differ[:3])}); a resume continues the job its last.ckpt trained: start a new "
+                          f"run for another")
     overrides = launch_overrides()
     extended = False
     if overrides is not None:  # a config composed by the caller (a test, a script) is taken as it is

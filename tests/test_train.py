@@ -334,6 +334,29 @@ def test_eval_tests_on_the_runs_own_test_batches_and_refuses_changing_its_groups
     check_override_keys(load_run_config(run_dir), ["callbacks.binarization=null", "dataset.augment=null"], "it")
 
 
+def test_eval_tests_as_the_launch_that_saved_the_checkpoint_and_refuses_another_jobs(tmp_path):
+    """bf16-mixed test/acc is not float32's; a resume's test limits are not the first launch's; a checkpoint of
+    another job (fp's and ste's LeNets have the same tensors) is not this run's to test."""
+    run_dir, first = run(tmp_path, ["trainer.precision=bf16-mixed", "trainer.max_epochs=1"])
+    result = evaluate(eval_config(run=str(run_dir), accelerator="cpu"))
+    assert (result["test/acc"], result["test/loss"]) == (first["test/acc"], first["test/loss"])
+    in_float32 = evaluate(eval_config(run=str(run_dir), accelerator="cpu", run_overrides=["trainer.precision=32-true"]))
+    assert in_float32["test/loss"] != first["test/loss"]
+    record = json.loads((run_dir / "eval-last.json").read_text())
+    assert (record["precision"], record["checkpoint_epoch"], record["checkpoint_global_step"]) == ("32-true", 0, 4)
+    resumed = train(compose_train(SMOKE + [f"resume={run_dir}", "trainer.max_epochs=2", "trainer.limit_test_batches=1",
+                                           "trainer.precision=32-true"], run_dir=run_dir))
+    result = evaluate(eval_config(run=str(run_dir), accelerator="cpu"))
+    assert (result["test/acc"], result["test/loss"]) == (resumed["test/acc"], resumed["test/loss"])
+    record = json.loads((run_dir / "eval-last.json").read_text())
+    assert (record["precision"], record["checkpoint_global_step"]) == ("32-true", 8)
+    other_dir, _ = run(tmp_path, ["method=ste", "trainer.max_epochs=1"], "other")
+    with pytest.raises(ConfigError, match=r"^ckpt=.*other/checkpoints/last.ckpt: .* was trained as another job than "
+                                          r".*run's \(method._target_: .*; method.name: 'ste' there, 'fp' here\); evaluate it with run=<the "
+                                          r"run directory that trained it>$"):
+        evaluate(eval_config(run=str(run_dir), accelerator="cpu", ckpt=str(other_dir / "checkpoints" / "last.ckpt")))
+
+
 def test_eval_reruns_the_protocol_on_a_checkpoint(tmp_path):
     run_dir, metrics = run(tmp_path, ["method=abr", "protocol.binary_weights_epochs=1"])
     (run_dir / "checkpoints" / "binary_weights.ckpt").unlink()
@@ -423,10 +446,16 @@ def test_a_resume_whose_overrides_change_the_layers_is_refused_before_writing(tm
     run_dir, _ = run(tmp_path, [])
     before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
     cfg = compose_train(SMOKE + [f"resume={run_dir}", "architecture.width=2", "trainer.max_epochs=3"], run_dir=run_dir)
-    with pytest.raises(ConfigError, match=r"resume=.*: last.ckpt does not fit the network this launch builds \(.* saved, "
-                                          r".* built.*\); an override that changes the network's layers cannot continue"):
+    with pytest.raises(ConfigError, match=r"resume=.*: .*last.ckpt trained another job than this launch composes "
+                                          r"\(architecture.width: 1.0 there, 2.0 here\); a resume continues the job its "
+                                          r"last.ckpt trained: start a new run for another$"):
         train(cfg)
     assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
+    other_dir, _ = run(tmp_path, ["method=ste"], "other")  # its last.ckpt copied in: the same tensors as fp's LeNet
+    shutil.copy(other_dir / "checkpoints" / "last.ckpt", run_dir / "checkpoints" / "last.ckpt")
+    with pytest.raises(ConfigError, match=r"last.ckpt trained another job than this launch composes \(method._target_: "
+                                          r".*; method.name: 'ste' there, 'fp' here\)"):
+        train(compose_train(SMOKE + [f"resume={run_dir}", "trainer.max_epochs=3"], run_dir=run_dir))
 
 
 def test_a_resume_to_a_length_out_of_range_gets_the_range_error(tmp_path):
