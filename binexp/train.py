@@ -266,13 +266,19 @@ def continue_last_launch(cfg: DictConfig, ckpt: Path, run_dir: Path) -> dict:
     # a checkpoint saved at a validation's end may count its epoch as not yet processed: a run with metrics that
     # this launch does not lengthen is finished all the same
     done = done or (overrides is not None and not extended)
-    if done and (run_dir / "metrics.json").exists():
+    if done and recorded_at(run_dir) == steps:  # metrics of an earlier, shorter launch leave a stopped extension to go on
         raise ConfigError(
             f"resume={cfg.resume}: the run has trained its trainer.max_epochs={max_epochs} (trainer.max_steps="
             f"{max_steps}): {epochs} epochs, {steps} steps in last.ckpt; pass a larger trainer.max_epochs (or "
             f"max_steps) to train on, or `binexp eval run=...` to evaluate it"
         )
     return saved
+
+
+def recorded_at(run_dir: Path) -> float | None:
+    """The step the run's metrics.json was written at; None without one."""
+    path = run_dir / "metrics.json"
+    return json.loads(path.read_text()).get("trainer/global_step") if path.exists() else None
 
 
 def check_extension_keeps_schedules(cfg: DictConfig, before: dict, epochs: int) -> None:

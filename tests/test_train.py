@@ -119,6 +119,25 @@ def test_interrupt_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tm
         assert sorted(scalars(cut_dir, tag)) == scalars(straight_dir, tag), tag
 
 
+@pytest.mark.parametrize("length", [[], ["trainer.max_epochs=3"]], ids=["no-length", "the-same-length"])
+def test_a_stopped_resume_that_lengthens_a_finished_run_resumes_from_the_command_line(tmp_path, monkeypatch, length):
+    """The finished run's metrics.json (step 4) stays while a resume lengthens it; stopped at step 7, the same
+    command again (Hydra's overrides: no length given, or the same) trains on to 12 instead of calling it finished."""
+    import binexp.train
+
+    run_dir, first = run(tmp_path, ["trainer.max_epochs=1"])
+    stop = ["+callbacks.signal._target_=binexp.callbacks.guards.SignalAtStep", "+callbacks.signal.step=6"]
+    longer = [f"resume={run_dir}", "trainer.max_epochs=3"]
+    monkeypatch.setattr(binexp.train, "launch_overrides", lambda: longer + stop)
+    with pytest.raises(RunInterrupted):
+        train(compose_train(SMOKE + longer + stop, run_dir=run_dir))
+    again = [f"resume={run_dir}", *length]
+    monkeypatch.setattr(binexp.train, "launch_overrides", lambda: again)
+    assert train(compose_train(SMOKE + again, run_dir=run_dir))["trainer/global_step"] == 12
+    with pytest.raises(ConfigError, match=r"the run has trained its trainer.max_epochs=3 .*: 3 epochs, 12 steps"):
+        train(compose_train(SMOKE + again, run_dir=run_dir))  # now it is finished
+
+
 def test_a_signal_inside_an_accumulation_window_stops_where_the_optimizer_steps(tmp_path):
     common = ["trainer.max_epochs=3", "trainer.deterministic=true", "trainer.accumulate_grad_batches=2"]
     straight_dir, straight = run(tmp_path, common, "straight")
