@@ -73,7 +73,8 @@ class ShiftedInsideBinarize(STE):
 
 class SignalWhileEvaluating(pl.Callback):
     """Send this process `signal_name` once, at the first batch of the validation of epoch `epoch` (after that
-    epoch's training), or with `stage="test"` of the test after training."""
+    epoch's training), with `stage="sanity"` of the sanity check before training, or with `stage="test"` of the
+    test after training."""
 
     def __init__(self, stage: str = "validation", epoch: int = 0, signal_name: str = "SIGTERM"):
         self.stage, self.epoch, self.signal_name = stage, epoch, signal_name
@@ -89,6 +90,8 @@ class SignalWhileEvaluating(pl.Callback):
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         if self.stage == "validation" and trainer.current_epoch == self.epoch and not trainer.sanity_checking:
+            self._send()
+        if self.stage == "sanity" and trainer.sanity_checking:
             self._send()
 
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):

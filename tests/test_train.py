@@ -168,6 +168,22 @@ def test_a_signal_during_the_last_validation_stops_before_the_test(tmp_path):
     assert resumed["trainer/global_step"] == 8 and resumed["test/acc"] == straight["test/acc"]
 
 
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_signal_before_training_starts_stops_with_a_checkpoint_and_the_resume_hint(tmp_path, signal_name):
+    """Until binexp's handler was in (the sanity check, the curves' first pass), Lightning's own took SIGTERM and
+    ended the run at its first batch with SystemExit(None): exit status 0, no checkpoint, no message; Ctrl-C was
+    Lightning's KeyboardInterrupt shutdown (exit status 1, nothing saved)."""
+    common = ["trainer.max_epochs=2", "trainer.deterministic=true", "trainer.num_sanity_val_steps=1"]
+    straight_dir, straight = run(tmp_path, common, "straight")
+    stop = ["+callbacks.signal._target_=tests.helpers.SignalWhileEvaluating", "+callbacks.signal.stage=sanity",
+            f"+callbacks.signal.signal_name={signal_name}"]
+    cut_dir = tmp_path / "cut"
+    with pytest.raises(RunInterrupted, match=r"stopped at step 0 \(epoch 0\); saved .*last.ckpt.\n.*resume="):
+        train(compose_train(SMOKE + common + stop, run_dir=cut_dir))
+    resumed = train(compose_train(SMOKE + common + [f"resume={cut_dir}"], run_dir=cut_dir))
+    assert resumed["trainer/global_step"] == 8 and resumed["test/acc"] == straight["test/acc"]
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     (["method=sbn"], r"trainer.max_epochs=4: schedule=exp_nu follows the run's length, and over the 2 epochs this run "
                      r"has trained it would change \(nu at epoch 1: 1000 -> 10\)"),

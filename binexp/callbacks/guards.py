@@ -154,11 +154,24 @@ class GracefulStop(pl.Callback):
         self.received = signum
         log.warning("received %s: stopping after this batch and saving a checkpoint", signal.Signals(signum).name)
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # Ctrl-C in the sanity check or the curves' first pass stops as one in training does (Lightning leaves SIGINT
+        # alone; the other signals are Lightning's until training starts: its SLURM requeue handler must see them free)
+        if _main_thread() and signal.SIGINT in self.signals:
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handle)
+
     def on_train_start(self, trainer, pl_module) -> None:
         if not _main_thread():
             return
         for sig in self.signals:
-            self._previous[sig] = signal.signal(sig, self._handle)
+            previous = signal.signal(sig, self._handle)
+            self._previous.setdefault(sig, previous)
+        if trainer.received_sigterm:  # under Lightning's handler (the sanity check, the curves' first pass): it would
+            trainer._signal_connector.received_sigterm = False  # end the run at the first batch with exit status 0
+            self._handle(signal.SIGTERM, None)
+        if self._agreed_signal(trainer, pl_module, every_n_steps=1):  # stopped before the first batch
+            self._save(trainer)
+            self._stop(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         last_of_epoch = batch_idx + 1 >= trainer.num_training_batches
