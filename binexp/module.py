@@ -96,8 +96,15 @@ class Classifier(pl.LightningModule):
             self._train_totals = self._train_totals.to(self.device)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        totals = None if self._train_totals is None else self._train_totals.cpu()
-        checkpoint[TRAIN_TOTALS_KEY] = {"images": self._train_images, "totals": totals}
+        totals, images = self._train_totals, self._train_images
+        if self._trainer is not None and self.trainer.world_size > 1:  # every rank saves; rank zero writes: every shard
+            local = torch.zeros(3, device=self.device)
+            if images:
+                local[:2] = totals
+                local[2] = images
+            summed = self.trainer.strategy.reduce(local, reduce_op="sum")
+            totals, images = summed[:2], int(summed[2].item())
+        checkpoint[TRAIN_TOTALS_KEY] = {"images": images, "totals": None if totals is None else totals.cpu()}
         # A run stopped after its last checkpoint (in the test or the protocol) trains nothing when resumed, so its
         # fit logs nothing: metrics.json then takes the fit's values from here.
         checkpoint[FIT_METRICS_KEY] = fit_metrics(self.trainer.callback_metrics)
@@ -105,10 +112,11 @@ class Classifier(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # A checkpoint taken inside an epoch holds its totals so far (after an epoch's last batch they are reset),
         # so a run resumed there logs that epoch's loss and accuracy over all its batches, not only the later ones.
-        # (Under DDP only rank 0's totals are saved; each rank restores them, which stands them in for every shard.)
+        # Under DDP they are every shard's, summed: rank zero takes them up and the others start from nothing, so the
+        # epoch's sum over the ranks counts each image once.
         self.fit_metrics_at_checkpoint = checkpoint.get(FIT_METRICS_KEY, {})
         saved = checkpoint.get(TRAIN_TOTALS_KEY)
-        if saved is not None and saved["images"]:
+        if saved is not None and saved["images"] and (self._trainer is None or self.trainer.global_rank == 0):
             self._train_totals, self._train_images = saved["totals"], saved["images"]
 
     def training_step(self, batch, batch_idx):

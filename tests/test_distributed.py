@@ -278,6 +278,34 @@ def test_ddp_run_on_two_cpu_processes_makes_one_run_directory_with_one_processs_
         torch.testing.assert_close(ddp[key], big[key], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_a_ddp_run_stopped_mid_epoch_resumes_to_the_same_weights_and_epoch_values(tmp_path):
+    """The interrupted epoch's loss and accuracy cover both shards' batches from before the stop: each rank saved
+    (and restored) rank zero's totals alone, so the epoch's sum counted rank 0's twice and lost rank 1's."""
+    common = ["dataset=synthetic", "debug=smoke", "method=abr", "trainer.max_epochs=2", "dataset.subset=512",
+              "trainer.limit_train_batches=1.0", "trainer.deterministic=true", "~callbacks.best_checkpoint",
+              "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "+callbacks.graceful_stop.sync_every_n_steps=1"]
+    stop = ["+callbacks.signal._target_=binexp.callbacks.guards.SignalAtStep", "+callbacks.signal.step=5",
+            "+callbacks.signal.signal_name=SIGTERM"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def launch(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "binexp.cli", "train", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    assert launch(*common, f"hydra.run.dir={tmp_path / 'straight'}").returncode == 0
+    cut = launch(*common, *stop, f"hydra.run.dir={tmp_path / 'cut'}")
+    assert cut.returncode == 130 and "stopped at step 6 " in cut.stderr, cut.stderr[-3000:]
+    resumed = launch(f"resume={tmp_path / 'cut'}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight, again = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("straight", "cut"))
+    for key in ("train/loss", "train/acc", "test/acc", "trainer/global_step"):
+        assert again[key] == straight[key], key
+    a, b = (torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+            for name in ("straight", "cut"))
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
 def test_a_non_finite_loss_on_another_rank_is_reported_as_that_ranks(tmp_path):
     from binexp.callbacks.guards import FiniteLossGuard
     from binexp.errors import NonFiniteLossError
