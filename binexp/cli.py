@@ -163,6 +163,12 @@ def _check_override_keys(args: list[str]) -> None:
         _fail(_uncomposable(err, parsed))
     _check_added_keys([o for o in parsed if tried(o) and o.is_add()], trial, shared)
     _check_sweep_values(parsed, trial, shared, swept_groups, tried)
+    if any(o.key_or_group == "hydra/launcher" and o.value() == "slurm" for o in parsed):
+        for key, asks in (("trainer.devices", "GPUs and tasks per node"), ("trainer.num_nodes", "nodes")):
+            value = OmegaConf.select(shared, key)
+            if not isinstance(value, int) or isinstance(value, bool):  # submitit's schema would end in a traceback
+                _fail(f"{key}={value}: hydra/launcher=slurm asks SLURM for {key} {asks}; give a number "
+                      f"({key}=4)")
     from dataclasses import fields
 
     from binexp.config import TrainConfig

@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--device {args.device}: allowed are cpu, cuda, cuda:N")
     if args.out is None:
         args.out = FIGURES / f"sbn_bench_bn_{'gpu' if device.type == 'cuda' else 'cpu'}.png"
+    if not args.out.suffix:  # matplotlib would add .png to the name printed below
+        args.out = args.out.with_suffix(".png")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     results, differing = measure(args.channels, args.size, args.batches, args.repeats, device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"

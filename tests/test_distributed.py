@@ -128,6 +128,17 @@ def test_submitit_slurm_launcher_preset_composes_from_the_trainer_settings():
     assert launcher.params["max_num_timeout"] > 0 and launcher.params["signal_delay_s"] == 120
 
 
+def test_the_slurm_launcher_refuses_a_device_count_slurm_cannot_take(capsys):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from binexp.cli import main
+
+    with pytest.raises(SystemExit) as raised:  # trainer=ddp's devices: auto
+        main(["train", "-m", "hydra/launcher=slurm", "trainer=ddp", "dataset=synthetic", "debug=smoke"])
+    assert raised.value.code == 2
+    assert capsys.readouterr().err == ("binexp: error: trainer.devices=auto: hydra/launcher=slurm asks SLURM for "
+                                       "trainer.devices GPUs and tasks per node; give a number (trainer.devices=4)\n")
+
+
 # ---- sharded evaluation helpers ------------------------------------------------------------------------
 def _data(rank: int = 0, world: int = 1) -> SyntheticData:
     """301 test images: two shards of 151 and 150, batches of 64 (3 per rank, the last ones partial)."""
