@@ -17,6 +17,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.core.saving import save_hparams_to_yaml
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from binexp.hydra_output import running_hydra
@@ -98,11 +99,51 @@ def log_hparams(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, float])
         # it finds, so one run's would hide the keys and metrics the other runs of a sweep (or of logs/) have;
         # without any it builds them from every session. (The logger's own log_hyperparams writes one, and merges
         # these flat keys into its hparams.yaml, the full config.)
-        logger.log_metrics(values, step=trainer.global_step)
+        drop_earlier_sessions(Path(logger.log_dir))
+        # the values the tab shows that no other logging wrote at this step (trainer.test wrote test/*, the
+        # protocol's first phase its phase1_* when it measured them)
+        logger.log_metrics({k: v for k, v in values.items() if not k.startswith(ALREADY_LOGGED)}, step=trainer.global_step)
         writer = logger.experiment._get_file_writer()
         writer.add_summary(start, trainer.global_step)
         writer.add_summary(end, trainer.global_step)
         logger.experiment.flush()
         logger.experiment.close()  # trainer.test already closed it; logging reopened a new event file
+        hparams_file = Path(logger.log_dir) / logger.NAME_HPARAMS_FILE
+        if hparams_file.exists():  # Lightning writes it once; a resume's config (a longer max_epochs) replaces it
+            save_hparams_to_yaml(hparams_file, logger.hparams)
     log.info("HParams: %s -> %s", params, values)
     return params
+
+
+ALREADY_LOGGED = ("test/", "protocol/phase1_")
+
+
+def drop_earlier_sessions(log_dir: Path) -> None:
+    """Remove the HParams sessions an earlier launch of the run wrote (a resume that lengthened it): TensorBoard's
+    tab shows the first session it reads in a run, so it kept the first launch's hyper-parameters. Event files
+    without one are left as they are; the others are rewritten record by record without the session's values."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    for path in sorted(log_dir.glob("events.out.tfevents.*")):
+        records = list(RawEventFileLoader(str(path)).Load())
+        kept, changed = [], False
+        for record in records:
+            event = event_pb2.Event.FromString(record)
+            values = [v for v in event.summary.value if v.metadata.plugin_data.plugin_name != "hparams"]
+            if len(values) == len(event.summary.value):
+                kept.append(record)
+                continue
+            changed = True
+            if values:
+                del event.summary.value[:]
+                event.summary.value.extend(values)
+                kept.append(event.SerializeToString())
+        if changed:
+            tmp = path.with_name(path.name + ".tmp")
+            with tmp.open("wb") as f:
+                writer = RecordWriter(f)
+                for record in kept:
+                    writer.write(record)
+            tmp.replace(path)

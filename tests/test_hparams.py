@@ -83,3 +83,29 @@ def test_a_group_override_is_its_option_name_and_other_values_are_spelled_as_typ
         "architecture": "resnet18", "architecture.blocks": "[1, 1, 1, 1]", "architecture.init": "kaiming",
         "method": "ste", "method.t_clip": "null",
     }
+
+
+def test_a_resume_that_lengthens_a_run_shows_the_job_as_it_is_now_once(tmp_path, monkeypatch):
+    """TensorBoard's tab shows a run's first session: the first launch's (trainer.max_epochs 1) hid the resume's.
+    Each final value is written once per step (test/* were written twice), and hparams.yaml is the resume's."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    run = tmp_path / "run"
+    for args in (["dataset=synthetic", "debug=smoke", "logger=tensorboard", "trainer.max_epochs=1", "method=ste",
+                  f"hydra.run.dir={run}"], [f"resume={run}", "trainer.max_epochs=2"]):
+        GlobalHydra.instance().clear()
+        main(["train", *args])
+    final = json.loads((run / "metrics.json").read_text())
+    hparams, _, _ = hparams_of(run, [])
+    assert hparams["trainer.max_epochs"] == 2.0 and hparams["method"] == "ste"
+    acc = EventAccumulator(str(run / "tb"))  # (files of one second sort by a process-wide counter: by step here)
+    acc.Reload()
+    for tag in ("test/acc", "protocol/binary"):
+        assert max(acc.Scalars(tag), key=lambda e: e.step).value == pytest.approx(final[tag])
+    events = [e for path in sorted((run / "tb").glob("events.out.tfevents.*")) for e in EventFileLoader(str(path)).Load()]
+    sessions = [v for e in events for v in e.summary.value if v.tag == metadata.SESSION_START_INFO_TAG]
+    assert len(sessions) == 1
+    steps = [e.step for e in events for v in e.summary.value if v.tag == "test/acc"]
+    assert steps == [4, 8]  # each launch's test, once
+    assert OmegaConf.load(run / "tb" / "hparams.yaml").config.trainer.max_epochs == 2
