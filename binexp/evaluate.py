@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
@@ -110,12 +109,12 @@ def eval_result_name(run_dir: Path, ckpt: Path) -> str:
 def load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
     """(run config, data module, trained Classifier, checkpoint path): a run rebuilt from its own saved config
     (`overrides`, dotted key=value, change it, e.g. dataset.root) with the weights of checkpoint `ckpt`."""
-    from binexp.train import build_data, build_method, build_module, other_job
+    from binexp.train import build_data, build_method, build_module, other_job, read_checkpoint
 
     cfg = load_run_config(run_dir)
     path = find_checkpoint(run_dir, ckpt)
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = read_checkpoint(path)
     except Exception as err:  # pickle, zip and I/O errors alike: the file is no checkpoint
         raise ConfigError(f"ckpt={ckpt}: {path} is not a checkpoint torch can read ({type(err).__name__}: "
                           f"{str(err).splitlines()[0] if str(err) else ''})") from None
@@ -252,7 +251,10 @@ def _evaluate(cfg: DictConfig) -> dict[str, float]:
         module.to(trainer.strategy.root_device)  # Lightning hands the model back on the CPU
         metrics.update(protocol_metrics(run_cfg, dm, module, run_dir))
     out = run_dir / eval_result_name(run_dir, ckpt)
-    saved = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+    from binexp.train import forget_checkpoints, read_checkpoint
+
+    saved = read_checkpoint(ckpt)  # load_trained's read
+    forget_checkpoints()
     # where in training the checkpoint was saved: a resume moves last.ckpt on, and this record says which it tested
     at = {f"checkpoint_{k}": saved[k] for k in ("epoch", "global_step") if k in saved}
     record = {"checkpoint": str(ckpt), **at, "precision": precision, "run_overrides": list(cfg.run_overrides), **metrics}

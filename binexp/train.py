@@ -187,6 +187,24 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path) 
         raise ConfigError(f"trainer: Lightning refused {chosen}: {refusal}") from None
 
 
+_READ: dict[tuple, dict] = {}
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint as torch loads it onto the CPU, read once while the file stays as it is: a launch's start-up
+    reads last.ckpt in several steps (the seed, the job, the length), and the file can be large."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _READ:
+        _READ.clear()  # one at a time: a sweep's jobs do not pile up their checkpoints
+        _READ[key] = torch.load(path, map_location="cpu", weights_only=False)
+    return _READ[key]
+
+
+def forget_checkpoints() -> None:
+    _READ.clear()
+
+
 def last_checkpoint(run_dir: Path) -> Path:
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if not ckpt.exists():
@@ -242,7 +260,7 @@ def continue_last_launch(cfg: DictConfig, ckpt: Path, run_dir: Path) -> dict:
     """`resume=`: train for as long as the launch that saved last.ckpt asked (an earlier resume may have extended
     the run), unless this launch sets trainer.max_epochs / max_steps itself; the schedules follow that length.
     A finished run with nothing left to train is refused rather than tested again over its metrics."""
-    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    saved = read_checkpoint(ckpt)
     differ = other_job(saved, cfg)
     if differ:  # an override of what is trained, or a last.ckpt copied in from another run: it would train on as this
         raise ConfigError(f"resume={cfg.resume}: {ckpt} trained another job than this launch composes "
@@ -402,7 +420,7 @@ def existing_run(cfg: DictConfig, run_dir: Path) -> tuple[str, Any]:
         return "new", None
     if mode == "restart":
         return "restart", None
-    saved = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt.exists() else None
+    saved = read_checkpoint(ckpt) if ckpt.exists() else None
     if saved is not None:
         before = job_identity(saved.get("hyper_parameters", {}).get("config", {}))
         now = job_identity(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
@@ -436,7 +454,7 @@ def settle_seed(cfg: DictConfig, run_dir: Path) -> None:
     last = run_dir / "checkpoints" / "last.ckpt"
     seed = None
     if last.exists():
-        seed = torch.load(last, map_location="cpu", weights_only=False).get("hyper_parameters", {}).get("config", {}).get("seed")
+        seed = read_checkpoint(last).get("hyper_parameters", {}).get("config", {}).get("seed")
     if seed is None:
         seed = draw_seed()
     cfg.seed = seed
@@ -486,6 +504,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         settle_seed(cfg, run_dir)
         state, found = existing_run(cfg, run_dir)
         if state == "finished":
+            forget_checkpoints()
             discard_launch_record(run_dir, record)
             return found
         pl.seed_everything(cfg.seed, workers=True)
@@ -501,12 +520,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         dm.check_training_batches(trainer.world_size)
         ckpt = last_checkpoint(Path(cfg.resume)) if cfg.get("resume") else found
     except Exception as raised:
+        forget_checkpoints()
         err = user_error(raised)  # a constructor's ConfigError comes wrapped by Hydra's instantiate
         if err is None:
             raise
         discard_launch_record(run_dir, record)  # refused before training: this launch leaves no trace
         discard_refused_first_launch(run_dir, record)
         raise err from None
+    forget_checkpoints()  # Lightning reads last.ckpt itself, into the trainer
     if state == "restart" and trainer.is_global_zero:  # a DDP child rank must not clear what rank zero writes
         clear_earlier_run(run_dir)
     if state in ("new", "restart") and not cfg.get("resume"):

@@ -138,6 +138,24 @@ def test_a_stopped_resume_that_lengthens_a_finished_run_resumes_from_the_command
         train(compose_train(SMOKE + again, run_dir=run_dir))  # now it is finished
 
 
+def test_a_requeued_run_reads_its_last_checkpoint_once_before_lightning_does(tmp_path, monkeypatch):
+    """The seed (seed=null), the job and the checkpoint's step each read the whole last.ckpt again."""
+    common = ["trainer.max_epochs=2", "seed=null"]
+    stop = ["+callbacks.signal._target_=binexp.callbacks.guards.SignalAtStep", "+callbacks.signal.step=4"]
+    cut_dir = tmp_path / "cut"
+    with pytest.raises(RunInterrupted):
+        train(compose_train(SMOKE + common + stop, run_dir=cut_dir))
+    last = (cut_dir / "checkpoints" / "last.ckpt").resolve()
+    reads, load = [], torch.load
+    def counted(f, *args, **kwargs):  # Lightning hands over an open fsspec file
+        reads.append(Path(f if isinstance(f, (str, Path)) else f.path).resolve() == last)
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counted)
+    assert train(compose_train(SMOKE + common, run_dir=cut_dir))["trainer/global_step"] == 8  # the requeue
+    assert reads.count(True) == 2  # binexp's start-up, then Lightning's restore
+
+
 def test_a_signal_inside_an_accumulation_window_stops_where_the_optimizer_steps(tmp_path):
     common = ["trainer.max_epochs=3", "trainer.deterministic=true", "trainer.accumulate_grad_batches=2"]
     straight_dir, straight = run(tmp_path, common, "straight")
