@@ -47,6 +47,7 @@ from binexp.optim import build_optimizer
 from binexp.profiling import NoProfiler
 from binexp.protocol import PhaseEvaluation, protocol_config, run_protocol
 from binexp.ranges import check_ranges
+from binexp.run_lock import RunDirLock
 from binexp.schedules import WEIGHT_DECAY, Progress, Schedule
 from binexp.size import model_size
 
@@ -494,6 +495,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     record = launch_record(run_dir)
+    lock = RunDirLock(run_dir)
+    try:
+        lock.acquire()
+    except ConfigError:
+        discard_launch_record(run_dir, record)  # its own re-run record only: `.hydra/` is the running launch's
+        raise
+    try:
+        return _train(cfg, run_dir, record, started)
+    finally:
+        lock.release()
+
+
+def _train(cfg: DictConfig, run_dir: Path, record: Path | None, started: float) -> dict[str, float]:
     try:
         saved = None
         if cfg.get("resume"):

@@ -511,6 +511,26 @@ def test_a_resume_whose_overrides_change_the_layers_is_refused_before_writing(tm
         train(compose_train(SMOKE + [f"resume={run_dir}", "trainer.max_epochs=3"], run_dir=run_dir))
 
 
+def test_a_second_launch_into_a_run_directory_in_use_is_refused(tmp_path, monkeypatch):
+    """Two launches at once into one folder both trained there, mixing checkpoints, event files and metrics."""
+    from binexp.run_lock import RunDirLock
+
+    run_dir = tmp_path / "run"
+    held = RunDirLock(run_dir).acquire()  # the first launch, still training
+    try:
+        with pytest.raises(ConfigError, match=rf"^{run_dir}: another `binexp train` is training in this run directory; "
+                                              r"wait for it to end, or give this launch another hydra.run.dir "
+                                              r"\(hydra.sweep.dir for a sweep\)$"):
+            train(compose_train(SMOKE, run_dir=run_dir))
+        assert not (run_dir / "checkpoints").exists()
+        monkeypatch.setenv("LOCAL_RANK", "1")  # a DDP rank trains in the folder its rank zero holds
+        assert RunDirLock(run_dir).acquire()._file is None
+    finally:
+        held.release()
+    monkeypatch.delenv("LOCAL_RANK")
+    assert train(compose_train(SMOKE, run_dir=run_dir))["trainer/global_step"] == 8  # free again
+
+
 def test_a_resume_to_a_length_out_of_range_gets_the_range_error(tmp_path):
     run_dir, _ = run(tmp_path, [])
     cfg = compose_train(SMOKE + [f"resume={run_dir}", "trainer.max_epochs=-3"], run_dir=run_dir)
