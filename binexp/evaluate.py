@@ -123,7 +123,7 @@ def load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
     differ = other_job(saved, cfg)
     if differ:  # its tensors may fit (fp, ste, bnn and xnor's LeNets do): tested as this run, it would mean nothing
         raise ConfigError(f"ckpt={ckpt}: {path} was trained as another job than {run_dir}'s ({'; '.join(differ[:3])}); "
-                          f"evaluate it with run=<the run directory that trained it>")
+                          f"give the run directory that trained it as run=")
     cfg = as_tested(cfg, saved)
     if overrides:
         from binexp.config import check_override_keys, check_override_types

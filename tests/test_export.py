@@ -515,8 +515,9 @@ def test_export_targets_and_the_checkpoints_it_reads_are_checked(tmp_path):
         with pytest.raises(ConfigError, match=message):
             export_run(run_dir, ckpt)  # a relative path is looked for in the run too
     other, _ = run(tmp_path, ["method=ste", "architecture.width=2"], name="wide")
-    with pytest.raises(ConfigError, match=r"ckpt=.*wide/checkpoints/last.ckpt: .* does not fit the network of .*run "
-                                          r"\(method=ste, architecture=lenet\); was it saved by another run\?"):
+    with pytest.raises(ConfigError, match=r"ckpt=.*wide/checkpoints/last.ckpt: .* was trained as another job than .*run's "
+                                          r"\(architecture.width: 2.0 there, 1.0 here\); give the run directory that "
+                                          r"trained it as run=$"):
         export_run(run_dir, str(other / "checkpoints" / "last.ckpt"))
 
 

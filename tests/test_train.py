@@ -405,8 +405,8 @@ def test_eval_tests_as_the_launch_that_saved_the_checkpoint_and_refuses_another_
     assert (record["precision"], record["checkpoint_global_step"]) == ("32-true", 8)
     other_dir, _ = run(tmp_path, ["method=ste", "trainer.max_epochs=1"], "other")
     with pytest.raises(ConfigError, match=r"^ckpt=.*other/checkpoints/last.ckpt: .* was trained as another job than "
-                                          r".*run's \(method._target_: .*; method.name: 'ste' there, 'fp' here\); evaluate it with run=<the "
-                                          r"run directory that trained it>$"):
+                                          r".*run's \(method._target_: .*; method.name: 'ste' there, 'fp' here\); "
+                                          r"give the run directory that trained it as run=$"):
         evaluate(eval_config(run=str(run_dir), accelerator="cpu", ckpt=str(other_dir / "checkpoints" / "last.ckpt")))
 
 

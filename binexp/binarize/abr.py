@@ -59,8 +59,10 @@ class BoundedRectifier(nn.Module, RecordedProbe):
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         if self.step:  # 1[k*y >= 0] as sign(k)*y >= 0: a k*y that underflows to -0.0 must not fire where y < 0
             out = (torch.sign(self._k(y)) * y >= 0).to(y.dtype)
-        else:
-            out = torch.clamp(self._k(y) * y + 0.5, 0.0, 1.0)
+        else:  # in float32 under autocast: k's gradient is summed over the batch, which bfloat16 rounds by ~10%
+            k = self.slope.view(1, -1, *([1] * (y.dim() - 2)))
+            wide = y if y.dtype in (torch.float32, torch.float64) else y.float()
+            out = torch.clamp(k * wide + 0.5, 0.0, 1.0).to(y.dtype)
         if self.probing:
             self._record(out.detach())
         return out
