@@ -175,6 +175,11 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path) 
         extra["strategy"] = chosen
     if cfg.trainer.get("profiler") is None:
         extra["profiler"] = NoProfiler()
+    if cfg.trainer.get("benchmark") and cfg.trainer.get("deterministic") in (True, "warn"):
+        # torch ignores cudnn.deterministic while cudnn.benchmark autotunes, so trainer=gpu's benchmark would
+        # undo what was asked for (a resume equal to an uninterrupted run, bit for bit)
+        log.info("trainer.deterministic=%s: cuDNN autotuning (trainer.benchmark) is off", cfg.trainer.deterministic)
+        extra["benchmark"] = False
     try:
         return build(cfg.trainer, drop=tuple(extra), callbacks=callbacks, logger=loggers or False,
                      default_root_dir=str(run_dir), **extra)

@@ -511,6 +511,17 @@ def test_a_resume_whose_overrides_change_the_layers_is_refused_before_writing(tm
         train(compose_train(SMOKE + [f"resume={run_dir}", "trainer.max_epochs=3"], run_dir=run_dir))
 
 
+def test_deterministic_turns_cudnn_autotuning_off(tmp_path, monkeypatch):
+    """trainer=gpu sets benchmark; torch ignores cudnn.deterministic while benchmark is on."""
+    from binexp.train import build_trainer
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    for deterministic, autotuned in (("true", False), ("false", True)):
+        cfg = compose_train(SMOKE + ["trainer.benchmark=true", f"trainer.deterministic={deterministic}"], run_dir=tmp_path)
+        build_trainer(cfg, [], tmp_path)
+        assert torch.backends.cudnn.benchmark is autotuned, deterministic
+
+
 def test_a_second_launch_into_a_run_directory_in_use_is_refused(tmp_path, monkeypatch):
     """Two launches at once into one folder both trained there, mixing checkpoints, event files and metrics."""
     from binexp.run_lock import RunDirLock
