@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import types
+import typing
+from enum import Enum
 from typing import Any
 
 from hydra.utils import instantiate
@@ -47,12 +50,70 @@ def _check_parameters(node: DictConfig, spec: dict, given: dict) -> None:
         full_key = node._get_full_key(unknown[0]) if isinstance(node, DictConfig) else unknown[0]
         takes = [name for name in params if name not in ("self", *given)]
         raise ConfigError(f"{full_key}: not a parameter of {target} (it takes {', '.join(takes) or 'none'})")
+    _check_types(found, spec, node, target)
     if spec.get("_partial_"):
         return  # the caller passes the rest (an optimizer's parameters)
     missing = [name for name in _required(found) if name not in spec and name not in given]
     if missing:
         where = node._get_full_key("_target_").rpartition(".")[0] if isinstance(node, DictConfig) else "the config"
         raise ConfigError(f"{where}: {target} needs {', '.join(missing)}; set it: '{where}.{missing[0]}=...'")
+
+
+def _check_types(found: Any, spec: dict, node: DictConfig, target: str) -> None:
+    """A value that does not fit the type the target's __init__ declares for it fails naming the key: binexp's own
+    options have schemas, but a method or schedule kept outside binexp has only its signature (a `bool` given
+    `maybe` would be true, an Enum value outside its members passed on as it is)."""
+    for key, value in spec.items():
+        hint = _declared_type(found, str(key))
+        if hint is None or _fits(value, hint):
+            continue
+        full_key = node._get_full_key(key) if isinstance(node, DictConfig) else key
+        raise ConfigError(f"{full_key}={value!r}: {target} takes {_describe(hint)}")
+
+
+def _declared_type(found: Any, name: str) -> Any:
+    inits = [c.__dict__["__init__"] for c in found.__mro__ if "__init__" in c.__dict__] if inspect.isclass(found) else [found]
+    for init in inits:
+        try:
+            if name in inspect.signature(init).parameters:
+                return typing.get_type_hints(init).get(name)
+        except Exception:  # an annotation that does not resolve (a name imported only for type checking)
+            return None
+    return None
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether `value` (as the config gives it) is one of the type `hint` names; types it cannot judge pass."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if inspect.isclass(hint) and issubclass(hint, Enum):
+        return isinstance(value, hint) or value in {m.value for m in hint}
+    return True  # lists, dicts, tensors, classes: their constructor decides
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if inspect.isclass(hint) and issubclass(hint, Enum):
+        return "one of " + ", ".join(str(m.value) for m in hint)
+    return {type(None): "null", bool: "true or false", int: "a whole number", float: "a number", str: "a string"}.get(
+        hint, getattr(hint, "__name__", str(hint)))
 
 
 def _required(target: Any) -> list[str]:

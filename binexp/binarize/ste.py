@@ -25,6 +25,7 @@ from torch import nn
 from binexp.binarize.base import BinaryWeights, Method, MethodConfig
 from binexp.binarize.binary_bn import SignBatchNorm1d, SignBatchNorm2d, link_to_activations
 from binexp.binarize.functional import SignActivation, sign_ste
+from binexp.errors import parse_choice
 
 
 class Scaling(str, Enum):
@@ -125,7 +126,7 @@ class STE(Method):
     def __init__(self, t_clip: Optional[float] = 0.5, scaling: str = "none", binarize_first: bool = False,
                  binarize_last: bool = False):
         self.t_clip = t_clip
-        self.scaling = str(getattr(scaling, "value", scaling))
+        self.scaling = parse_choice(Scaling, scaling, "method.scaling").value  # a subclass has no schema to check it
         self.binarize_first, self.binarize_last = binarize_first, binarize_last
 
     def conv(self, name, in_ch, out_ch, kernel_size, stride=1, padding=0, bias=True, *, first=False):
