@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, Optional
+
 import pytorch_lightning as pl
 import torch
 
@@ -97,3 +99,11 @@ class SignalWhileEvaluating(pl.Callback):
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         if self.stage == "test":
             self._send()
+
+
+class TypedOptions:
+    """A class kept outside binexp's schemas (as a researcher's method is): only its signature types its keys."""
+
+    def __init__(self, flag: bool = False, rate: float = 1.0, count: int = 1, mode: str = "a",
+                 limit: Optional[float] = None, kind: Literal["x", "y"] = "x", items: list = ()):
+        self.flag, self.rate, self.count, self.mode, self.limit, self.kind = flag, rate, count, mode, limit, kind

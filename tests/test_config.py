@@ -241,3 +241,31 @@ def test_a_class_built_without_a_parameter_it_needs_names_the_key_to_set():
     with pytest.raises(ConfigError, match=r"^logger\.csv: pytorch_lightning\.loggers\.CSVLogger needs save_dir; "
                                           r"set it: 'logger\.csv\.save_dir=\.\.\.'$"):
         build(node.logger.csv, named=False)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("flag", "maybe", r"things.flag='maybe': tests.helpers.TypedOptions takes true or false$"),
+    ("rate", "fast", r"things.rate='fast': tests.helpers.TypedOptions takes a number$"),
+    ("count", 1.5, r"things.count=1.5: tests.helpers.TypedOptions takes a whole number$"),
+    ("limit", "none", r"things.limit='none': tests.helpers.TypedOptions takes a number or null$"),
+    ("kind", "z", r"things.kind='z': tests.helpers.TypedOptions takes one of 'x', 'y'$"),
+])
+def test_a_class_outside_binexps_schemas_has_its_keys_typed_by_its_signature(key, value, message):
+    """A researcher's method has no schema: `method.flag=maybe` trained with the flag on (a non-empty string)."""
+    node = OmegaConf.create({"things": {"_target_": "tests.helpers.TypedOptions", key: value}}).things
+    with pytest.raises(ConfigError, match=message):
+        build(node, named=False)
+    fine = OmegaConf.create({"things": {"_target_": "tests.helpers.TypedOptions", "flag": True, "rate": 2,
+                                        "limit": None, "kind": "y", "items": [1]}}).things
+    assert build(fine, named=False).rate == 2
+
+
+def test_an_ste_subclass_checks_its_scaling():
+    from binexp.binarize.ste import STE
+
+    class Mine(STE):  # outside binexp's schemas, as the README's examples are
+        pass
+
+    with pytest.raises(ConfigError, match=r"^method.scaling='bogus': allowed are none, backward, forward_backward$"):
+        Mine(scaling="bogus")
+    assert Mine(scaling="backward").scaling == "backward"
