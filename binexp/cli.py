@@ -161,6 +161,11 @@ def _check_override_keys(args: list[str]) -> None:
         _fail(f"{key}: no such key (the keys under {parent or 'the top level'}: {keys})")
     except Exception as err:  # not a ConfigCompositionException: Hydra would end in its traceback
         _fail(_uncomposable(err, parsed))
+    for group in ("method", "schedule"):  # messages, records and exports name the option by it
+        node = OmegaConf.select(shared, group)
+        if OmegaConf.is_dict(node) and not isinstance(node.get("name"), str):
+            _fail(f"{group}.name: missing in the {group}'s config file; an option names itself there, e.g. "
+                  f"`name: <the file's name>` beside its _target_")
     _check_added_keys([o for o in parsed if tried(o) and o.is_add()], trial, shared)
     _check_sweep_values(parsed, trial, shared, swept_groups, tried)
     if any(o.key_or_group == "hydra/launcher" and o.value() == "slurm" for o in parsed):

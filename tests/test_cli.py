@@ -80,6 +80,20 @@ def test_a_resume_into_another_folder_is_refused_before_anything_runs(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
 
 
+def test_a_method_file_without_a_name_is_refused_at_start(tmp_path, capsys):
+    """Without `name:` it trained, and the first message naming the method (a schedule it does not read) crashed."""
+    from binexp.cli import main
+
+    (tmp_path / "conf" / "method").mkdir(parents=True)
+    (tmp_path / "conf" / "method" / "noname.yaml").write_text("_target_: binexp.binarize.ste.STE\nt_clip: 0.5\n")
+    with pytest.raises(SystemExit) as raised:
+        main(["train", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "method=noname", "dataset=synthetic",
+              "debug=smoke", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert raised.value.code == 2 and not (tmp_path / "run").exists()
+    assert capsys.readouterr().err == ("binexp: error: method.name: missing in the method's config file; an option "
+                                       "names itself there, e.g. `name: <the file's name>` beside its _target_\n")
+
+
 def test_an_eval_folder_given_as_a_run_is_named_as_not_a_training_run(tmp_path):
     folder = tmp_path / "eval" / "2026-01-01_00-00-00"  # what `binexp eval` leaves inside a run
     (folder / ".hydra").mkdir(parents=True)
