@@ -221,6 +221,26 @@ def test_sign_layers_curves_wait_for_training_and_never_stop_a_run_as_collapsed(
         BinarizationCurves()._check_collapse(trainer, {"abr": {"stuck": 1.0}})
 
 
+def test_the_curves_file_widens_when_sign_layers_start_reporting_after_the_first_record(tmp_path):
+    """The record before training has no sign layers; its header was kept, so their rows stayed blank all run."""
+    import csv
+
+    from binexp.binarize.abr import BoundedRectifier
+    from binexp.callbacks.binarization import append_csv, measure
+
+    net = torch.nn.Sequential(BoundedRectifier("abr", 4), SignActivation("sign", t_clip=0.5))
+    batches = [(torch.randn(8, 4), None)]
+    path = tmp_path / "b.csv"
+    append_csv(path, 0, 0, measure(net, batches, before_training=True))
+    stats = measure(net, batches)
+    append_csv(path, 4, 0, stats)
+    rows = list(csv.DictReader(path.open()))
+    assert [(r["step"], r["layer"]) for r in rows] == [("0", "abr"), ("4", "abr"), ("4", "sign")]
+    assert set(rows[0]) == {"step", "epoch", "layer", *stats["abr"], *stats["sign"]}
+    assert rows[0]["passing"] == "" and rows[2]["passing"] == f"{stats['sign']['passing']:.6g}"
+    assert rows[0]["binary99"] == rows[1]["binary99"] == f"{stats['abr']['binary99']:.6g}"
+
+
 def test_an_ste_run_logs_its_sign_layers_curves_and_reports_them(tmp_path):
     from binexp.report import report
     from binexp.report.curves import curve_kind, read_curves

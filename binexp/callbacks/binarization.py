@@ -62,18 +62,29 @@ def measure(net: torch.nn.Module, batches, reduce=None, before_training: bool = 
 
 
 def append_csv(path: Path, step: int, epoch: int, stats: dict[str, dict[str, float]]) -> None:
-    """Rows of `stats`; the columns are every statistic of the net's probe kinds (blank where a layer's kind has none),
-    fixed by the file's header once written."""
-    new = not path.exists()
-    if new:
-        keys = sorted({k for values in stats.values() for k in values})
-    else:
+    """Rows of `stats`; the columns are every statistic the file has seen (blank where a layer's kind has none). A row
+    with statistics the header lacks widens it, the earlier rows blank there: the record before training leaves out
+    the sign layers, whose statistics start with training."""
+    given = {k for values in stats.values() for k in values}
+    rows: list[list[str]] = []
+    keys: list[str] = []
+    if path.exists():
         with path.open(newline="") as f:
-            keys = next(csv.reader(f))[3:]
+            header, *rows = list(csv.reader(f))
+        keys = header[3:]
+    if not path.exists() or not given <= set(keys):
+        wider = sorted(set(keys) | given)
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["step", "epoch", "layer", *wider])
+            for row in rows:
+                old = dict(zip(keys, row[3:]))
+                writer.writerow([*row[:3], *[old.get(k, "") for k in wider]])
+        tmp.replace(path)
+        keys = wider
     with path.open("a", newline="") as f:
         writer = csv.writer(f)
-        if new:
-            writer.writerow(["step", "epoch", "layer", *keys])
         for layer, values in stats.items():
             writer.writerow([step, epoch, layer, *[f"{values[k]:.6g}" if k in values else "" for k in keys]])
 
