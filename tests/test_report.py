@@ -409,3 +409,25 @@ def test_report_names_an_unreadable_metrics_file_and_an_out_path_under_a_file(tm
     (run / "metrics.json").write_text('{"test/acc": ')
     with pytest.raises(ReportInputError, match=r"run/metrics.json: not readable as JSON \(Expecting value"):
         report([run], out=tmp_path / "out")
+
+
+def test_a_probe_of_a_method_outside_binexp_is_drawn_with_its_own_columns(tmp_path):
+    """Its columns fell through to ABR's kind: binary90/99/999 were not there and the report ended in a traceback."""
+    from binexp.report import report
+    from binexp.report.curves import curve_kind, read_curves
+
+    run = _finished_run(tmp_path / "run", "0.5", 0.4)
+    (run / "binarization.csv").write_text("step,epoch,layer,a,saturated\n0,0,fc1,1,0.5\n4,0,fc1,3,0.75\n8,1,fc1,9,0.9\n")
+    kind = curve_kind(read_curves(run / "binarization.csv")["fc1"])
+    assert [key for key, _ in kind.last] == ["a", "saturated"] and kind.per_layer == "a" and not kind.percent
+    _, written = report([run], out=tmp_path / "out")
+    assert {"run-binarization.png", "run-binarization-layers.png"} <= {p.name for p in written}
+
+
+def test_the_protocols_measures_at_any_schedules_milestone_are_tabulated():
+    from binexp.report import default_metrics
+
+    run = Run(Path("r"), {"test/acc": 0.5, "protocol/ramp_binary": 0.4, "protocol/ramp_regular": 0.45,
+                          "protocol/binary": 0.41, "size/bytes_binary": 10.0, "protocol/fixed_bn_flips": 0.0})
+    assert default_metrics([run]) == ["test/acc", "protocol/binary", "protocol/fixed_bn_flips", "protocol/ramp_binary",
+                                      "protocol/ramp_regular", "size/bytes_binary"]

@@ -19,6 +19,7 @@ import csv
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -207,6 +208,16 @@ DEFAULT_METRICS = (
     "size/bytes_binary", "size/bytes_float",
 )
 
+def default_metrics(runs: list[Run]) -> list[str]:
+    """DEFAULT_METRICS the runs have, with the protocol's measures at any schedule's milestones (ABR's phase1 is
+    one; a schedule kept outside binexp names its own) beside the protocol's other columns."""
+    found = {k for r in runs for k in r.metrics}
+    milestones = sorted(k for k in found - set(DEFAULT_METRICS) if re.fullmatch(r"protocol/\w+_(regular|binary)", k))
+    listed = [m for m in DEFAULT_METRICS if m in found]
+    sizes = [m for m in listed if m.startswith("size/")]
+    return [m for m in listed if m not in sizes] + milestones + sizes
+
+
 Plotter = Callable[[list[Run], Path], list[Path]]
 PLOTTERS: list[Plotter] = []
 
@@ -266,7 +277,7 @@ def report(paths: list[Path], out: Path | None = None, metrics: list[str] | None
         known = sorted({k for r in finished for k in r.metrics})
         raise ReportInputError(f"--metrics {' '.join(unknown)}: in no run's metrics.json; they hold "
                          f"{', '.join(known)}")
-    metrics = metrics or [m for m in DEFAULT_METRICS if any(m in r.metrics for r in runs)]
+    metrics = metrics or default_metrics(runs)
     out = out or paths[0]
     try:
         out.mkdir(parents=True, exist_ok=True)

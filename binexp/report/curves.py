@@ -29,13 +29,15 @@ class CurveKind:
     ylabel: str
     per_layer: str
     per_layer_ylabel: str
+    percent: bool = True  # shares, drawn in % on 0-100; a probe of a method's own draws its values as they are
 
 
 def curve_kind(columns: dict[str, list[float]]) -> CurveKind:
     """The kind of one layer's curves (read_curves' value for a layer). ABR's rows count units binary a share of
     the time; SBN's rows (they carry `mean_abs`) count weight or activation values with |tanh| above a threshold;
-    sign activations' rows (they carry `passing`) count the inputs inside the gradient window |x| <= t_clip. A net
-    mixing kinds leaves the other kinds' columns blank (NaN here)."""
+    sign activations' rows (they carry `passing`) count the inputs inside the gradient window |x| <= t_clip. A probe
+    of a method kept outside binexp gets its own columns, drawn as they are. A net mixing kinds leaves the other
+    kinds' columns blank (NaN here)."""
 
     def has(key: str) -> bool:
         return any(v == v for v in columns.get(key, []))  # a column of NaN is another kind's
@@ -47,8 +49,12 @@ def curve_kind(columns: dict[str, list[float]]) -> CurveKind:
     if has("mean_abs"):
         return CurveKind(tuple((key, f"|value| > {t:g}") for key, t in SBN_THRESHOLDS.items()), "% of values",
                          "binary99", f"% of values with |value| > {SBN_THRESHOLDS['binary99']:g}")
-    return CurveKind(tuple((key, f"binary {share} of the time") for key, share in THRESHOLDS), "% of units",
-                     "binary99", "% of units binary 99% of the time")
+    if has("binary99"):
+        return CurveKind(tuple((key, f"binary {share} of the time") for key, share in THRESHOLDS), "% of units",
+                         "binary99", "% of units binary 99% of the time")
+    own = [key for key in columns if key not in ("step", "epoch") and has(key)]
+    return CurveKind(tuple((key, key) for key in own), "value", own[0] if own else "", own[0] if own else "",
+                     percent=False)
 
 
 def read_curves(path: Path) -> dict[str, dict[str, list[float]]]:
@@ -125,9 +131,12 @@ def plot_binarization(runs, out: Path) -> list[Path]:
         kinds = {layer: curve_kind(values) for layer, values in curves.items()}
         kind = kinds[last_layer]
         fig, ax = plt.subplots(figsize=(5, 3.5))
+        scale = 100 if kind.percent else 1
         for key, label in kind.last:
-            ax.plot(curves[last_layer]["step"], [100 * v for v in curves[last_layer][key]], label=label)
-        ax.set(xlabel="training step", ylabel=kind.ylabel, ylim=(0, 101), title=f"{labels[run.name]}: {last_layer}")
+            ax.plot(curves[last_layer]["step"], [scale * v for v in curves[last_layer][key]], label=label)
+        ax.set(xlabel="training step", ylabel=kind.ylabel, title=f"{labels[run.name]}: {last_layer}")
+        if kind.percent:
+            ax.set_ylim(0, 101)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))  # more 5-digit step labels overlap at this width
         ax.legend(loc="best", fontsize="small")
         written.append(save_figure(fig, out / f"{run.file_stem}-binarization.png"))
@@ -136,11 +145,17 @@ def plot_binarization(runs, out: Path) -> list[Path]:
         blocks = list(dict.fromkeys(_block_and_kind(layer)[0] for layer in curves))
         for layer, values in curves.items():
             block, part = _block_and_kind(layer)
-            ax.plot(values["step"], [100 * v for v in values[kinds[layer].per_layer]], label=layer,
+            kind = kinds[layer]
+            if not kind.per_layer:
+                continue
+            ax.plot(values["step"], [(100 if kind.percent else 1) * v for v in values[kind.per_layer]], label=layer,
                     color=f"C{blocks.index(block) % 10}", linestyle="--" if part == "act" else "-")
         ylabels = {k.per_layer_ylabel for k in kinds.values()}
-        ax.set(xlabel="training step", ylabel=ylabels.pop() if len(ylabels) == 1 else "% (each layer's own measure)",
-               ylim=(0, 101), title=labels[run.name])
+        percent = all(k.percent for k in kinds.values())
+        ax.set(xlabel="training step", ylabel=ylabels.pop() if len(ylabels) == 1 else
+               "% (each layer's own measure)" if percent else "each layer's own measure", title=labels[run.name])
+        if percent:
+            ax.set_ylim(0, 101)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         add_legend(ax, len(curves), loc="lower right")
         written.append(save_figure(fig, out / f"{run.file_stem}-binarization-layers.png"))
