@@ -29,9 +29,11 @@ def _output_scales(net: nn.Module) -> list[torch.Tensor]:
     return [scale for scale in scales if scale is not None]
 
 
-def model_size(net: nn.Module) -> dict[str, float]:
+def model_size(net: nn.Module, scheduled: tuple[str, ...] = ()) -> dict[str, float]:
+    """`scheduled`: the buffers the run's schedule writes (its method's `schedule_keys`), besides those of the
+    schedules imported so far, which a schedule kept in a module of its own may not be at export time."""
     binary_ids = {id(m.weight) for m in net.modules() if isinstance(m, BinaryWeights)}
-    scheduled = {value for schedule in _subclasses(Schedule) for value in schedule.provides}
+    scheduled = {*scheduled, *(value for schedule in _subclasses(Schedule) for value in schedule.provides)}
     scales = _output_scales(net)
     # a scale kept as a buffer (Section 4.4's frozen mean |W|) is counted once, with the other scales
     kept_scales = {id(scale) for scale in scales}

@@ -584,7 +584,7 @@ def _test_and_evaluate(cfg, run_dir, dm, method, module, callbacks, trainer, pro
     module.to(trainer.strategy.root_device)  # Lightning hands the model back on the CPU
     save_to_run = run_dir if trainer.is_global_zero else None
     metrics.update(run_protocol(module.net, method, dm, protocol, seed=dm.seed, save_to_run=save_to_run))
-    metrics.update(model_size(module.net))
+    metrics.update(model_size(module.net, method.schedule_keys))
     metrics.update({"trainer/epochs": float(trainer.current_epoch), "trainer/global_step": float(trainer.global_step)})
     metrics["time/wall_s"] = time.time() - started
     if trainer.is_global_zero:

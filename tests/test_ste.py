@@ -116,6 +116,15 @@ def test_model_size_counts_the_scales_a_deployed_binary_layer_stores():
     assert size["size/bytes_float"] == 4 * binary
 
 
+def test_model_size_leaves_out_the_buffers_the_runs_schedule_writes_whichever_schedules_are_imported():
+    """`binexp export` builds no schedule: one kept in a module of its own was not imported, and its values counted
+    as stored floats (4 bytes each) against the run's own size/bytes_binary."""
+    net = torch.nn.Sequential(BinaryLinear(16, 8, bias=False))
+    net[0].register_buffer("tanh_a", torch.tensor(3.0))  # a value an outside schedule writes
+    assert model_size(net)["size/params"] == 128 + 1
+    assert model_size(net, ("tanh_a",)) == model_size(torch.nn.Sequential(BinaryLinear(16, 8, bias=False)))
+
+
 def test_section_4_4s_frozen_scales_are_counted_once():
     from binexp.protocol import freeze_sign_weights
 

@@ -47,11 +47,13 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def size_table(net: torch.nn.Module, manifest: dict, tensors: dict[str, np.ndarray], file_bytes: int) -> dict[str, float | None]:
-    """File bytes against float32 bytes, for the whole model and for the binary layers alone."""
+def size_table(net: torch.nn.Module, manifest: dict, tensors: dict[str, np.ndarray], file_bytes: int,
+               scheduled: tuple[str, ...] = ()) -> dict[str, float | None]:
+    """File bytes against float32 bytes, for the whole model and for the binary layers alone; `scheduled` as in
+    binexp.size.model_size."""
     from binexp.size import model_size
 
-    sizes = model_size(net)
+    sizes = model_size(net, scheduled)
     binary_ops = [op for op in manifest["ops"] if "weight_bits" in op["tensors"]]
     packed = sum(tensors[op["tensors"]["weight_bits"]].nbytes for op in binary_ops)
     binary_float = 4 * sum(int(np.prod(op["attrs"]["weight_shape"])) for op in binary_ops)
@@ -86,7 +88,7 @@ def export_run(run_dir: Path, ckpt: str = "last", out: Path | str | None = None)
         file_bytes = artifact.write(out, manifest, tensors)
     except OSError as err:
         raise ConfigError(f"out={out}: cannot write the export there ({err.strerror})") from None
-    sizes = size_table(net, manifest, tensors, file_bytes)
+    sizes = size_table(net, manifest, tensors, file_bytes, tuple(module.method.schedule_keys))
     sidecar(out, "size").write_text(json.dumps(sizes, indent=2) + "\n")
     return out, sizes
 
