@@ -468,3 +468,43 @@ def test_the_cifar_recipes_do_not_mirror_mnist_digits():
                                              "(dataset.hflip_keeps_class=false); allowed is flip=false")
     meant = compose_train(["dataset=mnist", "dataset.augment.flip=true", "dataset.hflip_keeps_class=true"])
     assert build(meant.dataset).flip is True
+
+
+def test_cached_image_folder_test_split_is_still_interleaved(tmp_path):
+    """A run after the first reads the cache: its test split came back sorted by class (mutation M53)."""
+    from binexp.data.imagefolder import read_image_folder
+    root = tmp_path / "imgs"
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            for i in range(2):
+                p = root / split / c / f"{i}.png"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.full((4, 4, 3), 10 * i, np.uint8)).save(p)
+    first = read_image_folder(root, str(tmp_path / "cache"))[1]
+    second = read_image_folder(root, str(tmp_path / "cache"))[1]  # from the cache
+    assert first.labels.tolist() == [0, 1, 0, 1]
+    assert second.labels.tolist() == [0, 1, 0, 1]
+
+
+def test_eval_batches_are_not_augmented():
+    """Crop and flip are training augmentation: validation and test batches are the images as they are."""
+    from binexp.data.synthetic import SyntheticData
+    dm = SyntheticData(num_train=64, num_test=16, val_size=16, seed=0, batch_size=16,
+                       augment={"crop_padding": 4, "flip": True})
+    dm.setup()
+    x, _ = next(iter(dm.batches("test")))
+    scale, shift = dm.norm.affine("cpu")
+    torch.testing.assert_close(x, dm.splits["test"].images[: len(x)].float() * scale + shift)
+
+
+def test_standard_normalisation_comes_from_the_training_rest_not_test_nor_subset():
+    """The statistics of the training images left after the hold-out, not the test set's or the subset's."""
+    from binexp.data.loader import channel_stats
+    from binexp.data.split import stratified_holdout
+    from binexp.data.synthetic import SyntheticData
+    dm = SyntheticData(num_train=256, num_test=64, val_size=32, subset=64, seed=0, batch_size=16)
+    dm.setup()
+    train, test, classes = dm.load()
+    rest, _ = stratified_holdout(train, dm.validation_size(), len(classes), dm.seed)
+    mean, std = channel_stats(rest.images)
+    assert np.allclose(dm.norm.mean, mean) and np.allclose(dm.norm.std, std)

@@ -144,3 +144,13 @@ def test_the_cifar_quick_recipe_divides_the_lr_by_ten_for_the_last_two_of_ten_ep
     lrs = lrs_over(build(cfg.lr_scheduler.scheduler)(optimizer=opt), cfg.trainer.max_epochs)
     assert cfg.lr_scheduler.interval == "epoch"
     assert lrs[:10] == pytest.approx([1e-3] * 8 + [1e-4] * 2)
+
+
+def test_the_train_module_hands_the_scheduler_interval_to_lightning(tmp_path):
+    """caffe_inv steps every iteration: an interval lost on the way to Lightning would step it once an epoch."""
+    from binexp.train import build_data, build_method, build_module
+    from tests.conftest import compose_train
+    cfg = compose_train(["architecture=lenet", "dataset=synthetic"], run_dir=tmp_path)  # caffe_inv: per iteration
+    dm = build_data(cfg)
+    spec = build_module(cfg, dm, build_method(cfg)).configure_optimizers()["lr_scheduler"]
+    assert spec["interval"] == "step"

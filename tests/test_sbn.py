@@ -669,3 +669,23 @@ def test_the_finetuned_protocol_value_does_not_depend_on_the_mode_the_network_wa
         getattr(net, mode)()
         found.append(finetuned_accuracy(net, dm, protocol_config(cfg), seed=0))
     assert found[0] == found[1]
+
+
+def test_fixed_point_protocol_is_exact_where_inputs_lie_on_the_code_grid():
+    """The protocol hands each layer's input grid to the 8-bit quantizer: where the code step divides it, no flips."""
+    from binexp.binarize.base import evaluating  # noqa: F401
+    from binexp.builder import build
+    from binexp.models import build_model
+    from binexp.protocol import fixed_point_bn, reestimate_bn
+    from tests.conftest import SMOKE, compose_train
+    cfg = compose_train(SMOKE + ["method=bnn", "architecture.batch_norm=true", "architecture.conv_act=true"])
+    torch.manual_seed(0)
+    net = build_model(cfg.architecture, build(cfg.method), (1, 28, 28), 10)
+    g = torch.Generator().manual_seed(1)
+    train = [(torch.randn(32, 1, 28, 28, generator=g), torch.randint(0, 10, (32,), generator=g)) for _ in range(3)]
+    test = [(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g)) for _ in range(2)]
+    reestimate_bn(net, train, count=3, step=True)
+    _, per_layer = fixed_point_bn(net, train, test, bits=12, range_batches=2)
+    on_grid = {n: layer for n, layer in per_layer.items()
+               if layer["input_grid"] > 0 and 2.0 ** -layer["fraction_bits"] <= layer["input_grid"]}
+    assert on_grid and all(layer["flips"] == 0 for layer in on_grid.values()), per_layer
