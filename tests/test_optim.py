@@ -83,6 +83,23 @@ def test_the_training_module_hands_caffe_biases_to_the_optimizer(tmp_path):
     assert [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [(1e-3, 4e-3), (1e-3, 0.0), (2e-3, 4e-3)]
 
 
+@pytest.mark.parametrize("method", ["abr", "sbn", "ste"])
+def test_the_training_module_decays_the_layers_weights_and_nothing_else(tmp_path, method):
+    """Through the methods' own `decays` (not a copy of the rule): conv/linear weights (SBN's latent P too) decay;
+    biases, batch norm and ABR's slopes do not."""
+    from binexp.train import build_data, build_method, build_module
+
+    cfg = compose_train(["dataset=synthetic", "architecture=lenet", "architecture.batch_norm=true",
+                         "architecture.conv_act=true", f"method={method}"], run_dir=tmp_path)
+    module = build_module(cfg, build_data(cfg), build_method(cfg))
+    decayed, kept = module.configure_optimizers()["optimizer"].param_groups[:2]
+    assert decayed["weight_decay"] == cfg.optimizer.weight_decay > 0 and kept["weight_decay"] == 0.0
+    assert names(module.net, decayed) == [n for n, p in module.net.named_parameters() if p.ndim > 1]
+    assert names(module.net, kept) and all(p.ndim == 1 for p in kept["params"])
+    if method == "abr":
+        assert any(n.endswith("slope") for n in names(module.net, kept))
+
+
 @pytest.mark.parametrize("name", ["caffe_inv", "cosine", "exponential", "multistep"])
 def test_every_lr_scheduler_config_takes_only_its_class_parameters(name):
     from binexp.train import check_scheduler_keys

@@ -431,3 +431,10 @@ def test_the_protocols_measures_at_any_schedules_milestone_are_tabulated():
                           "protocol/binary": 0.41, "size/bytes_binary": 10.0, "protocol/fixed_bn_flips": 0.0})
     assert default_metrics([run]) == ["test/acc", "protocol/binary", "protocol/fixed_bn_flips", "protocol/ramp_binary",
                                       "protocol/ramp_regular", "size/bytes_binary"]
+
+
+def test_a_settings_statistics_over_three_seeds_are_the_mean_and_the_sample_sd():
+    from binexp.report.seeds import summarize
+
+    s = summarize([0.1, 0.2, 0.6, float("nan")])  # a median or a population sd would differ with three values
+    assert (s.mean, s.n) == (pytest.approx(0.3), 3) and s.sd == pytest.approx(0.2645751311)
