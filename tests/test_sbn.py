@@ -478,6 +478,10 @@ def test_step_mode_of_a_trained_hard_network_is_the_same_function():
     with torch.no_grad():
         for _ in range(3):
             net(x)  # BN running statistics away from their initial values
+        for bn in (m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
+            bn.weight.uniform_(-1.5, 1.5)  # as trained: negative, small and large gammas, and betas off zero
+            bn.weight[0] = 0.0
+            bn.bias.uniform_(-0.5, 0.5)
         net.eval()
         plain = net(x)
         with step_mode(net):
