@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -30,6 +31,7 @@ from pytorch_lightning.strategies.launchers.subprocess_script import _Subprocess
 log = logging.getLogger(__name__)
 
 RANK_CONFIG_ENV = "BINEXP_RANK_CONFIG"
+LAUNCHER_PID_ENV = "BINEXP_LAUNCHER_PID"
 # what Lightning's launcher writes into the launching process's environment
 _LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
@@ -55,7 +57,8 @@ class ChildRankLauncher(_SubprocessScriptLauncher):
         os.environ["LOCAL_RANK"] = str(env.local_rank())
         os.environ["WORLD_SIZE"] = f"{self.num_processes * self.num_nodes}"
         for local_rank in range(1, self.num_processes):
-            child_env = {**os.environ, "LOCAL_RANK": str(local_rank), RANK_CONFIG_ENV: self.rank_config}
+            child_env = {**os.environ, "LOCAL_RANK": str(local_rank), RANK_CONFIG_ENV: self.rank_config,
+                         LAUNCHER_PID_ENV: str(os.getpid())}
             if os.environ.get("PL_GLOBAL_SEED") is None:
                 child_env.pop("PL_GLOBAL_SEED", None)
             self.procs.append(subprocess.Popen([sys.executable, "-m", "binexp.distributed"], env=child_env))
@@ -86,6 +89,32 @@ class DDPStrategy(pl.strategies.DDPStrategy):
     def _configure_launcher(self) -> None:
         assert self.cluster_environment is not None
         self._launcher = ChildRankLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
+
+
+def share_rank_zero_buffers(net: torch.nn.Module) -> None:
+    """Every rank takes rank zero's buffers (BN running statistics), which the checkpoint saves. DDP copies them only
+    at the next forward through its wrapper, and each rank's BN has run on its own shard since: a measurement that
+    calls the network directly (the curves, the firing matrix, a milestone's protocol) would mix the ranks'
+    statistics. Collective: every rank calls it at the same point; a no-op without a process group."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for buffer in net.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def die_with_parent() -> None:
+    """A child rank ends when the launching process does (Linux: PR_SET_PDEATHSIG). Killed before Lightning's
+    handlers were in, the launcher left its children waiting in the rendezvous, orphaned, for the process group's
+    30-minute timeout."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the launcher's own stop handling is all there is
+        return
+    launcher = os.environ.get(LAUNCHER_PID_ENV)
+    if launcher and os.getppid() != int(launcher):  # the launcher was gone before the request took effect
+        os._exit(143)
 
 
 def several_devices(devices: Any) -> bool:
@@ -169,6 +198,7 @@ def main() -> None:
     """Entry of ranks 1..N-1 started by `ChildRankLauncher`: train the launching rank's config, no Hydra."""
     from omegaconf import OmegaConf
 
+    from binexp.callbacks.binarization import TrainingCollapsed
     from binexp.config import register_configs
     from binexp.errors import BinexpError, NonFiniteLossError, RunInterrupted
     from binexp.train import train
@@ -176,14 +206,15 @@ def main() -> None:
     text = os.environ.get(RANK_CONFIG_ENV)
     if not text:
         raise SystemExit(f"python -m binexp.distributed is started by binexp's DDPStrategy ({RANK_CONFIG_ENV} is unset)")
+    die_with_parent()
     rank = int(os.environ.get("LOCAL_RANK", "1"))  # a child: never rank zero
     logging.basicConfig(level=logging.WARNING, format=f"[local rank {rank}] %(levelname)s %(name)s: %(message)s")
     quiet_other_ranks(rank)
     register_configs()
     try:
         train(OmegaConf.create(text))
-    except (RunInterrupted, NonFiniteLossError):
-        # rank zero reports the stop (and the resume command); a non-zero exit here would make Lightning's
+    except (RunInterrupted, NonFiniteLossError, TrainingCollapsed):
+        # every rank stops (or collapses) alike and rank zero reports it (the resume command); a non-zero exit here would make Lightning's
         # process observer kill rank zero before it does, and with it a sweep's later jobs
         raise SystemExit(0) from None
     except BinexpError as err:

@@ -50,7 +50,7 @@ from binexp.binarize.binary_bn import (
     input_ranges,
 )
 from binexp.binarize.functional import SignActivation, binary_sign
-from binexp.distributed import gather_in_order, sum_over_shards
+from binexp.distributed import gather_in_order, share_rank_zero_buffers, sum_over_shards
 from binexp.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -371,6 +371,7 @@ class PhaseEvaluation(pl.Callback):
                 test = trainer.datamodule.batches("test")
                 if len(test) == 0:  # trainer.limit_test_batches=0
                     continue
+                share_rank_zero_buffers(pl_module.net)
                 found = {
                     f"protocol/{name}_regular": accuracy(pl_module.net, test),
                     f"protocol/{name}_binary": accuracy(pl_module.net, test, step=True),

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -137,6 +138,67 @@ def test_the_slurm_launcher_refuses_a_device_count_slurm_cannot_take(capsys):
     assert raised.value.code == 2
     assert capsys.readouterr().err == ("binexp: error: trainer.devices=auto: hydra/launcher=slurm asks SLURM for "
                                        "trainer.devices GPUs and tasks per node; give a number (trainer.devices=4)\n")
+
+
+def test_a_fraction_of_the_test_set_that_gives_the_processes_different_batch_counts_is_refused():
+    """Shards of 151 and 150 images in batches of 150: half of each is 1 and 0 batches; the process without one
+    waited for the other forever (the curves sum over the ranks)."""
+    from binexp.errors import ConfigError
+
+    dm = SyntheticData(num_train=192, num_test=301, val_size=0, batch_size=32, eval_batch_size=150, seed=0)
+    with pytest.raises(ConfigError, match=r"^trainer.limit_test_batches=0.5: under DDP each of the 2 processes takes "
+                                          r"that share of its own part of the test set \(151, 150 images, batches of "
+                                          r"dataset.eval_batch_size=150\), which gives them 1, 0 batches; give a count "
+                                          r"per process instead \(trainer.limit_test_batches=1\)$"):
+        dm.check_eval_shards(2, {"val": 0.5, "test": 0.5})
+    for fine in (1.0, 0.0, 2, 0.25):  # the whole shards, none, a count; a quarter: 0 batches on both
+        dm.check_eval_shards(2, {"val": 0.5, "test": fine})
+    dm.check_eval_shards(1, {"test": 0.5})
+
+
+def test_a_child_rank_ends_when_its_launcher_does(tmp_path):
+    """Killed before Lightning's handlers were in, the launcher left its child waiting in the rendezvous."""
+    script = tmp_path / "launcher.py"
+    script.write_text(
+        "import os, subprocess, sys\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'from binexp.distributed import die_with_parent; "
+        "die_with_parent(); import sys, time; open(sys.argv[1], \"w\").close(); time.sleep(60)', sys.argv[1]], "
+        "env={**os.environ, 'BINEXP_LAUNCHER_PID': str(os.getpid())}, stdout=subprocess.DEVNULL, "
+        "stderr=subprocess.DEVNULL)\n"
+        "print(child.pid, flush=True)\n"
+        "import time; time.sleep(3)\n"
+        "os._exit(0)\n")
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "waiting")], capture_output=True, text=True,
+                         timeout=60)
+    pid = int(out.stdout.split()[0])
+    assert (tmp_path / "waiting").exists(), out.stderr  # it was waiting when the launcher went
+    import time
+
+    for _ in range(50):
+        if not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(pid, 9)
+        pytest.fail("the child outlived its launcher")
+
+
+def test_a_child_rank_leaves_a_collapse_to_rank_zero(monkeypatch, capsys):
+    """Every rank sees the same collapse; the child printed it again and exited 4."""
+    import binexp.distributed
+    import binexp.train
+    from binexp.callbacks.binarization import TrainingCollapsed
+
+    def collapse(cfg):
+        raise TrainingCollapsed("training collapsed at step 8")
+
+    monkeypatch.setattr(binexp.train, "train", collapse)
+    monkeypatch.setattr(binexp.distributed, "die_with_parent", lambda: None)
+    monkeypatch.setattr(binexp.distributed, "quiet_other_ranks", lambda rank: None)
+    monkeypatch.setenv(binexp.distributed.RANK_CONFIG_ENV, "seed: 0\n")
+    with pytest.raises(SystemExit) as raised:
+        binexp.distributed.main()
+    assert raised.value.code == 0 and capsys.readouterr().err == ""
 
 
 # ---- sharded evaluation helpers ------------------------------------------------------------------------
@@ -315,6 +377,31 @@ def test_a_ddp_run_stopped_mid_epoch_resumes_to_the_same_weights_and_epoch_value
     a, b = (torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
             for name in ("straight", "cut"))
     assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+@pytest.mark.slow
+def test_ddp_curves_and_firing_matrix_use_the_saved_batch_norm_statistics(tmp_path):
+    """Without a validation after the last step, each rank's BN running statistics were still its own shard's when
+    the curves and the firing matrix measured; they now take rank zero's, the ones last.ckpt holds."""
+    from binexp.train import build_module
+
+    common = ["dataset=synthetic", "debug=smoke", "method=bnn", "architecture.batch_norm=true", "dataset.val_size=0",
+              "trainer.max_epochs=1", "dataset.subset=512", "trainer.limit_train_batches=1.0", "~callbacks.best_checkpoint"]
+    run_dir = tmp_path / "run"
+    out = subprocess.run([sys.executable, "-m", "binexp.cli", "train", *common, "trainer=ddp", "trainer.accelerator=cpu",
+                          "trainer.devices=2", f"hydra.run.dir={run_dir}"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    cfg = compose_train(SMOKE + common, run_dir=tmp_path / "single")
+    dm = build_data(cfg)
+    module = build_module(cfg, dm, build_method(cfg))
+    module.load_state_dict(torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"])
+    stats = measure(module.net, dm.batches("test"))
+    rows = (run_dir / "binarization.csv").read_text().splitlines()
+    keys, last = rows[0].split(",")[3:], rows[-1].split(",")
+    layer = last[2]
+    assert last[3:] == [f"{stats[layer][k]:.6g}" if k in stats[layer] else "" for k in keys]
+    np.testing.assert_array_equal(np.load(run_dir / "firing_matrix.npy"), firing_matrix(module.net, dm.batches("test"), 10))
 
 
 def test_a_non_finite_loss_on_another_rank_is_reported_as_that_ranks(tmp_path):

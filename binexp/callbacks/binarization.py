@@ -21,7 +21,7 @@ import pytorch_lightning as pl
 import torch
 
 from binexp.binarize.base import evaluating, probes
-from binexp.distributed import sum_over_shards
+from binexp.distributed import share_rank_zero_buffers, sum_over_shards
 from binexp.errors import BinexpError
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,7 @@ class BinarizationCurves(pl.Callback):
         test = trainer.datamodule.batches("test")  # this rank's shard; the counts are summed over ranks
         if len(test) == 0:  # trainer.limit_test_batches=0
             return
+        share_rank_zero_buffers(pl_module.net)
         stats = measure(pl_module.net, test, reduce=lambda t: sum_over_shards(t, test),
                         before_training=trainer.global_step == 0)
         if not stats:
@@ -200,6 +201,7 @@ class BinarizationCurves(pl.Callback):
         test = dm.batches("test", device=pl_module.device)
         if len(test) == 0:  # trainer.limit_test_batches=0
             return
+        share_rank_zero_buffers(pl_module.net)
         matrix = firing_matrix(pl_module.net, test, dm.num_classes)
         if not trainer.is_global_zero:
             return

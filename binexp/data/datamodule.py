@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -134,6 +134,31 @@ class ImageData(pl.LightningDataModule):
                               f"(dataset.subset={'null' if self.subset is None else self.subset}, dataset.val_size="
                               f"{self.validation_size()}), so no "
                               f"training batch; allowed is a batch size <= {shard}")
+
+    def check_eval_shards(self, world_size: int, limits: dict[str, Any]) -> None:
+        """Under DDP a fractional trainer.limit_val/test_batches is taken of each process's own shard; where that
+        gives the processes different numbers of batches, a process with none waits for the others forever (the
+        curves and the protocol sum over the ranks), and a protocol job every rank repeats on the whole split would
+        be scored on other images than test/acc."""
+        if world_size < 2:
+            return
+        self.setup()
+        for stage, limit in limits.items():
+            if isinstance(limit, bool) or not isinstance(limit, float) or limit in (0.0, 1.0):
+                continue
+            if stage == "val" and not self.has_validation:
+                continue
+            shards = [DeviceBatches(self.splits[stage], self.eval_batch_size, self.norm, rank=r, world_size=world_size,
+                                    device="cpu") for r in range(world_size)]
+            counts = [limit_to_count(len(b), limit) for b in shards]
+            if len(set(counts)) > 1:
+                sizes = ", ".join(str(len(self.splits[stage]) // world_size + (r < len(self.splits[stage]) % world_size))
+                                  for r in range(world_size))
+                raise ConfigError(
+                    f"trainer.limit_{stage}_batches={limit}: under DDP each of the {world_size} processes takes that "
+                    f"share of its own part of the {stage} set ({sizes} images, batches of dataset.eval_batch_size="
+                    f"{self.eval_batch_size}), which gives them {', '.join(map(str, counts))} batches; give a count "
+                    f"per process instead (trainer.limit_{stage}_batches={max(counts) or 1})")
 
     def batches(
         self, stage: str, train: bool = False, device: torch.device | str | None = None, shard: bool = True,
