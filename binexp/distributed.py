@@ -26,7 +26,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
+from pytorch_lightning.plugins.layer_sync import TorchSyncBatchNorm
 from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+from torch.nn.modules.batchnorm import _BatchNorm
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,32 @@ class DDPStrategy(pl.strategies.DDPStrategy):
     def _configure_launcher(self) -> None:
         assert self.cluster_environment is not None
         self._launcher = ChildRankLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
+
+
+class StepFormSyncBatchNorm(TorchSyncBatchNorm):
+    """`trainer.sync_batchnorm=true` that keeps every batch norm's own class. Lightning's plugin replaces each by a
+    plain SyncBatchNorm and, after fit, by a plain batch norm: a SignBatchNorm lost its BinaryBN step form, so the
+    protocol's 8-bit thresholds and the export no longer found it. Here each layer's class is swapped in place (a
+    SyncBatchNorm is a batch norm with a process group) and swapped back, so parameters, buffers and attributes
+    stay the layer's own."""
+
+    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+        from binexp.binarize.binary_bn import SyncSignBatchNorm, _BinaryBNStepForm
+
+        for module in model.modules():
+            if isinstance(module, _BatchNorm) and not isinstance(module, torch.nn.SyncBatchNorm):
+                module._unsynced_class = type(module)
+                module.__class__ = SyncSignBatchNorm if isinstance(module, _BinaryBNStepForm) else torch.nn.SyncBatchNorm
+                module.process_group = None  # the whole world, as Lightning's
+        return model
+
+    def revert(self, model: torch.nn.Module) -> torch.nn.Module:
+        for module in model.modules():
+            original = module.__dict__.pop("_unsynced_class", None)
+            if original is not None:
+                module.__class__ = original
+                del module.process_group
+        return model
 
 
 def share_rank_zero_buffers(net: torch.nn.Module) -> None:

@@ -30,7 +30,13 @@ from binexp.callbacks.guards import stop_after_fit
 from binexp.callbacks.schedule import ScheduleCallback
 from binexp.config import check_override_types
 from binexp.data.datamodule import ImageData, draw_seed
-from binexp.distributed import launcher_of, quiet_other_ranks, several_devices, strategy_for
+from binexp.distributed import (
+    StepFormSyncBatchNorm,
+    launcher_of,
+    quiet_other_ranks,
+    several_devices,
+    strategy_for,
+)
 from binexp.errors import ConfigError, raised_from, user_error
 from binexp.hparams import log_hparams
 from binexp.hydra_output import (
@@ -175,6 +181,8 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path) 
         extra["strategy"] = chosen
     if cfg.trainer.get("profiler") is None:
         extra["profiler"] = NoProfiler()
+    if cfg.trainer.get("sync_batchnorm") and cfg.trainer.get("plugins") is None:  # Lightning's would drop BinaryBN
+        extra["plugins"] = [StepFormSyncBatchNorm()]
     if cfg.trainer.get("benchmark") and cfg.trainer.get("deterministic") in (True, "warn"):
         # torch ignores cudnn.deterministic while cudnn.benchmark autotunes, so trainer=gpu's benchmark would
         # undo what was asked for (a resume equal to an uninterrupted run, bit for bit)

@@ -140,6 +140,40 @@ def test_the_slurm_launcher_refuses_a_device_count_slurm_cannot_take(capsys):
                                        "trainer.devices GPUs and tasks per node; give a number (trainer.devices=4)\n")
 
 
+def test_sync_batchnorm_keeps_each_batch_norms_class_and_binary_bns_step_form():
+    """Lightning's plugin made every batch norm a plain SyncBatchNorm and, after fit, a plain batch norm: BNN's
+    SignBatchNorm lost its BinaryBN step form (the 8-bit thresholds and the export look for it)."""
+    import pytorch_lightning as pl
+
+    from binexp.binarize.base import step_mode
+    from binexp.binarize.binary_bn import _BinaryBNStepForm
+    from binexp.distributed import StepFormSyncBatchNorm
+
+    cfg = compose_train(SMOKE + ["method=bnn", "architecture.batch_norm=true", "architecture.conv_act=true"])
+    torch.manual_seed(0)
+    from binexp.models import build_model
+
+    net = build_model(cfg.architecture, build_method(cfg), (1, 28, 28), 10)
+    x = torch.randn(16, 1, 28, 28)
+    net.train()
+    net(x)
+    net.eval()
+    with torch.no_grad(), step_mode(net):
+        before = net(x)
+    classes = [type(m) for m in net.modules()]
+    plugin = StepFormSyncBatchNorm()
+    plugin.apply(net)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
+    assert sum(isinstance(m, _BinaryBNStepForm) for m in norms) == sum(issubclass(c, _BinaryBNStepForm) for c in classes) > 0
+    with torch.no_grad(), step_mode(net):
+        assert torch.equal(net(x), before)
+    plugin.revert(net)
+    assert [type(m) for m in net.modules()] == classes
+    trainer = pl.Trainer(accelerator="cpu", sync_batchnorm=True, plugins=[plugin], logger=False)
+    assert trainer._accelerator_connector._layer_sync is plugin  # Lightning takes it for its own
+
+
 def test_a_fraction_of_the_test_set_that_gives_the_processes_different_batch_counts_is_refused():
     """Shards of 151 and 150 images in batches of 150: half of each is 1 and 0 batches; the process without one
     waited for the other forever (the curves sum over the ranks)."""

@@ -281,6 +281,11 @@ class SignBatchNorm1d(_BinaryBNStepForm, nn.BatchNorm1d):
         self.block_name, self.step, self.feeds_sign = name, False, False
 
 
+class SyncSignBatchNorm(_BinaryBNStepForm, nn.SyncBatchNorm):
+    """A SignBatchNorm while `trainer.sync_batchnorm` trains it across processes (binexp.distributed.
+    StepFormSyncBatchNorm swaps its class in and back): batch statistics over every rank, the same step form."""
+
+
 def link_to_activations(model: nn.Module, sign_activations: tuple[type, ...]) -> int:
     """Mark each SignBatchNorm that has a sign activation of the same `block_name` as feeding it; returns how many.
 
