@@ -174,8 +174,8 @@ def _feed_as_trained(dm, saved: dict, overrides: list[str] | None) -> None:
         return
     trained = InputNorm(**recorded)
     if trained.mode != dm.normalize:
-        raise ConfigError(f"run_overrides={list(overrides or [])}: dataset.normalize={dm.normalize}, but the network "
-                          f"trained on inputs normalised as {trained.mode}; it cannot be tested on others")
+        raise ConfigError(f"dataset.normalize={dm.normalize}, but the network trained on inputs normalised as "
+                          f"{trained.mode}; it cannot be tested on others (leave dataset.normalize as the run had it)")
     dm.norm = trained
 
 

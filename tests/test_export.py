@@ -20,7 +20,7 @@ from binexp.errors import ConfigError
 from binexp.evaluate import load_trained
 from binexp.export import artifact
 from binexp.export.artifact import ArtifactError
-from binexp.export.commands import export_run, verify_artifact
+from binexp.export.commands import _sha256_file, export_run, verify_artifact
 from binexp.export.lower import ExportError, integer_bounds, lower, pack_rows
 from binexp.export.popcount import _kernel, popcount_gemm
 from binexp.export.runtime import BinaryLayer, StepModel, unpack_weights
@@ -359,6 +359,14 @@ def test_an_altered_manifest_is_refused(saved):
         artifact.read(saved)
 
 
+def test_a_file_whose_version_is_no_number_is_refused(saved, tmp_path):
+    manifest, tensors = artifact.read(saved)
+    odd = tmp_path / "odd.safetensors"
+    artifact.write(odd, {**manifest, "version": "2"}, tensors)
+    with pytest.raises(ArtifactError, match=r"odd.safetensors: format version '2' is not a version number"):
+        artifact.read(odd)
+
+
 def test_other_files_are_refused(tmp_path):
     with pytest.raises(ArtifactError, match="no such file"):
         artifact.read(tmp_path / "missing.safetensors")
@@ -388,6 +396,9 @@ def test_export_and_verify_a_trained_run(tmp_path, method, capsys):
     assert result["accuracy_exported"] == result["accuracy_trained_step"]
     assert result["samples"] > 0 and sum(result["differing_activations"].values()) == 0
     assert json.loads((run_dir / "export" / "verify.json").read_text())["differing_predictions"] == 0
+    assert json.loads((run_dir / "export" / "verify.json").read_text())["artifact_sha256"] == _sha256_file(path)
+    export_run(run_dir)  # a new export: the verify.json beside it was about the file it replaced
+    assert not (run_dir / "export" / "verify.json").exists()
 
 
 def test_section_4_4_binary_weight_network_is_saved_and_exports_its_weights_as_bits(tmp_path):
@@ -536,3 +547,37 @@ def test_verify_finds_a_moved_run_and_refuses_a_run_of_another_network(tmp_path)
         artifact.read(moved)
     with pytest.raises(ArtifactError, match="not a binexp export, or a truncated one"):
         artifact.read(moved / "checkpoints" / "last.ckpt")
+
+
+def test_the_runtime_refuses_inputs_of_another_size_and_takes_an_empty_batch(tmp_path):
+    """Inputs of another size can pack into as many 64-bit words: the sums came out without an error."""
+    from binexp.export.runtime import StepModel
+
+    run_dir, _ = run(tmp_path, ["method=bnn", "architecture=vgg_small", "architecture.width=0.012"])
+    path, _ = export_run(run_dir)
+    model = StepModel(*artifact.read(path))
+    assert model(torch.zeros(0, 1, 28, 28)).shape == (0, 10)
+    with pytest.raises(ValueError, match=r"^input of shape \(2, 3, 28, 28\): the model was exported for images of "
+                                         r"shape \(1, 28, 28\), given as \(N, C, H, W\)$"):
+        model(torch.zeros(2, 3, 28, 28))
+    with pytest.raises(ValueError, match=r"^classifier.1: input of shape \(2, \d+\), the exported layer takes "
+                                         r"\(N, \d+\)$"):
+        model(torch.zeros(2, 1, 20, 20))
+
+
+def test_a_popcount_library_that_does_not_load_falls_back_to_numpy(tmp_path, monkeypatch):
+    import importlib.machinery
+
+    from binexp.export import popcount
+
+    damaged = tmp_path / f"_popcount{importlib.machinery.EXTENSION_SUFFIXES[0]}"
+    damaged.write_bytes(b"not a library")
+    monkeypatch.setattr(popcount, "__file__", str(tmp_path / "popcount.py"))
+    popcount._kernel.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="does not load"):
+            assert popcount.backend() == "numpy"
+        x = np.array([[5, 7]], dtype=np.uint64)
+        assert popcount.popcount_gemm(x, x).tolist() == [[128]]
+    finally:
+        popcount._kernel.cache_clear()

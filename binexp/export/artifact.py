@@ -99,6 +99,8 @@ def read(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     manifest = json.loads(text)
     if manifest.get("format") != FORMAT:
         raise ArtifactError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(manifest.get("version", 0), int) or isinstance(manifest.get("version"), bool):
+        raise ArtifactError(f"{path}: format version {manifest.get('version')!r} is not a version number")
     if manifest.get("version", 0) > VERSION:
         raise ArtifactError(f"{path}: format version {manifest['version']} is newer than this binexp reads ({VERSION}); upgrade binexp")
     try:

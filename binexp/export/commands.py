@@ -90,6 +90,7 @@ def export_run(run_dir: Path, ckpt: str = "last", out: Path | str | None = None)
         raise ConfigError(f"out={out}: cannot write the export there ({err.strerror})") from None
     sizes = size_table(net, manifest, tensors, file_bytes, tuple(module.method.schedule_keys))
     sidecar(out, "size").write_text(json.dumps(sizes, indent=2) + "\n")
+    sidecar(out, "verify").unlink(missing_ok=True)  # it verified the file this export replaced
     return out, sizes
 
 
@@ -201,7 +202,8 @@ def verify_artifact(path: Path, run: str | None = None, ckpt: str | None = None,
         for h in hooks:
             h.remove()
     result = {
-        "artifact": str(path), "checkpoint": str(ckpt_path), "samples": seen, "popcount": backend(),
+        "artifact": str(path), "artifact_sha256": _sha256_file(path), "checkpoint": str(ckpt_path), "samples": seen,
+        "popcount": backend(),
         "differing_predictions": differ_pred,
         "accuracy_trained_step": correct_net / seen, "accuracy_exported": correct_runtime / seen,
         "differing_activations": differ, "activations_compared": values,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.machinery
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -23,7 +24,12 @@ def _kernel() -> ctypes.CDLL | None:
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = here / f"_popcount{suffix}"
         if path.exists():
-            lib = ctypes.CDLL(str(path))
+            try:
+                lib = ctypes.CDLL(str(path))
+                lib.popcount_gemm, lib.popcount_threads  # noqa: B018  (both symbols, or it is no kernel of ours)
+            except (OSError, AttributeError) as err:  # a damaged or foreign build: numpy computes the same sums
+                warnings.warn(f"{path} does not load ({err}); the popcount runs in numpy", stacklevel=2)
+                return None
             lib.popcount_gemm.restype = None
             lib.popcount_gemm.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                           ctypes.c_int64, ctypes.c_int64, ctypes.c_int]

@@ -87,6 +87,7 @@ class BinaryLayer:
         self.conv = "kernel" in attrs
         self.use_and = attrs["input"] == "01"
         self.shape = attrs["weight_shape"]
+        self.layer = attrs.get("layer", "a binary layer")
         signs = unpack_weights(bits, self.shape)
         self.signs = torch.from_numpy(signs)
         if self.conv:
@@ -112,13 +113,17 @@ class BinaryLayer:
         return self._corrections[(h, w)]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != (4 if self.conv else 2) or x.shape[1] != self.shape[1]:
+            # inputs of another size can pack into as many 64-bit words, and the sums would come out without an error
+            takes = f"(N, {self.shape[1]}, H, W)" if self.conv else f"(N, {self.shape[1]})"
+            raise ValueError(f"{self.layer}: input of shape {tuple(x.shape)}, the exported layer takes {takes}")
         if self.conv:
             n, _, h, w = x.shape
             (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
             pixels = np.pad(pack_channels(x), ((0, 0), (ph, ph), (pw, pw), (0, 0)))  # (N, H, W, words)
             windows = np.lib.stride_tricks.sliding_window_view(pixels, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]
             ho, wo = windows.shape[1], windows.shape[2]
-            rows = windows.transpose(0, 1, 2, 4, 5, 3).reshape(n * ho * wo, -1)
+            rows = windows.transpose(0, 1, 2, 4, 5, 3).reshape(n * ho * wo, self.weights.shape[1])
         else:
             rows = pack_channels(x)
         counts = popcount_gemm(rows, self.weights, self.use_and)
@@ -131,7 +136,7 @@ class BinaryLayer:
         out = torch.from_numpy(counts)
         if not self.conv:
             return out
-        out = out.view(n, ho, wo, -1).permute(0, 3, 1, 2)  # NCHW indexing over channels-last memory
+        out = out.view(n, ho, wo, self.shape[0]).permute(0, 3, 1, 2)  # NCHW indexing over channels-last memory
         if not self.use_and and (ph or pw):
             out += self._correction(h, w)
         return out
@@ -178,6 +183,10 @@ class StepModel:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, record: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        channels = self.manifest.get("image_shape", [None])[0]
+        if x.dim() != 4 or (channels is not None and x.shape[1] != channels):
+            raise ValueError(f"input of shape {tuple(x.shape)}: the model was exported for images of shape "
+                             f"{tuple(self.manifest.get('image_shape', ()))}, given as (N, C, H, W)")
         values = {self.input: RuntimeValue(x.to(torch.float32).cpu(), "float")}
         for op in self.ops:
             ins = [values[name] for name in op["inputs"]]
