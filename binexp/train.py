@@ -398,6 +398,24 @@ def job_identity(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in out.items() if k not in MACHINE_KEYS}
 
 
+def recorded_job_identity(path: Path) -> dict[str, Any]:
+    """job_identity of a run's saved `.hydra/config.yaml`, each job key resolved on its own (the file keeps
+    interpolations, some of them Hydra's, which resolve only while Hydra runs); a key that does not resolve is left
+    out."""
+    from binexp.config import register_configs
+
+    register_configs()  # binexp's resolvers (floordiv, ...)
+    saved, out = OmegaConf.load(path), {}
+    for key in JOB_KEYS:
+        try:
+            node = OmegaConf.select(saved, key, default=None)
+            value = OmegaConf.to_container(node, resolve=True, enum_to_str=True) if OmegaConf.is_config(node) else node
+        except Exception:  # an interpolation only a running Hydra resolves
+            continue
+        out.update(_flat(value, f"{key}."))
+    return {k: v for k, v in out.items() if k not in MACHINE_KEYS}
+
+
 def _job_label(run_dir: Path) -> str:
     hc = running_hydra()
     if hc is not None and hc.mode is not None and hc.mode.name == "MULTIRUN":
@@ -435,11 +453,16 @@ def existing_run(cfg: DictConfig, run_dir: Path) -> tuple[str, Any]:
     if mode == "restart":
         return "restart", None
     saved = read_checkpoint(ckpt) if ckpt.exists() else None
+    first_launch = run_dir / ".hydra" / "config.yaml"
+    before: dict[str, Any] = {}
     if saved is not None:
         before = job_identity(saved.get("hyper_parameters", {}).get("config", {}))
-        now = job_identity(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
         if metrics_path.exists():  # a resume may have lengthened the finished job: it is the job as first launched
             before.update(launched_lengths(run_dir))
+    elif first_launch.exists():  # finished without last.ckpt (callbacks.last_checkpoint=null, or deleted since)
+        before = recorded_job_identity(first_launch)
+    if before:
+        now = job_identity(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
         # a key only one side has came or went with a binexp version (a new protocol key, say), not with this job
         differ = sorted(k for k in set(before) & set(now) if before[k] != now[k])
         if before and differ:

@@ -351,3 +351,20 @@ def test_a_finished_job_a_resume_lengthened_is_still_the_sweeps_job(tmp_path, ca
     assert again == longer and "SKIPPED" in caplog.text
     with pytest.raises(ConfigError, match=r"holds a different job \(trainer.max_epochs: 1 there, 3 now"):
         train(compose_train(SMOKE + ["trainer.max_epochs=3"], run_dir=run_dir))
+
+
+def test_a_finished_job_without_last_ckpt_is_still_checked_against_its_first_launch(tmp_path, caplog):
+    """With callbacks.last_checkpoint=null (or the checkpoints deleted), a sweep re-run whose job numbers meant other
+    values skipped them as finished: t_clip 0.75 was never trained, and its row showed the 0.25 run's accuracy."""
+    from omegaconf import OmegaConf
+
+    run_dir = tmp_path / "job"
+    job = SMOKE + ["method=ste", "method.t_clip=0.25", "callbacks.last_checkpoint=null"]
+    first = train(compose_train(job, run_dir=run_dir))
+    assert not (run_dir / "checkpoints" / "last.ckpt").exists()
+    (run_dir / ".hydra").mkdir(exist_ok=True)  # the sweep's record of the job, as Hydra writes it
+    OmegaConf.save(compose_train(job, run_dir=run_dir), run_dir / ".hydra" / "config.yaml")
+    with pytest.raises(ConfigError, match=r"holds a different job \(method.t_clip: 0.25 there, 0.75 now\)"):
+        train(compose_train([*job[:-2], "method.t_clip=0.75", job[-1]], run_dir=run_dir))
+    with caplog.at_level(logging.INFO, logger="binexp"):
+        assert train(compose_train(job, run_dir=run_dir)) == first and "SKIPPED" in caplog.text
