@@ -128,6 +128,13 @@ def _check_override_keys(args: list[str]) -> None:
         return not o.key_or_group.startswith("hydra") and group not in swept_groups or (
             "." in o.key_or_group and group in swept_groups and not o.is_sweep_override())
 
+    from hydra.core.override_parser.types import IntervalSweep
+
+    for o in parsed:
+        if isinstance(o.value(), IntervalSweep) and not any(a.startswith("hydra/sweeper=") for a in args):
+            # Hydra's own refusal is a traceback once the sweep has begun
+            _fail(f"{o.input_line}: Hydra's basic sweeper takes lists, range(...) and choice(...); interval(...) is "
+                  f"for a sweeper that samples (Optuna's, Nevergrad's); give the values as a list")
     try:
         trial = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override()
                  else o.input_line for o in parsed if tried(o)]
@@ -252,8 +259,8 @@ def _check_sweep_values(parsed, trial: list[str], shared, swept_groups: set[str]
             return
         _fail(str(err))
     try:
-        values = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] for o in sweeps]
-    except Exception:  # glob(...), interval(...): values only the sweeper can list
+        values = [[f"{o.get_key_element()}={v}" for v in _sweep_strings(o, parsed)] for o in sweeps]
+    except Exception:  # values only the sweeper can list
         values = None
     if values is not None and math.prod(len(v) for v in values) <= SWEEP_JOBS_CHECKED:
         fixed = [o.input_line for o in parsed if not o.is_sweep_override()
@@ -281,10 +288,30 @@ def _check_sweep_values(parsed, trial: list[str], shared, swept_groups: set[str]
 SWEEP_JOBS_CHECKED = 64  # about 0.15 s each
 
 
+def _sweep_strings(o, parsed) -> list[str]:
+    """A sweep's values as Hydra's basic sweeper lists them; `glob(...)` over a group's options, binexp's and those
+    of the `hydra.searchpath` folders (the sweeper expands it only as it launches, so its jobs went unchecked)."""
+    from hydra.core.override_parser.types import Glob
+
+    value = o.value()
+    if not isinstance(value, Glob):
+        return list(o.sweep_string_iterator())
+    from importlib.resources import files
+
+    group = o.key_or_group
+    options = {p.name[:-5] for p in files("binexp.conf").joinpath(group).iterdir() if p.name.endswith(".yaml")}
+    for item in parsed:
+        if item.key_or_group == SEARCHPATH:
+            for folder in item.value() or []:
+                path = Path(str(folder).removeprefix("file://")) / group
+                options |= {p.stem for p in path.glob("*.yaml")} if path.is_dir() else set()
+    return value.filter(sorted(options))
+
+
 def _one_sweep_at_a_time(o, parsed, trial: list[str], swept_groups: set[str]):
     """The overrides of `o`'s values, each with the other sweeps at their first value (the swept value last)."""
     try:
-        values = list(o.sweep_string_iterator())
+        values = _sweep_strings(o, parsed)
     except Exception:
         return
     key = o.get_key_element()

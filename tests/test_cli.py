@@ -217,6 +217,13 @@ def test_keys_added_where_a_class_takes_them_and_new_callbacks_pass_the_check():
      "method.binarize_first=False; no job was started)"),
     (["method=ste", "method.t_clip=0.5,1", "trainer.max_epochs=0"],  # shared by every job: as a single run says it
      "trainer.max_epochs=0: allowed is a whole number >= 1"),
+    (["method=glob([b*,s*])", "trainer.max_epochs=1"],  # the sweeper expands a glob as it launches: bc, bnn, bwn trained
+     "schedule=exp_nu with trainer.max_epochs=1: one value per epoch cannot go from schedule.nu_start=1.0 to "
+     "schedule.nu_end=1000.0; train 2 epochs or more, or set schedule.per_step=true (the sweep's job method=sbn; no "
+     "job was started)"),
+    (["optimizer.lr=interval(0.01,0.1)"],  # Hydra's own refusal: a traceback once the sweep had begun
+     "optimizer.lr=interval(0.01,0.1): Hydra's basic sweeper takes lists, range(...) and choice(...); interval(...) is "
+     "for a sweeper that samples (Optuna's, Nevergrad's); give the values as a list"),
     (["method=ste", "seed=range(0,70)", "method.t_clip=0.5,-1"],  # 140 jobs: each value, the others at their first
      "method.t_clip=-1.0: allowed is null or a number >= 0 (the sweep's value method.t_clip=-1, the other sweeps at "
      "their first value; no job was started)"),
