@@ -190,18 +190,25 @@ def test_gamma_zero_channels_stay_constant_over_the_whole_data_range(input_grid)
     assert torch.equal(fixed(far)[:, 1:], exact(far)[:, 1:])
 
 
-def test_fixed_point_bn_puts_its_forms_into_the_network_and_counts_their_flips():
-    from binexp.binarize.base import evaluating
-    from binexp.binarize.binary_bn import binary_bn_layers
-    from binexp.protocol import accuracy, fixed_point_bn
-
+def bnn_lenet_and_batches():
+    """A BNN LeNet with BN, random training and test batches, and BN statistics of its step form (so thresholds sit
+    among its inputs)."""
     cfg = compose_train(SMOKE + ["method=bnn", "architecture.batch_norm=true", "architecture.conv_act=true"])
     torch.manual_seed(0)
     net = build_model(cfg.architecture, build(cfg.method), (1, 28, 28), 10)
     g = torch.Generator().manual_seed(1)
     train = [(torch.randn(32, 1, 28, 28, generator=g), torch.randint(0, 10, (32,), generator=g)) for _ in range(3)]
     test = [(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g)) for _ in range(2)]
-    reestimate_bn(net, train, count=3, step=True)  # statistics of the step form, so thresholds sit among its inputs
+    reestimate_bn(net, train, count=3, step=True)
+    return net, train, test
+
+
+def test_fixed_point_bn_puts_its_forms_into_the_network_and_counts_their_flips():
+    from binexp.binarize.base import evaluating
+    from binexp.binarize.binary_bn import binary_bn_layers
+    from binexp.protocol import accuracy, fixed_point_bn
+
+    net, train, test = bnn_lenet_and_batches()
     layers = binary_bn_layers(net)
     assert list(layers) == ["features.2", "features.6", "classifier.2"]  # conv1, conv2, fc1; fc2's output BN is not one
 
@@ -677,18 +684,9 @@ def test_the_finetuned_protocol_value_does_not_depend_on_the_mode_the_network_wa
 
 def test_fixed_point_protocol_is_exact_where_inputs_lie_on_the_code_grid():
     """The protocol hands each layer's input grid to the 8-bit quantizer: where the code step divides it, no flips."""
-    from binexp.binarize.base import evaluating  # noqa: F401
-    from binexp.builder import build
-    from binexp.models import build_model
-    from binexp.protocol import fixed_point_bn, reestimate_bn
-    from tests.conftest import SMOKE, compose_train
-    cfg = compose_train(SMOKE + ["method=bnn", "architecture.batch_norm=true", "architecture.conv_act=true"])
-    torch.manual_seed(0)
-    net = build_model(cfg.architecture, build(cfg.method), (1, 28, 28), 10)
-    g = torch.Generator().manual_seed(1)
-    train = [(torch.randn(32, 1, 28, 28, generator=g), torch.randint(0, 10, (32,), generator=g)) for _ in range(3)]
-    test = [(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g)) for _ in range(2)]
-    reestimate_bn(net, train, count=3, step=True)
+    from binexp.protocol import fixed_point_bn
+
+    net, train, test = bnn_lenet_and_batches()
     _, per_layer = fixed_point_bn(net, train, test, bits=12, range_batches=2)
     on_grid = {n: layer for n, layer in per_layer.items()
                if layer["input_grid"] > 0 and 2.0 ** -layer["fraction_bits"] <= layer["input_grid"]}
