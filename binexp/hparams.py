@@ -84,8 +84,9 @@ def hparam_metrics(metrics: dict[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in sorted(metrics.items()) if k.startswith(METRIC_PREFIXES) or k in METRIC_KEYS}
 
 
-def log_hparams(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> dict[str, Any]:
-    """Write the HParams summary (job hyper-parameters + final metrics) to each TensorBoard logger; rank zero."""
+def log_hparams(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, float], continued: bool = False) -> dict[str, Any]:
+    """Write the HParams summary (job hyper-parameters + final metrics) to each TensorBoard logger; rank zero.
+    `continued`: this launch went on from a checkpoint, so an earlier launch may have written a session."""
     loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
     if not loggers:
         return {}
@@ -99,7 +100,8 @@ def log_hparams(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, float])
         # it finds, so one run's would hide the keys and metrics the other runs of a sweep (or of logs/) have;
         # without any it builds them from every session. (The logger's own log_hyperparams writes one, and merges
         # these flat keys into its hparams.yaml, the full config.)
-        drop_earlier_sessions(Path(logger.log_dir))
+        if continued:
+            drop_earlier_sessions(Path(logger.log_dir))
         # the values the tab shows that no other logging wrote at this step (trainer.test wrote test/*, the
         # protocol's first phase its phase1_* when it measured them)
         logger.log_metrics({k: v for k, v in values.items() if not k.startswith(ALREADY_LOGGED)}, step=trainer.global_step)

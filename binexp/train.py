@@ -601,6 +601,7 @@ def _fit_test_evaluate(cfg, run_dir, dm, method, module, callbacks, trainer, ckp
 
 
 def _test_and_evaluate(cfg, run_dir, dm, method, module, callbacks, trainer, protocol, started) -> dict[str, float]:
+    continued = trainer.ckpt_path is not None  # fit went on from a checkpoint (the test below resets it)
     metrics = fit_metrics(trainer.callback_metrics) or dict(module.fit_metrics_at_checkpoint)
     for cb in callbacks:
         if isinstance(cb, ScheduleCallback):
@@ -621,6 +622,6 @@ def _test_and_evaluate(cfg, run_dir, dm, method, module, callbacks, trainer, pro
     metrics["time/wall_s"] = time.time() - started
     if trainer.is_global_zero:
         write_metrics(run_dir, metrics)
-        log_hparams(trainer, cfg, metrics)
+        log_hparams(trainer, cfg, metrics, continued=continued)
         print_summary(run_dir, metrics)
     return metrics
