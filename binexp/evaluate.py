@@ -109,6 +109,16 @@ def eval_result_name(run_dir: Path, ckpt: Path) -> str:
 def load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
     """(run config, data module, trained Classifier, checkpoint path): a run rebuilt from its own saved config
     (`overrides`, dotted key=value, change it, e.g. dataset.root) with the weights of checkpoint `ckpt`."""
+    from binexp.train import forget_checkpoints
+
+    try:
+        return _load_trained(run_dir, ckpt, overrides)[:4]
+    finally:
+        forget_checkpoints()  # the weights are in the module now
+
+
+def _load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
+    """load_trained's result and the checkpoint as read (eval records where in training it was saved)."""
     from binexp.train import build_data, build_method, build_module, other_job, read_checkpoint
 
     cfg = load_run_config(run_dir)
@@ -147,7 +157,7 @@ def load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
         raise ConfigError(f"ckpt={ckpt}: {path} does not fit the network of {run_dir} {network}; was it saved by "
                           f"another run? {detail}") from None
     _feed_as_trained(dm, saved, overrides)
-    return cfg, dm, module, path
+    return cfg, dm, module, path, saved
 
 
 # what the launch that saved a checkpoint tested with, which a resume may have changed since the first launch's
@@ -156,9 +166,9 @@ TESTED_WITH = ("trainer.limit_test_batches", "trainer.limit_val_batches", "train
 
 
 def as_tested(cfg: DictConfig, saved: dict) -> DictConfig:
-    config = saved.get("hyper_parameters", {}).get("config") or {}
+    config = OmegaConf.create(saved.get("hyper_parameters", {}).get("config") or {})
     for key in TESTED_WITH:
-        value = OmegaConf.select(OmegaConf.create(config), key, default=None)
+        value = OmegaConf.select(config, key, default=None)
         if value is not None:
             OmegaConf.update(cfg, key, value, merge=False)
     return cfg
@@ -219,13 +229,16 @@ def _discard_eval_folder() -> None:
 
 def _evaluate(cfg: DictConfig) -> dict[str, float]:
     from binexp.module import scalar_metrics
-    from binexp.train import print_summary
+    from binexp.train import forget_checkpoints, print_summary
 
     run_dir = Path(cfg.run)
     if cfg.protocol and cfg.ckpt in DERIVED_CHECKPOINTS:
         raise ConfigError(f"protocol=true with ckpt={cfg.ckpt}: the protocol starts from a trained run's "
                           f"checkpoint (allowed: last, best, or a checkpoint path)")
-    run_cfg, dm, module, ckpt = load_trained(run_dir, cfg.ckpt, list(cfg.run_overrides))
+    try:
+        run_cfg, dm, module, ckpt, saved = _load_trained(run_dir, cfg.ckpt, list(cfg.run_overrides))
+    finally:
+        forget_checkpoints()
     # the run's own test limits, so eval's numbers are those of its metrics.json ('run_overrides=["trainer.
     # limit_test_batches=1.0"]' tests a smoke run on the whole test set)
     limits = {k: run_cfg.trainer[k] for k in ("limit_test_batches", "limit_val_batches") if run_cfg.trainer.get(k) is not None}
@@ -251,10 +264,6 @@ def _evaluate(cfg: DictConfig) -> dict[str, float]:
         module.to(trainer.strategy.root_device)  # Lightning hands the model back on the CPU
         metrics.update(protocol_metrics(run_cfg, dm, module, run_dir))
     out = run_dir / eval_result_name(run_dir, ckpt)
-    from binexp.train import forget_checkpoints, read_checkpoint
-
-    saved = read_checkpoint(ckpt)  # load_trained's read
-    forget_checkpoints()
     # where in training the checkpoint was saved: a resume moves last.ckpt on, and this record says which it tested
     at = {f"checkpoint_{k}": saved[k] for k in ("epoch", "global_step") if k in saved}
     record = {"checkpoint": str(ckpt), **at, "precision": precision, "run_overrides": list(cfg.run_overrides), **metrics}

@@ -405,15 +405,15 @@ def recorded_job_identity(path: Path) -> dict[str, Any]:
     from binexp.config import register_configs
 
     register_configs()  # binexp's resolvers (floordiv, ...)
-    saved, out = OmegaConf.load(path), {}
+    saved, resolved = OmegaConf.load(path), OmegaConf.create()
     for key in JOB_KEYS:
         try:
             node = OmegaConf.select(saved, key, default=None)
             value = OmegaConf.to_container(node, resolve=True, enum_to_str=True) if OmegaConf.is_config(node) else node
         except Exception:  # an interpolation only a running Hydra resolves
             continue
-        out.update(_flat(value, f"{key}."))
-    return {k: v for k, v in out.items() if k not in MACHINE_KEYS}
+        OmegaConf.update(resolved, key, value, merge=False)
+    return job_identity(OmegaConf.to_container(resolved))
 
 
 def _job_label(run_dir: Path) -> str:
