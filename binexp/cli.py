@@ -135,6 +135,10 @@ def _check_override_keys(args: list[str]) -> None:
             # Hydra's own refusal is a traceback once the sweep has begun
             _fail(f"{o.input_line}: Hydra's basic sweeper takes lists, range(...) and choice(...); interval(...) is "
                   f"for a sweeper that samples (Optuna's, Nevergrad's); give the values as a list")
+    for o in parsed:
+        if o.is_sweep_override() and not isinstance(o.value(), IntervalSweep) and _sweep_values_or_none(o, parsed) == []:
+            # Hydra's basic sweeper would launch no job and exit 0, as if the sweep had run
+            _fail(f"{o.input_line}: the sweep has no values, so it would launch no job; give at least one value")
     try:
         trial = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override()
                  else o.input_line for o in parsed if tried(o)]
@@ -308,11 +312,18 @@ def _sweep_strings(o, parsed) -> list[str]:
     return value.filter(sorted(options))
 
 
+def _sweep_values_or_none(o, parsed) -> list[str] | None:
+    """`o`'s sweep values, or None where they cannot be listed here (Hydra reports those itself)."""
+    try:
+        return _sweep_strings(o, parsed)
+    except Exception:
+        return None
+
+
 def _one_sweep_at_a_time(o, parsed, trial: list[str], swept_groups: set[str]):
     """The overrides of `o`'s values, each with the other sweeps at their first value (the swept value last)."""
-    try:
-        values = _sweep_strings(o, parsed)
-    except Exception:
+    values = _sweep_values_or_none(o, parsed)
+    if values is None:
         return
     key = o.get_key_element()
     rest = [t for t in trial if t.partition("=")[0] != key]

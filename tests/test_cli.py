@@ -224,6 +224,9 @@ def test_keys_added_where_a_class_takes_them_and_new_callbacks_pass_the_check():
     (["optimizer.lr=interval(0.01,0.1)"],  # Hydra's own refusal: a traceback once the sweep had begun
      "optimizer.lr=interval(0.01,0.1): Hydra's basic sweeper takes lists, range(...) and choice(...); interval(...) is "
      "for a sweeper that samples (Optuna's, Nevergrad's); give the values as a list"),
+    (["seed=range(5,1)"],  # Hydra's basic sweeper launched no job and exited 0
+     "seed=range(5,1): the sweep has no values, so it would launch no job; give at least one value"),
+    (["method=glob(zz*)"], "method=glob(zz*): the sweep has no values, so it would launch no job; give at least one value"),
     (["method=ste", "seed=range(0,70)", "method.t_clip=0.5,-1"],  # 140 jobs: each value, the others at their first
      "method.t_clip=-1.0: allowed is null or a number >= 0 (the sweep's value method.t_clip=-1, the other sweeps at "
      "their first value; no job was started)"),
