@@ -126,7 +126,7 @@ def _check_override_keys(args: list[str]) -> None:
         if o.key_or_group == SEARCHPATH:  # the config folders a method kept outside binexp composes from
             return True
         return not o.key_or_group.startswith("hydra") and group not in swept_groups or (
-            "." in o.key_or_group and group in swept_groups and not o.is_sweep_override())
+            "." in o.key_or_group and group in swept_groups and not o.is_sweep_override() and not o.is_add())
 
     from hydra.core.override_parser.types import IntervalSweep
 
@@ -328,8 +328,9 @@ def _one_sweep_at_a_time(o, parsed, trial: list[str], swept_groups: set[str]):
     key = o.get_key_element()
     rest = [t for t in trial if t.partition("=")[0] != key]
     if o.key_or_group in swept_groups:  # each option with the first values of its own keys' sweeps
-        rest += [f"{k.get_key_element()}={next(iter(k.sweep_string_iterator()), '')}" for k in parsed
-                 if k.is_sweep_override() and k.key_or_group.startswith(f"{key}.")]
+        rest += [f"{k.get_key_element()}={next(iter(k.sweep_string_iterator()), '')}" if k.is_sweep_override()
+                 else k.input_line for k in parsed
+                 if k.key_or_group.startswith(f"{key}.") and (k.is_sweep_override() or k.is_add())]
     for value in values:
         yield [*rest, f"{key}={value}"]
 
@@ -350,6 +351,8 @@ def _composition_message(err: Exception) -> str:
     lines = str(cause).splitlines()
     key = getattr(cause, "full_key", None)
     message = f"{key}: {lines[0].strip()}" if key else lines[0].strip()
+    if message.startswith("Could not append to config"):  # the next two lines say what to write instead
+        message = " ".join(line.strip() for line in lines[:3])
     for i, line in enumerate(lines):
         if line.startswith("Available options in "):
             options = []

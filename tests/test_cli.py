@@ -221,6 +221,16 @@ def test_keys_added_where_a_class_takes_them_and_new_callbacks_pass_the_check():
      "schedule=exp_nu with trainer.max_epochs=1: one value per epoch cannot go from schedule.nu_start=1.0 to "
      "schedule.nu_end=1000.0; train 2 epochs or more, or set schedule.per_step=true (the sweep's job method=sbn; no "
      "job was started)"),
+    (["method=ste,bnn", "+method.t_clip=0.5"],  # named the default method's class (fp's), which no job builds
+     "Could not append to config. An item is already at 'method.t_clip'. Either remove + prefix: 'method.t_clip=0.5' "
+     "Or add a second + to add or override 'method.t_clip': '++method.t_clip=0.5' (the sweep's job method=ste; no job "
+     "was started)"),
+    (["method=xnor,bnn", "seed=range(0,70)", "+method.t_clip=0.5"],  # 140 jobs: each value, the others at their first
+     "method.t_clip: not a parameter of binexp.binarize.hard.XNORNet (it takes binarize_first, binarize_last) (the "
+     "sweep's value method=xnor, the other sweeps at their first value; no job was started)"),
+    (["method=bnn,xnor", "+method.t_clip=0.5"],
+     "method.t_clip: not a parameter of binexp.binarize.hard.BinaryNet (it takes binarize_first, binarize_last) (the "
+     "sweep's job method=bnn; no job was started)"),
     (["optimizer.lr=interval(0.01,0.1)"],  # Hydra's own refusal: a traceback once the sweep had begun
      "optimizer.lr=interval(0.01,0.1): Hydra's basic sweeper takes lists, range(...) and choice(...); interval(...) is "
      "for a sweeper that samples (Optuna's, Nevergrad's); give the values as a list"),
