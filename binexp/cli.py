@@ -431,7 +431,7 @@ def _hydra_task(config_name: str, fn):
     import hydra
 
     from binexp.config import register_configs
-    from binexp.errors import NonFiniteLossError, user_error
+    from binexp.errors import NonFiniteLossError, OtherJobThere, user_error
 
     register_configs()
 
@@ -449,6 +449,8 @@ def _hydra_task(config_name: str, fn):
             if isinstance(err, NonFiniteLossError) and _in_sweep():
                 _DIVERGED.append(str(cfg.get("run_dir")))  # a diverging job is a sweep's result, not its end
                 return None
+            if isinstance(err, OtherJobThere) and _in_sweep():
+                _restore_sweep_record()
             raise SystemExit(err.exit_code) from None
 
     return app
@@ -463,6 +465,23 @@ def _log_to_files(message: str) -> None:
 
 
 _DIVERGED: list[str] = []  # run directories of this sweep's jobs that stopped on a non-finite loss
+_SWEEP_RECORD: dict[Path, bytes] = {}  # the multirun.yaml a re-run into an existing sweep folder found there
+
+
+def _remember_sweep_record(args: list[str]) -> None:
+    """Hydra writes the sweep's multirun.yaml before its first job; a re-run refused at a job that holds another
+    job's results would leave it describing the refused sweep, and `binexp report` would count that one's jobs."""
+    _SWEEP_RECORD.clear()
+    dirs = [a.partition("=")[2] for a in args if a.startswith("hydra.sweep.dir=")]
+    if dirs and any(a in ("-m", "--multirun") for a in args):
+        record = Path(dirs[-1]) / "multirun.yaml"
+        if record.is_file():
+            _SWEEP_RECORD[record] = record.read_bytes()
+
+
+def _restore_sweep_record() -> None:
+    for record, content in _SWEEP_RECORD.items():
+        record.write_bytes(content)
 
 
 def _in_sweep() -> bool:
@@ -513,6 +532,7 @@ def main(argv: list[str] | None = None) -> None:
             rest = _resume_args(rest)
         else:
             _check_override_keys(rest)
+            _remember_sweep_record(rest)
         app = _hydra_task("train", train)
     else:
         from binexp.evaluate import evaluate

@@ -24,6 +24,10 @@ def parse_choice(choices: type[E], value: Any, key: str) -> E:
         raise ConfigError(f"{key}={value!r}: allowed are {', '.join(c.value for c in choices)}") from None
 
 
+class OtherJobThere(ConfigError):
+    """A re-run's job directory holds the results of another job (its settings differ)."""
+
+
 class NonFiniteLossError(BinexpError):
     """The training loss became NaN or infinite."""
 

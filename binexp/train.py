@@ -37,7 +37,7 @@ from binexp.distributed import (
     several_devices,
     strategy_for,
 )
-from binexp.errors import ConfigError, raised_from, user_error
+from binexp.errors import ConfigError, OtherJobThere, raised_from, user_error
 from binexp.hparams import log_hparams
 from binexp.hydra_output import (
     adopt_launch_record,
@@ -467,7 +467,7 @@ def existing_run(cfg: DictConfig, run_dir: Path) -> tuple[str, Any]:
         differ = sorted(k for k in set(before) & set(now) if before[k] != now[k])
         if before and differ:
             shown = ", ".join(f"{k}: {before.get(k)!r} there, {now.get(k)!r} now" for k in differ[:5])
-            raise ConfigError(
+            raise OtherJobThere(
                 f"{run_dir} holds a different job ({shown}). Re-run a sweep with the same overrides as before, pass "
                 f"a new hydra.sweep.dir / hydra.run.dir, or existing_run=restart to overwrite it; "
                 f"to extend a finished run use resume=<run dir>."

@@ -322,9 +322,11 @@ def test_an_interrupted_sweep_rerun_with_its_sweep_dir_skips_finished_jobs(tmp_p
     assert json.loads((sweep / "1" / "metrics.json").read_text())["trainer/global_step"] == 8
 
     record = {p: p.read_bytes() for p in (sweep / "0" / ".hydra").glob("*.yaml")}
+    sweep_record = (sweep / "multirun.yaml").read_bytes()
     changed = [a.replace("optimizer.lr=0.01,0.05", "optimizer.lr=0.02,0.05") for a in args]
     out = subprocess.run(changed, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "holds a different job (optimizer.lr: 0.01 there, 0.02 now)" in out.stderr
+    assert (sweep / "multirun.yaml").read_bytes() == sweep_record  # still the sweep the folder holds, for the report
     assert {p: p.read_bytes() for p in (sweep / "0" / ".hydra").glob("*.yaml")} == record  # the run's own record
     assert not list((sweep / "0" / ".hydra").glob("rerun-*"))  # neither the skipping nor the refused launch stays
 
