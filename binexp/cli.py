@@ -336,12 +336,25 @@ def _one_sweep_at_a_time(o, parsed, trial: list[str], swept_groups: set[str]):
 
 
 def _check_job(cfg) -> None:
-    """What `train` checks of a config before it builds data and model: value ranges, method and schedule."""
+    """What `train` checks of a config before it trains: value ranges, method, schedule and protocol, and the
+    dataset's and the architecture's own checks (the network built on the meta device: no memory, no init cost;
+    for a dataset whose image size only its files tell, the architecture is left to the job)."""
+    import torch
+
+    from binexp.builder import build
+    from binexp.models import build_model
+    from binexp.protocol import protocol_config
     from binexp.ranges import check_ranges
     from binexp.train import build_method, build_schedule
 
     check_ranges(cfg)
-    build_schedule(cfg, build_method(cfg))
+    method = build_method(cfg)
+    build_schedule(cfg, method)
+    protocol_config(cfg)
+    declared = build(cfg.dataset).declared_shape()
+    if declared is not None:
+        with torch.device("meta"):
+            build_model(cfg.architecture, method, *declared)
 
 
 def _composition_message(err: Exception) -> str:

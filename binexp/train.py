@@ -558,10 +558,10 @@ def _train(cfg: DictConfig, run_dir: Path, record: Path | None, started: float) 
             discard_launch_record(run_dir, record)
             return found
         pl.seed_everything(cfg.seed, workers=True)
-        dm = build_data(cfg)
         method = build_method(cfg)
         schedule = build_schedule(cfg, method)
-        protocol = protocol_config(cfg)  # checked before training, used after it
+        protocol = protocol_config(cfg)  # checked before the data loads, used after training
+        dm = build_data(cfg)
         module = build_module(cfg, dm, method)
         if saved is not None:
             check_checkpoint_fits(module, saved, cfg)

@@ -234,6 +234,14 @@ def test_keys_added_where_a_class_takes_them_and_new_callbacks_pass_the_check():
     (["optimizer.lr=interval(0.01,0.1)"],  # Hydra's own refusal: a traceback once the sweep had begun
      "optimizer.lr=interval(0.01,0.1): Hydra's basic sweeper takes lists, range(...) and choice(...); interval(...) is "
      "for a sweeper that samples (Optuna's, Nevergrad's); give the values as a list"),
+    (["protocol.bn_bits=8,1"],  # checked by the protocol's, the dataset's and the architecture's own code, which
+     "protocol.bn_bits=1: allowed are 0 (off) or 2..32 bits per threshold code (the sweep's job protocol.bn_bits=1; "
+     "no job was started)"),  # the sweep's check did not run: the first job trained in full
+    (["dataset.batch_size=128,0"],
+     "dataset.batch_size=0: allowed is a count >= 1 (the sweep's job dataset.batch_size=0; no job was started)"),
+    (["architecture=densenet13", "architecture.reduction=1.0,1.5"],
+     "architecture.reduction=1.5: allowed is a number in (0, 1], the share of its input channels a transition keeps "
+     "(1.0 keeps all, DenseNet-BC's 0.5 halves) (the sweep's job architecture.reduction=1.5; no job was started)"),
     (["seed=range(5,1)"],  # Hydra's basic sweeper launched no job and exited 0
      "seed=range(5,1): the sweep has no values, so it would launch no job; give at least one value"),
     (["method=glob(zz*)"], "method=glob(zz*): the sweep has no values, so it would launch no job; give at least one value"),

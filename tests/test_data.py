@@ -289,6 +289,7 @@ def test_mnist_is_read_from_the_torchvision_layout(shared_data):
     train, val, test = (dm.splits[s] for s in ("train", "val", "test"))
     assert (len(train), len(val), len(test)) == (55000, 5000, 10000)
     assert tuple(train.images.shape[1:]) == (1, 28, 28) and dm.num_classes == 10
+    assert dm.declared_shape() == (dm.image_shape, dm.num_classes)  # what a sweep's check builds its networks for
     assert test.labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]  # the first ten MNIST test digits
 
 
@@ -304,6 +305,7 @@ def test_cifar10_is_read_from_the_image_folder_copy(shared_data, tmp_path):
     dm.setup()
     assert (len(dm.splits["train"]), len(dm.splits["test"])) == (45000, 10000)
     assert tuple(dm.image_shape) == (3, 32, 32) and dm.num_classes == 10
+    assert dm.declared_shape() == (dm.image_shape, dm.num_classes)
     assert torch.bincount(dm.splits["test"].labels).tolist() == [1000] * 10
     assert dm.splits["test"].labels[:20].tolist() == list(range(10)) * 2  # classes interleaved, not sorted
     assert dm.splits["val"].labels[:20].tolist() == list(range(10)) * 2  # held out of a split stored by class
@@ -508,3 +510,10 @@ def test_standard_normalisation_comes_from_the_training_rest_not_test_nor_subset
     rest, _ = stratified_holdout(train, dm.validation_size(), len(classes), dm.seed)
     mean, std = channel_stats(rest.images)
     assert np.allclose(dm.norm.mean, mean) and np.allclose(dm.norm.std, std)
+
+
+def test_synthetic_data_declares_the_shape_it_loads():
+    dm = SyntheticData(image_shape=[3, 8, 6], num_classes=4, num_train=16, num_test=8, val_size=0, batch_size=8)
+    declared = dm.declared_shape()
+    dm.setup()
+    assert declared == ((3, 8, 6), 4) == (dm.image_shape, dm.num_classes)

@@ -32,6 +32,9 @@ class CIFAR10Data(ImageData):
         super().__init__(**kwargs)
         self.cache_dir = cache_dir
 
+    def declared_shape(self) -> tuple[tuple[int, int, int], int]:
+        return (3, 32, 32), len(CLASSES)
+
     def load(self) -> tuple[Split, Split, list[str]]:
         folder = Path(self.root) / JPEG_FOLDER
         if has_image_folder(folder):

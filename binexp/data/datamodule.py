@@ -87,6 +87,10 @@ class ImageData(pl.LightningDataModule):
     def load(self) -> tuple[Split, Split, list[str]]:
         raise NotImplementedError
 
+    def declared_shape(self) -> tuple[tuple[int, int, int], int] | None:
+        """(image shape, number of classes) as known before loading, or None where only the files tell."""
+        return None
+
     # ---- shared ----------------------------------------------------------------------------------------
     @property
     def num_classes(self) -> int:

@@ -23,6 +23,9 @@ class MNISTConfig(DataConfig):
 class MNISTData(ImageData):
     name = "mnist"
 
+    def declared_shape(self) -> tuple[tuple[int, int, int], int]:
+        return (1, 28, 28), 10
+
     def load(self) -> tuple[Split, Split, list[str]]:
         from torchvision.datasets import MNIST
 

@@ -37,6 +37,9 @@ class SyntheticData(ImageData):
         self.shape, self.n_classes = tuple(image_shape), num_classes
         self.num_train, self.num_test, self.noise = num_train, num_test, noise
 
+    def declared_shape(self) -> tuple[tuple[int, int, int], int]:
+        return self.shape, self.n_classes
+
     def _sample(self, n: int, templates: torch.Tensor, g: torch.Generator) -> Split:
         labels = torch.arange(n) % self.n_classes
         labels = labels[torch.randperm(n, generator=g)]
