@@ -11,9 +11,13 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
+from binexp.binarize.abr import ABR
+from binexp.binarize.ste import STE
 from binexp.builder import build, locate_target
+from binexp.data.synthetic import SyntheticData
 from binexp.errors import ConfigError
 from binexp.models import build_model
+from binexp.models.resnet import ResNet
 from binexp.optim import build_optimizer
 from binexp.schedules import Progress
 from tests.conftest import compose_train
@@ -269,3 +273,18 @@ def test_an_ste_subclass_checks_its_scaling():
     with pytest.raises(ConfigError, match=r"^method.scaling='bogus': allowed are none, backward, forward_backward$"):
         Mine(scaling="bogus")
     assert Mine(scaling="backward").scaling == "backward"
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: ABR(growth="in-loss"),  # trained without slope growth
+     r"^method.growth='in-loss': allowed are outside, in_loss$"),
+    (lambda: ABR(slope_init="one"),  # gave gaussian slopes
+     r"^method.slope_init='one': allowed are ones, gaussian$"),
+    (lambda: ResNet(STE(), (3, 32, 32), 10, shortcut="Binary"),
+     r"^architecture.shortcut='Binary': allowed are float, binary$"),  # gave float shortcuts
+    (lambda: SyntheticData(normalize="std"),
+     r"^dataset.normalize='std': allowed are standard, mean_only, caffe, caffe_image$"),  # a traceback at setup
+])
+def test_options_are_checked_by_the_classes_themselves_for_subclasses_without_a_schema(make, message):
+    with pytest.raises(ConfigError, match=message):
+        make()

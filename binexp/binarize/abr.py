@@ -18,6 +18,7 @@ from torch import nn
 
 from binexp.binarize.base import ActivationScope, Method, MethodConfig, RecordedProbe
 from binexp.binarize.functional import binary_sign
+from binexp.errors import parse_choice
 
 
 class SlopeInit(str, Enum):
@@ -107,8 +108,9 @@ class ABR(Method):
 
     def __init__(self, scope: str | list[str] = "all", slope_init: str = "ones", growth: str = "outside"):
         self.scope = ActivationScope(scope)
-        self.slope_init = str(getattr(slope_init, "value", slope_init))
-        self.growth = str(getattr(growth, "value", growth))
+        # parsed here, not only by the schema: a subclass kept outside binexp has none
+        self.slope_init = parse_choice(SlopeInit, slope_init, "method.slope_init").value
+        self.growth = parse_choice(Growth, growth, "method.growth").value
 
     def act(self, name: str, channels: int, *, last: bool = False) -> nn.Module:
         if self.scope.includes(name, last):

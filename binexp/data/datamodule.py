@@ -16,7 +16,7 @@ import torch
 
 from binexp.data.loader import DeviceBatches, InputNorm, Normalize, channel_stats, image_mean
 from binexp.data.split import Split, balanced_subset, stratified_holdout
-from binexp.errors import ConfigError
+from binexp.errors import ConfigError, parse_choice
 
 
 @dataclass
@@ -71,7 +71,7 @@ class ImageData(pl.LightningDataModule):
         self.root, self.download = root, download
         self.subset, self.val_size = subset, val_size
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.normalize = str(getattr(normalize, "value", normalize))
+        self.normalize = parse_choice(Normalize, normalize, "dataset.normalize").value  # a subclass has no schema
         augment = augment or {}
         self.crop_padding, self.flip = int(augment.get("crop_padding", 0)), bool(augment.get("flip", False))
         if self.flip and not hflip_keeps_class:

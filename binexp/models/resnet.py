@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from binexp.binarize.base import Method
-from binexp.errors import ConfigError
+from binexp.errors import ConfigError, parse_choice
 from binexp.models.base import ArchitectureConfig, scaled
 
 
@@ -128,6 +128,7 @@ class ResNet(nn.Module):
             raise ConfigError(f"architecture.blocks={list(blocks)} and architecture.channels={list(channels)} differ in length: "
                               f"one block count per stage of channels")
         block = Bottleneck if bottleneck else BasicBlock
+        kind = parse_choice(Shortcut, shortcut, "architecture.shortcut")  # a subclass kept outside binexp has no schema
         stem = scaled(stem_channels, width)
         self.stem = method.conv("stem", image_shape[0], stem, 3, padding=1, bias=False, first=True)
         stages, prev = [], stem
@@ -135,7 +136,7 @@ class ResNet(nn.Module):
             c = scaled(c, width)
             for b in range(n):
                 stride = 2 if (b == 0 and s > 1) else 1
-                stages.append(block(method, f"layer{s}.{b}", prev, c, stride, str(getattr(shortcut, "value", shortcut))))
+                stages.append(block(method, f"layer{s}.{b}", prev, c, stride, kind.value))
                 prev = c
         self.stages = nn.Sequential(*stages)
         self.head_bn = method.bn("head", prev)
