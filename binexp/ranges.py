@@ -122,6 +122,7 @@ def check_ranges(cfg: DictConfig) -> None:
         if not check(value):
             raise ConfigError(f"{key}={value!r}: allowed is {allowed}")
     _check_scheduler_counts_epochs(cfg)
+    _check_last_checkpoint_place(cfg)
     if OmegaConf.select(cfg, "optimizer.nesterov", default=False) and not OmegaConf.select(cfg, "optimizer.momentum", default=0) > 0:
         raise ConfigError(f"optimizer.nesterov=true needs optimizer.momentum > 0 (it is "
                           f"{OmegaConf.select(cfg, 'optimizer.momentum', default=0)!r})")
@@ -142,3 +143,29 @@ def _check_scheduler_counts_epochs(cfg: DictConfig) -> None:
             f"lr_scheduler.interval={interval} lr_scheduler.frequency={frequency}: lr_scheduler.scheduler.{follows[0]} "
             f"counts epochs (it is trainer.max_epochs), so the scheduler must step once per epoch (interval=epoch, "
             f"frequency=1); to step it otherwise set {follows[0]} in those steps")
+
+
+LAST_CHECKPOINT_DIR = "${run_dir}/checkpoints"
+
+
+def _check_last_checkpoint_place(cfg: DictConfig) -> None:
+    """last.ckpt is where a stop saves, and where `resume=`, a sweep's re-run, `eval ckpt=last` and `export` look
+    for it: saved under another name or folder, a run could not be continued or evaluated."""
+    node = OmegaConf.select(cfg, "callbacks.last_checkpoint", default=None)
+    if not OmegaConf.is_dict(node):
+        return
+    raw = OmegaConf.to_container(node, resolve=False)
+    if raw.get("filename", "last") != "last":
+        raise ConfigError(f"callbacks.last_checkpoint.filename={raw['filename']!r}: allowed is last (resume, a sweep's "
+                          f"re-run, eval and export read checkpoints/last.ckpt; best_checkpoint's name is free)")
+    dirpath = raw.get("dirpath", LAST_CHECKPOINT_DIR)
+    if dirpath != LAST_CHECKPOINT_DIR and str(dirpath) != f"{_run_dir(cfg)}/checkpoints":  # a DDP rank's is resolved
+        raise ConfigError(f"callbacks.last_checkpoint.dirpath={raw['dirpath']!r}: allowed is {LAST_CHECKPOINT_DIR} (resume, "
+                          f"a sweep's re-run, eval and export read checkpoints/last.ckpt of the run directory)")
+
+
+def _run_dir(cfg: DictConfig) -> str | None:
+    try:
+        return OmegaConf.select(cfg, "run_dir", default=None)
+    except Exception:  # Hydra's output folder, composed outside a running Hydra (a sweep's check)
+        return None

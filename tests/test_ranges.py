@@ -102,3 +102,16 @@ def test_a_scheduler_counting_epochs_must_step_once_per_epoch(lr_scheduler, key,
                                           r"so the scheduler must step once per epoch"):
         check_ranges(cfg)
     check_ranges(compose_train(SMOKE + [f"lr_scheduler={lr_scheduler}", f"lr_scheduler.scheduler.{key}=40", *stepping]))
+
+
+def test_last_ckpt_stays_where_resume_eval_and_export_read_it(tmp_path):
+    """Saved as latest.ckpt or elsewhere, a stop's checkpoint was one that resume, a sweep's re-run and eval never
+    found."""
+    with pytest.raises(ConfigError, match=r"^callbacks.last_checkpoint.filename='latest': allowed is last \(resume, "):
+        check_ranges(compose_train(SMOKE + ["callbacks.last_checkpoint.filename=latest"]))
+    with pytest.raises(ConfigError, match=r"^callbacks.last_checkpoint.dirpath='/elsewhere': allowed is "
+                                          r"\$\{run_dir\}/checkpoints \(resume, "):
+        check_ranges(compose_train(SMOKE + ["callbacks.last_checkpoint.dirpath=/elsewhere"]))
+    check_ranges(compose_train(SMOKE + ["callbacks.last_checkpoint=null"]))
+    resolved = compose_train(SMOKE, run_dir=tmp_path)  # as a DDP rank gets it
+    check_ranges(OmegaConf.create(OmegaConf.to_container(resolved, resolve=True)))
