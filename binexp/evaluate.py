@@ -243,23 +243,13 @@ def _evaluate(cfg: DictConfig) -> dict[str, float]:
     # limit_test_batches=1.0"]' tests a smoke run on the whole test set)
     limits = {k: run_cfg.trainer[k] for k in ("limit_test_batches", "limit_val_batches") if run_cfg.trainer.get(k) is not None}
     precision = run_cfg.trainer.get("precision") or "32-true"  # test/acc in bf16-mixed is not float32's
-    try:
-        trainer = pl.Trainer(
-            accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, precision=precision, **limits,
-        )
-    except (MisconfigurationException, ValueError) as err:  # Lightning's words for an accelerator it cannot take
-        message = str(err).splitlines()[0]  # (the limits were checked with the run's config: binexp.ranges)
-        hint = "" if str(precision) in ("32-true", "32") else (
-            f" with the run's trainer.precision={precision} ('run_overrides=[\"trainer.precision=32-true\"]' tests in "
-            "float32)")
-        raise ConfigError(f"accelerator={cfg.accelerator}{hint}: {message} (allowed: auto, cpu, gpu, and what "
-                          "Lightning names)") from None
-    metrics = scalar_metrics(trainer.test(module, datamodule=dm, verbose=False)[0])
+    metrics = scalar_metrics(_tester(cfg, precision, limits).test(module, datamodule=dm, verbose=False)[0])
     if has_step_form(module.net):
+        # the binary network as deployed (and as protocol/binary tests it): in half precision the sums of +-1
+        # products round before BinaryBN's comparison
         with step_mode(module.net):
-            stepped = scalar_metrics(trainer.test(module, datamodule=dm, verbose=False)[0])
-        metrics.update({f"{k}_step": v for k, v in stepped.items()})
+            stepped = _tester(cfg, "32-true", limits).test(module, datamodule=dm, verbose=False)[0]
+        metrics.update({f"{k}_step": v for k, v in scalar_metrics(stepped).items()})
     if cfg.protocol:
         module.to(trainer.strategy.root_device)  # Lightning hands the model back on the CPU
         metrics.update(protocol_metrics(run_cfg, dm, module, run_dir))
@@ -270,6 +260,21 @@ def _evaluate(cfg: DictConfig) -> dict[str, float]:
     out.write_text(json.dumps(record, indent=2) + "\n")
     print_summary(run_dir, metrics)
     return metrics
+
+
+def _tester(cfg: DictConfig, precision, limits: dict) -> pl.Trainer:
+    try:
+        return pl.Trainer(
+            accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, precision=precision, **limits,
+        )
+    except (MisconfigurationException, ValueError) as err:  # Lightning's words for an accelerator it cannot take
+        message = str(err).splitlines()[0]  # (the limits were checked with the run's config: binexp.ranges)
+        hint = "" if str(precision) in ("32-true", "32") else (
+            f" with the run's trainer.precision={precision} ('run_overrides=[\"trainer.precision=32-true\"]' tests in "
+            "float32)")
+        raise ConfigError(f"accelerator={cfg.accelerator}{hint}: {message} (allowed: auto, cpu, gpu, and what "
+                          "Lightning names)") from None
 
 
 def protocol_metrics(run_cfg: DictConfig, dm, module, run_dir: Path) -> dict[str, float]:

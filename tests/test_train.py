@@ -395,6 +395,8 @@ def test_eval_tests_as_the_launch_that_saved_the_checkpoint_and_refuses_another_
     assert (result["test/acc"], result["test/loss"]) == (first["test/acc"], first["test/loss"])
     in_float32 = evaluate(eval_config(run=str(run_dir), accelerator="cpu", run_overrides=["trainer.precision=32-true"]))
     assert in_float32["test/loss"] != first["test/loss"]
+    # the step-function network is tested as deployed, in float32, whatever the run trained in
+    assert (result["test/acc_step"], result["test/loss_step"]) == (in_float32["test/acc_step"], in_float32["test/loss_step"])
     record = json.loads((run_dir / "eval-last.json").read_text())
     assert (record["precision"], record["checkpoint_epoch"], record["checkpoint_global_step"]) == ("32-true", 0, 4)
     resumed = train(compose_train(SMOKE + [f"resume={run_dir}", "trainer.max_epochs=2", "trainer.limit_test_batches=1",
