@@ -243,7 +243,8 @@ def _evaluate(cfg: DictConfig) -> dict[str, float]:
     # limit_test_batches=1.0"]' tests a smoke run on the whole test set)
     limits = {k: run_cfg.trainer[k] for k in ("limit_test_batches", "limit_val_batches") if run_cfg.trainer.get(k) is not None}
     precision = run_cfg.trainer.get("precision") or "32-true"  # test/acc in bf16-mixed is not float32's
-    metrics = scalar_metrics(_tester(cfg, precision, limits).test(module, datamodule=dm, verbose=False)[0])
+    trainer = _tester(cfg, precision, limits)
+    metrics = scalar_metrics(trainer.test(module, datamodule=dm, verbose=False)[0])
     if has_step_form(module.net):
         # the binary network as deployed (and as protocol/binary tests it): in half precision the sums of +-1
         # products round before BinaryBN's comparison

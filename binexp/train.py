@@ -515,11 +515,13 @@ def print_summary(run_dir: Path, metrics: dict[str, float]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from binexp.metric_format import format_metric
+
     table = Table(title="final metrics")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in sorted(metrics.items()):
-        table.add_row(key, f"{value:.4f}" if not float(value).is_integer() else f"{int(value)}")
+        table.add_row(key, format_metric(value))
     console = Console()
     console.print(table)
     console.print(f"run directory: [bold]{run_dir}[/bold]")

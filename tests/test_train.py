@@ -627,3 +627,14 @@ def test_progress_lines_come_once_per_reported_optimizer_step_under_accumulation
             trainer.global_step = (batch_idx + 1) // 2
             progress.on_train_batch_end(trainer, None, None, (None, [0] * 4), batch_idx)
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["step 2", "step 4"]
+
+
+def test_the_end_of_run_table_writes_small_values_as_the_report_does(tmp_path, capsys):
+    from binexp.train import print_summary
+
+    print_summary(tmp_path, {"protocol/fixed_bn_flips": 3.08e-05, "test/acc": 0.5, "trainer/global_step": 8.0,
+                             "protocol/binary_fixed_bn_disagreements": 0.0})
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in capsys.readouterr().out.splitlines()
+            if line.count("│") == 3}
+    assert rows == {"protocol/binary_fixed_bn_disagreements": "0.0000", "protocol/fixed_bn_flips": "3.08e-05",
+                    "test/acc": "0.5000", "trainer/global_step": "8"}

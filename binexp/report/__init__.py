@@ -29,6 +29,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from binexp.errors import BinexpError
+from binexp.metric_format import format_metric
 
 
 @dataclass
@@ -234,12 +235,6 @@ def write_csv(runs: list[Run], out: Path, keys: list[str], metrics: list[str]) -
     return path
 
 
-def _format(value: float) -> str:
-    if float(value).is_integer() and abs(value) >= 1:
-        return f"{int(value)}"
-    return f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.3g}"  # 3.08e-05 flips, not 0.0000
-
-
 def print_table(runs: list[Run], keys: list[str], metrics: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -251,7 +246,7 @@ def print_table(runs: list[Run], keys: list[str], metrics: list[str]) -> None:
     for m in metrics:
         table.add_column(m, justify="right")
     for r in runs:
-        values = [_format(r.metrics[m]) if m in r.metrics else "-" for m in metrics]
+        values = [format_metric(r.metrics[m]) if m in r.metrics else "-" for m in metrics]
         table.add_row(r.name if r.finished else f"{r.name} ({r.state})", *[r.value(k) for k in keys], *values)
     Console(width=None if sys.stdout.isatty() else 10_000).print(table)  # logs and pipes get every column whole
 

@@ -18,6 +18,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from binexp.metric_format import format_metric
+
 SEED_KEY = "seed"
 
 
@@ -91,14 +93,12 @@ def write_seed_csv(groups: list[SeedGroup], out: Path, metrics: list[str]) -> Pa
 
 
 def _cell(s: Summary, runs: int) -> str:
-    from binexp.report import _format  # the run table's number format
-
     if s.mean is None:
         return "-"
     if s.n > 1:  # a spread of 0 (a size, or two seeds that hit the same count) is still a mean of n
-        text = f"{_format(s.mean)} ± {_format(s.sd) if s.sd else 0}"
+        text = f"{format_metric(s.mean)} ± {format_metric(s.sd) if s.sd else 0}"
     else:
-        text = _format(s.mean)
+        text = format_metric(s.mean)
     return text if s.n == runs else f"{text} (n={s.n})"  # some runs lack it, or it is not finite there
 
 
