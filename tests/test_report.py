@@ -21,7 +21,9 @@ def test_paper_table_sets_each_metric_beside_the_papers(tmp_path):
     runs = [
         Run(tmp_path / "sbn_bc", {"protocol/binary": 0.8564, "test/acc": 0.8736}, config={"paper": paper},
             overrides={"experiment": "sbn_table1_sbn_bc", "seed": "1", "trainer": "gpu", "dataset.root": "/data",
-                       "callbacks.rich_progress_bar": "null"}),  # how the reproduce scripts log
+                       "callbacks.rich_progress_bar": "null",  # how the reproduce scripts log
+                       "trainer.accelerator": "cpu", "trainer.precision": "32-true",  # where it ran: not the recipe
+                       "callbacks.binarization.every_n_steps": "10"}),
         Run(tmp_path / "stopped", {"val/acc": 0.5}, config={"paper": paper}),
         Run(tmp_path / "no_paper", {"test/acc": 0.9}, config={"paper": None}),
         Run(tmp_path / "smoke", {"protocol/binary": 0.31}, config={"paper": paper},  # not the experiment's recipe

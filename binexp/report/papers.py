@@ -66,11 +66,19 @@ def paper_rows(runs) -> tuple[list[PaperRow], list[str]]:
     return rows, left_out
 
 
+# where and how a run ran, which `trainer=gpu` / `trainer=cluster` choose: the trainer's other keys
+# (`trainer.max_epochs`, `limit_train_batches`, `accumulate_grad_batches`, ...) are the recipe's
+HARDWARE_KEYS = ("trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.precision",
+                 "trainer.sync_batchnorm", "trainer.deterministic", "trainer.benchmark", "trainer.enable_progress_bar",
+                 "trainer.enable_model_summary", "trainer.log_every_n_steps", "trainer.profiler", "channels_last",
+                 "dataset.root", "dataset.download", "dataset.cache_dir")
+
+
 def _not_recipe(key: str) -> bool:
-    """Which recipe a run took, its draw, where it ran and how it logged: not a change of the recipe. A trainer
-    option (`trainer=gpu`, `trainer=cluster`) picks the hardware; its keys (`trainer.max_epochs`) are the recipe's."""
-    return key in ("experiment", "seed", "trainer", "logger", "existing_run", "dataset.root") or key.startswith(
-        ("paths.", "hydra.", "callbacks.progress.", "callbacks.rich_progress_bar"))
+    """Which recipe a run took, its draw, where it ran and what it measured and logged: not a change of the
+    recipe."""
+    return key in ("experiment", "seed", "trainer", "logger", "existing_run", *HARDWARE_KEYS) or key.startswith(
+        ("paths.", "hydra.", "callbacks.", "logger."))
 
 
 def _pct(value: Optional[float], signed: bool = False) -> str:
