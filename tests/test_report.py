@@ -440,3 +440,12 @@ def test_a_settings_statistics_over_three_seeds_are_the_mean_and_the_sample_sd()
 
     s = summarize([0.1, 0.2, 0.6, float("nan")])  # a median or a population sd would differ with three values
     assert (s.mean, s.n) == (pytest.approx(0.3), 3) and s.sd == pytest.approx(0.2645751311)
+
+
+def test_figure_2_draws_the_last_activation_layer_where_the_run_binarizes_activations():
+    from binexp.report.curves import figure_layer
+
+    # SBN on BNN: the classifier's weights come last, the firing matrix is fc2.act's
+    assert figure_layer({"conv1.weight": {}, "conv1.act": {}, "fc2.weight": {}, "fc2.act": {}, "fc3.weight": {}}) == "fc2.act"
+    assert figure_layer({"conv1.weight": {}, "fc3.weight": {}}) == "fc3.weight"  # SBN on BC: weights only
+    assert figure_layer({"conv1": {}, "fc1": {}}) == "fc1"  # ABR

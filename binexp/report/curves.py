@@ -1,7 +1,8 @@
 """Binarization curves from a run's binarization.csv, drawn like the ABR paper's figures.
 
-- `<run>-binarization.png` (Figure 2): the last binarized layer, the share of units binary at least 90%, 99%
-  and 99.9% of the time against the training step.
+- `<run>-binarization.png` (Figure 2): the last binarized layer (its activations, where the run binarizes any:
+  the layer whose firing matrix the run writes), the share of units binary at least 90%, 99% and 99.9% of the
+  time against the training step.
 - `<run>-binarization-layers.png` (Figure 4 left): one curve per layer, share of units binary 99% of the time.
 
 SBN's and the sign activations' rows measure other things (`curve_kind`), drawn the same two ways.
@@ -109,6 +110,13 @@ def _block_and_kind(layer: str) -> tuple[str, str]:
     return (head, tail) if tail in ("weight", "act") else (layer, "")
 
 
+def figure_layer(curves: dict) -> str:
+    """The layer Figure 2 draws: the last activation layer (an SBN network's curves end with its classifier's
+    weights), else the last layer."""
+    activations = [layer for layer in curves if _block_and_kind(layer)[1] != "weight"]
+    return (activations or list(curves))[-1]
+
+
 def plot_binarization(runs, out: Path) -> list[Path]:
     import matplotlib
 
@@ -127,7 +135,7 @@ def plot_binarization(runs, out: Path) -> list[Path]:
         curves = read_curves(path)
         if not curves:
             continue
-        last_layer = list(curves)[-1]
+        last_layer = figure_layer(curves)
         kinds = {layer: curve_kind(values) for layer, values in curves.items()}
         kind = kinds[last_layer]
         fig, ax = plt.subplots(figsize=(5, 3.5))
