@@ -156,7 +156,7 @@ def _load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
                               f"take the run's weights. {detail}") from None
         raise ConfigError(f"ckpt={ckpt}: {path} does not fit the network of {run_dir} {network}; was it saved by "
                           f"another run? {detail}") from None
-    _feed_as_trained(dm, saved, overrides)
+    _feed_as_trained(dm, saved)
     return cfg, dm, module, path, saved
 
 
@@ -174,7 +174,7 @@ def as_tested(cfg: DictConfig, saved: dict) -> DictConfig:
     return cfg
 
 
-def _feed_as_trained(dm, saved: dict, overrides: list[str] | None) -> None:
+def _feed_as_trained(dm, saved: dict) -> None:
     """The test images normalised as the network trained on them (the checkpoint's record), not as statistics
     recomputed from a training split that run_overrides may have changed (dataset.subset moves the hold-out)."""
     from binexp.data.loader import InputNorm

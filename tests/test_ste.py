@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from binexp.binarize.bitpack import pack_signs, xnor_popcount_dot
 from binexp.binarize.functional import SignActivation
 from binexp.binarize.ste import STE, BinaryConv2d, BinaryLinear, weight_scale
+from binexp.export.lower import pack_rows
+from binexp.export.popcount import popcount_gemm
+from binexp.export.runtime import BinaryLayer, pack_channels
 from binexp.models import build_model
 from binexp.size import model_size
 from tests.conftest import compose_train
@@ -84,11 +86,17 @@ def test_first_and_last_layers_stay_float_unless_asked():
 
 
 def test_xnor_popcount_equals_the_dot_product_of_random_sign_vectors():
+    """x . w = 2 * popcount(xnor(x, w)) - n, as the exported runtime computes it (bits: +1 -> 1, -1 -> 0; a word's
+    padding bits are not counted)."""
     rng = np.random.default_rng(0)
-    for n in (1, 7, 8, 64, 100, 1000):
-        x = rng.choice([-1, 1], size=(5, n))
-        w = rng.choice([-1, 1], size=(5, n))
-        assert xnor_popcount_dot(pack_signs(x), pack_signs(w), n).tolist() == (x * w).sum(1).tolist()
+    for n in (1, 7, 8, 64, 65, 100, 1000):
+        x = torch.from_numpy(rng.choice([-1, 1], size=(5, n))).float()
+        w = torch.from_numpy(rng.choice([-1, 1], size=(3, n))).float()
+        layer = BinaryLayer({"input": "pm1", "weight_shape": [3, n]}, pack_rows(w))
+        matches = popcount_gemm(pack_channels((x >= 0).to(torch.uint8)), pack_channels((w >= 0).to(torch.uint8)))
+        padding = 64 * -(-n // 64) - n  # zero bits on both sides: their xnor is 1
+        assert torch.equal(torch.from_numpy(2 * (matches - padding) - n).float(), x @ w.T)
+        assert torch.equal(layer((x >= 0).to(torch.uint8)).float(), x @ w.T)
 
 
 def test_model_size_counts_one_bit_per_binary_weight():
