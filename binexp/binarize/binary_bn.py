@@ -83,15 +83,21 @@ class BinaryBN:
         threshold = torch.where(zero, constant, mu - sigma * beta / safe_gamma)
         return cls(threshold=threshold, negative=gamma < 0)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def float32_comparison(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s, bound) per channel, s = +-1 (float64) and bound float32: +1 where s*x >= bound, for every float32 x
+        exactly as for the float64 threshold. Step mode and the export both compare so."""
         s = _plus_minus_one(~self.negative, torch.float64)
-        signed_threshold = s * self.threshold.to(x.device)
-        s = s.to(x.device)
+        return s, _round_up_to_float32(s * self.threshold)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float64:
-            values, bound = x, signed_threshold
+            s = _plus_minus_one(~self.negative, torch.float64)
+            values, bound = x, s * self.threshold
         else:  # float32 holds half and bfloat16 values exactly; compare there
-            values, bound = x.to(torch.float32), _round_up_to_float32(signed_threshold)
-        fires = values * _per_channel(s.to(values.dtype), x) >= _per_channel(bound, x)
+            s, bound = self.float32_comparison()
+            values = x.to(torch.float32)
+        s, bound = s.to(x.device, values.dtype), bound.to(x.device)
+        fires = values * _per_channel(s, x) >= _per_channel(bound, x)
         return _plus_minus_one(fires, x.dtype)
 
     def quantize(self, bits: int = 8, data_range: float | None = None, input_grid: float = 0.0) -> FixedPointBinaryBN:

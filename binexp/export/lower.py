@@ -131,13 +131,6 @@ def pack_rows(signs: torch.Tensor) -> np.ndarray:
     return np.packbits(flat >= 0, axis=-1)
 
 
-def _round_up_f32(values: np.ndarray) -> np.ndarray:
-    """The smallest float32 >= each float64 value (+-inf stay)."""
-    r = values.astype(np.float32)
-    below = r.astype(np.float64) < values
-    return np.where(below, np.nextafter(r, np.float32(np.inf)), r).astype(np.float32)
-
-
 def _fires(out: torch.Tensor, act: nn.Module) -> torch.Tensor:
     return out > (0 if isinstance(act, PLUS_MINUS_ONE) else 0.5)
 
@@ -366,9 +359,8 @@ class Lowering:
         c = self.channels(node)
         if bn is not None and isinstance(bn, _BinaryBNStepForm) and bn.feeds_sign:
             # the trained network's own step form: BinaryBN, s*y >= s*T rounded up to float32
-            binary = BinaryBN.from_batchnorm(bn)
-            s = np.where(binary.negative.numpy(), -1.0, 1.0)
-            return v.name, s.astype(np.int8), _round_up_f32(s * binary.threshold.numpy())
+            s, bound = BinaryBN.from_batchnorm(bn).float32_comparison()
+            return v.name, s.numpy().astype(np.int8), bound.numpy()
         if bn is not None:
             v = self.emit_batch_norm(v, bn, f"{node.name}.bn")
         direction, bound = np.ones(c), np.zeros(c, dtype=np.float32)
