@@ -68,12 +68,16 @@ class ChildRankLauncher(_SubprocessScriptLauncher):
     def finish(self, timeout_s: float = 120.0) -> None:
         """After a run in the launching process: reap the children and undo the environment, so the next job
         of an in-process sweep launches its own ranks instead of believing it is one of these."""
-        for proc in self.procs:
+        # Lightning's observer thread watches this very list and SIGKILLs the launching process once a child has
+        # died by a signal: emptied, it stops, and a child killed here does not take a sweep's next job with it
+        procs, self.procs[:] = list(self.procs), []
+        for proc in procs:
             try:
                 proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 log.warning("rank process %d did not exit; killing it", proc.pid)
                 proc.kill()
+                proc.wait()
         if self._saved_env is not None:
             for key, value in self._saved_env.items():
                 if value is None:

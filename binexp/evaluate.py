@@ -125,9 +125,8 @@ def _load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
     path = find_checkpoint(run_dir, ckpt)
     try:
         saved = read_checkpoint(path)
-    except Exception as err:  # pickle, zip and I/O errors alike: the file is no checkpoint
-        raise ConfigError(f"ckpt={ckpt}: {path} is not a checkpoint torch can read ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    except ConfigError as err:  # a damaged or cut-short file
+        raise ConfigError(f"ckpt={ckpt}: {err}") from None
     if not isinstance(saved, dict) or "state_dict" not in saved:
         raise ConfigError(f"ckpt={ckpt}: {path} holds no state_dict; it is not a checkpoint of `binexp train`")
     differ = other_job(saved, cfg)

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.core.saving import save_hparams_to_yaml
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from binexp.atomic_files import replacing
 from binexp.hydra_output import running_hydra
 
 log = logging.getLogger(__name__)
@@ -143,9 +144,7 @@ def drop_earlier_sessions(log_dir: Path) -> None:
                 event.summary.value.extend(values)
                 kept.append(event.SerializeToString())
         if changed:
-            tmp = path.with_name(path.name + ".tmp")
-            with tmp.open("wb") as f:
+            with replacing(path) as tmp, tmp.open("wb") as f:
                 writer = RecordWriter(f)
                 for record in kept:
                     writer.write(record)
-            tmp.replace(path)

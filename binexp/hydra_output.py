@@ -17,6 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from binexp import atomic_files
+
 RECORD = ".hydra"
 RECORD_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 LAUNCH_PREFIXES = (f"{RECORD}/rerun-", f"{RECORD}/resumed-")  # a launch's own record beside the run's
@@ -67,7 +69,7 @@ def adopt_launch_record(run_dir: Path, record: Path | None) -> None:
         return
     for name in RECORD_FILES:
         if (record / name).exists():
-            shutil.copyfile(record / name, run_dir / RECORD / name)
+            atomic_files.write_bytes(run_dir / RECORD / name, (record / name).read_bytes())
     for old in [*run_dir.glob(f"{RECORD}/rerun-*"), *run_dir.glob(f"{RECORD}/resumed-*")]:
         if old != record:
             shutil.rmtree(old, ignore_errors=True)

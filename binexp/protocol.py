@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from binexp.atomic_files import torch_save
 from binexp.binarize.base import BinaryWeights, evaluating, step_mode
 from binexp.binarize.binary_bn import (
     BinaryBN,
@@ -314,7 +315,7 @@ def save_derived(net: nn.Module, run_dir: Path, name: str) -> None:
     layers)."""
     path = derived_checkpoint_path(run_dir, name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, name: True}, path)
+    torch_save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, name: True}, path)
 
 
 def run_protocol(net: nn.Module, method, dm, cfg: ProtocolConfig, seed: int = 0,

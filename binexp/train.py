@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import time
 from pathlib import Path
@@ -22,7 +23,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
+from pytorch_lightning.plugins import TorchCheckpointIO
 
+from binexp import atomic_files
 from binexp.binarize.base import Method
 from binexp.builder import build, locate_target, parameters_of
 from binexp.callbacks.binarization import CSV_NAME
@@ -50,6 +53,7 @@ from binexp.hydra_output import (
 from binexp.models import build_model
 from binexp.module import Classifier, fit_metrics, scalar_metrics
 from binexp.optim import build_optimizer
+from binexp.process_state import restored_process_state
 from binexp.profiling import NoProfiler
 from binexp.protocol import PhaseEvaluation, protocol_config, run_protocol
 from binexp.ranges import check_ranges
@@ -169,6 +173,18 @@ def check_no_time_limit(trainer: DictConfig) -> None:
                           f"checkpoints/last.ckpt and says how to resume")
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoints through `atomic_files.replacing`. Lightning's own save writes its temporary file in
+    TMPDIR and, where that is another filesystem (tmpfs /tmp, a node's own disk under a run on NFS), copies it over
+    the checkpoint in place: a kill during the copy left half a last.ckpt and no earlier one."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_files.torch_save(checkpoint, path)
+
+
 def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path) -> pl.Trainer:
     loggers = [build(c, named=False) for c in (cfg.get("logger") or {}).values() if c is not None]
     check_devices_are_gpus(cfg.trainer)
@@ -181,8 +197,10 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path) 
         extra["strategy"] = chosen
     if cfg.trainer.get("profiler") is None:
         extra["profiler"] = NoProfiler()
-    if cfg.trainer.get("sync_batchnorm") and cfg.trainer.get("plugins") is None:  # Lightning's would drop BinaryBN
-        extra["plugins"] = [StepFormSyncBatchNorm()]
+    if cfg.trainer.get("plugins") is None:
+        extra["plugins"] = [AtomicCheckpointIO()]  # last.ckpt is never left half-written by a kill
+        if cfg.trainer.get("sync_batchnorm"):  # Lightning's would drop BinaryBN
+            extra["plugins"].append(StepFormSyncBatchNorm())
     if cfg.trainer.get("benchmark") and cfg.trainer.get("deterministic") in (True, "warn"):
         # torch ignores cudnn.deterministic while cudnn.benchmark autotunes, so trainer=gpu's benchmark would
         # undo what was asked for (a resume equal to an uninterrupted run, bit for bit)
@@ -211,8 +229,23 @@ def read_checkpoint(path: Path) -> dict:
     key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
     if key not in _READ:
         _READ.clear()  # one at a time: a sweep's jobs do not pile up their checkpoints
-        _READ[key] = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            _READ[key] = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # pickle, zip and I/O errors alike: no checkpoint, or a damaged one
+            raise ConfigError(f"{path} is not a checkpoint torch can read ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''})") from None
     return _READ[key]
+
+
+def read_last_checkpoint(path: Path) -> dict:
+    """read_checkpoint of a run's last.ckpt, with what to do when a kill (or a full disk) has damaged it."""
+    try:
+        return read_checkpoint(path)
+    except ConfigError as err:
+        best = sorted(path.parent.glob("best-*.ckpt"), key=lambda p: [int(n) for n in re.findall(r"\d+", p.name)])
+        earlier = f"copy an earlier checkpoint over it (cp {best[-1]} {path}) and launch again, or " if best else ""
+        raise ConfigError(f"{err}: cut short or damaged (a process killed while writing it?); {earlier}train the run "
+                          f"again from scratch (its command with existing_run=restart)") from None
 
 
 def forget_checkpoints() -> None:
@@ -274,7 +307,7 @@ def continue_last_launch(cfg: DictConfig, ckpt: Path, run_dir: Path) -> dict:
     """`resume=`: train for as long as the launch that saved last.ckpt asked (an earlier resume may have extended
     the run), unless this launch sets trainer.max_epochs / max_steps itself; the schedules follow that length.
     A finished run with nothing left to train is refused rather than tested again over its metrics."""
-    saved = read_checkpoint(ckpt)
+    saved = read_last_checkpoint(ckpt)
     differ = other_job(saved, cfg)
     if differ:  # an override of what is trained, or a last.ckpt copied in from another run: it would train on as this
         raise ConfigError(f"resume={cfg.resume}: {ckpt} trained another job than this launch composes "
@@ -310,7 +343,7 @@ def continue_last_launch(cfg: DictConfig, ckpt: Path, run_dir: Path) -> dict:
 def recorded_at(run_dir: Path) -> float | None:
     """The step the run's metrics.json was written at; None without one."""
     path = run_dir / "metrics.json"
-    return json.loads(path.read_text()).get("trainer/global_step") if path.exists() else None
+    return read_metrics(path).get("trainer/global_step") if path.exists() else None
 
 
 def check_extension_keeps_schedules(cfg: DictConfig, before: dict, epochs: int) -> None:
@@ -452,7 +485,7 @@ def existing_run(cfg: DictConfig, run_dir: Path) -> tuple[str, Any]:
         return "new", None
     if mode == "restart":
         return "restart", None
-    saved = read_checkpoint(ckpt) if ckpt.exists() else None
+    saved = read_last_checkpoint(ckpt) if ckpt.exists() else None
     first_launch = run_dir / ".hydra" / "config.yaml"
     before: dict[str, Any] = {}
     if saved is not None:
@@ -473,7 +506,7 @@ def existing_run(cfg: DictConfig, run_dir: Path) -> tuple[str, Any]:
                 f"to extend a finished run use resume=<run dir>."
             )
     if metrics_path.exists():
-        metrics = json.loads(metrics_path.read_text())
+        metrics = read_metrics(metrics_path)
         log.info("SKIPPED %s: %s already holds final metrics (test/acc=%s); delete it or pass "
                  "existing_run=restart to train it again", _job_label(run_dir), metrics_path, metrics.get("test/acc"))
         return "finished", metrics
@@ -491,7 +524,7 @@ def settle_seed(cfg: DictConfig, run_dir: Path) -> None:
     last = run_dir / "checkpoints" / "last.ckpt"
     seed = None
     if last.exists():
-        seed = read_checkpoint(last).get("hyper_parameters", {}).get("config", {}).get("seed")
+        seed = read_last_checkpoint(last).get("hyper_parameters", {}).get("config", {}).get("seed")
     if seed is None:
         seed = draw_seed()
     cfg.seed = seed
@@ -499,15 +532,21 @@ def settle_seed(cfg: DictConfig, run_dir: Path) -> None:
     if saved.exists():
         recorded = OmegaConf.load(saved)
         recorded.seed = seed
-        OmegaConf.save(recorded, saved)
+        atomic_files.write_text(saved, OmegaConf.to_yaml(recorded))
     log.info("seed=null: this run's seed is %d (written into %s)", seed, saved)
+
+
+def read_metrics(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except ValueError:  # written whole (os.replace), so only a crash of the machine cuts it
+        raise ConfigError(f"{path} is not JSON (cut short?): delete it, and the run goes on from its last.ckpt "
+                          f"(or, if that has all the steps, tests it again)") from None
 
 
 def write_metrics(run_dir: Path, metrics: dict[str, float]) -> Path:
     path = run_dir / "metrics.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dict(sorted(metrics.items())), indent=2) + "\n")
-    tmp.replace(path)
+    atomic_files.write_text(path, json.dumps(dict(sorted(metrics.items())), indent=2) + "\n")
     return path
 
 
@@ -540,7 +579,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         discard_launch_record(run_dir, record)  # its own re-run record only: `.hydra/` is the running launch's
         raise
     try:
-        return _train(cfg, run_dir, record, started)
+        with restored_process_state():
+            return _train(cfg, run_dir, record, started)
     finally:
         lock.release()
 

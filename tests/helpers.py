@@ -107,3 +107,17 @@ class TypedOptions:
     def __init__(self, flag: bool = False, rate: float = 1.0, count: int = 1, mode: str = "a",
                  limit: Optional[float] = None, kind: Literal["x", "y"] = "x", items: list = ()):
         self.flag, self.rate, self.count, self.mode, self.limit, self.kind = flag, rate, count, mode, limit, kind
+
+
+class ChangeProcessState(pl.Callback):
+    """What Lightning's DDP launcher and a GPU run change process-wide: threads, OMP_NUM_THREADS, cuBLAS's workspace,
+    cuDNN's flags."""
+
+    def on_fit_start(self, trainer, pl_module):
+        import os
+
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+        torch.backends.cudnn.benchmark = not torch.backends.cudnn.benchmark
+        torch.backends.cudnn.deterministic = not torch.backends.cudnn.deterministic

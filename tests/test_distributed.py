@@ -449,3 +449,23 @@ def test_a_non_finite_loss_on_another_rank_is_reported_as_that_ranks(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"by step 20 \(epoch 0; last loss non-finite on another rank; 2.5 on "
                                                  r"rank 0\)"):
         guard._check(trainer, SimpleNamespace(device="cpu"), parameters=False)
+
+
+def test_a_rank_killed_after_its_job_does_not_take_the_launching_process_with_it():
+    """A child rank that did not exit after the job was killed by `finish`; Lightning's observer thread saw it die by
+    a signal and SIGKILLed the launching process, in a sweep about 5 s into the next job (rc 137, no message)."""
+    script = """
+import os, subprocess, sys, time
+from lightning_fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+from binexp.distributed import ChildRankLauncher
+
+launcher = ChildRankLauncher.__new__(ChildRankLauncher)  # only what finish() reads
+launcher.procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])]
+launcher._saved_env = None
+_ChildProcessObserver(main_pid=os.getpid(), child_processes=launcher.procs, sleep_period=0.05).start()
+launcher.finish(timeout_s=0.2)
+time.sleep(1.0)  # the observer's next looks
+print("went on")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout) == (0, "went on\n"), out.stderr[-2000:]

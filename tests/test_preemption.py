@@ -370,3 +370,93 @@ def test_a_finished_job_without_last_ckpt_is_still_checked_against_its_first_lau
         train(compose_train([*job[:-2], "method.t_clip=0.75", job[-1]], run_dir=run_dir))
     with caplog.at_level(logging.INFO, logger="binexp"):
         assert train(compose_train(job, run_dir=run_dir)) == first and "SKIPPED" in caplog.text
+
+
+# ---- a kill (SIGKILL, OOM, power) in the middle of writing a file ------------------------------------------------
+def test_a_checkpoint_save_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    """Lightning writes its temporary file in TMPDIR and, where that is another filesystem (tmpfs /tmp, a node's
+    own disk under a run on NFS), copies it over last.ckpt in place: a kill then left half a checkpoint."""
+    from binexp import atomic_files
+
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    path.parent.mkdir()
+    atomic_files.torch_save({"step": 1}, path)
+
+    def killed(obj, f):
+        Path(f).write_bytes(b"PK\x03\x04 half")
+        raise KeyboardInterrupt  # the process ends here
+
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_files.torch_save({"step": 2}, path)
+    assert torch.load(path) == {"step": 1} and [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_the_trainer_saves_checkpoints_through_the_atomic_writer(tmp_path):
+    from binexp.train import AtomicCheckpointIO, build_trainer
+
+    trainer = build_trainer(compose_train(SMOKE, run_dir=tmp_path), [], tmp_path)
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_a_damaged_last_ckpt_is_named_with_what_to_do(tmp_path):
+    run_dir = tmp_path / "run"
+    job = SMOKE + ["trainer.max_epochs=2", "dataset.val_size=64"]
+    with pytest.raises(RunInterrupted):
+        train(compose_train(job + _signal_at(6), run_dir=run_dir))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    best = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))
+    assert len(best) == 1
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # as a kill mid-copy left it
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(last))} is not a checkpoint torch can read \(.*\): cut short "
+                                          rf"or damaged \(a process killed while writing it\?\); copy an earlier "
+                                          rf"checkpoint over it \(cp {re.escape(str(best[0]))} {re.escape(str(last))}\) "
+                                          r"and launch again, or train the run again from scratch \(its command with "
+                                          r"existing_run=restart\)$"):
+        train(compose_train(job, run_dir=run_dir))
+    with pytest.raises(ConfigError, match=r"last.ckpt is not a checkpoint torch can read .* cut short or damaged"):
+        train(compose_train(SMOKE + [f"resume={run_dir}"], run_dir=run_dir))
+
+
+def test_a_cut_metrics_json_is_named_with_what_to_do(tmp_path):
+    run_dir = tmp_path / "run"
+    steps = train(compose_train(SMOKE, run_dir=run_dir))["trainer/global_step"]
+    metrics = run_dir / "metrics.json"
+    metrics.write_text(metrics.read_text()[:20])
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(metrics))} is not JSON \(cut short\?\): delete it, and the "
+                                          r"run goes on from its last.ckpt"):
+        train(compose_train(SMOKE, run_dir=run_dir))
+    metrics.unlink()
+    assert train(compose_train(SMOKE, run_dir=run_dir))["trainer/global_step"] == steps  # tested again, not trained
+
+
+def test_a_curve_row_cut_by_a_kill_is_dropped_before_the_next_is_appended(tmp_path):
+    from binexp.callbacks.binarization import append_csv
+    from binexp.report.curves import read_curves
+
+    path = tmp_path / "binarization.csv"
+    append_csv(path, 0, 0, {"fc1": {"binary99": 0.25}})
+    append_csv(path, 4, 1, {"fc1": {"binary99": 0.5}})
+    path.write_bytes(path.read_bytes()[:-3])  # the second row, half written
+    append_csv(path, 8, 2, {"fc1": {"binary99": 0.75}})
+    assert read_curves(path)["fc1"]["step"] == [0, 8]
+    path.write_bytes(b"step,ep")  # killed while writing the header
+    append_csv(path, 12, 3, {"fc1": {"binary99": 1.0}})
+    assert read_curves(path)["fc1"]["binary99"] == [1.0]
+
+
+def test_a_best_checkpoint_saved_again_after_a_kill_replaces_itself(tmp_path):
+    """Killed after the epoch's best-*.ckpt and before its last.ckpt, a run goes on from the epoch before and saves
+    that best again: beside the first as best-...-v1.ckpt, which `ckpt=best` then took and nothing removed."""
+    import shutil
+
+    job = SMOKE + ["dataset.val_size=64", "callbacks.best_checkpoint.monitor=step"]  # the last epoch is the best
+    done, cut = tmp_path / "done", tmp_path / "cut"
+    train(compose_train(job, run_dir=done))
+    with pytest.raises(RunInterrupted):
+        train(compose_train(job + _signal_at(4), run_dir=cut))  # the first epoch's last.ckpt
+    shutil.copy(cut / "checkpoints" / "last.ckpt", done / "checkpoints" / "last.ckpt")  # as the kill left it
+    (done / "metrics.json").unlink()
+    names = sorted(p.name for p in (done / "checkpoints").iterdir())
+    train(compose_train(job, run_dir=done))
+    assert sorted(p.name for p in (done / "checkpoints").iterdir()) == names

@@ -638,3 +638,24 @@ def test_the_end_of_run_table_writes_small_values_as_the_report_does(tmp_path, c
             if line.count("│") == 3}
     assert rows == {"protocol/binary_fixed_bn_disagreements": "0.0000", "protocol/fixed_bn_flips": "3.08e-05",
                     "test/acc": "0.5000", "trainer/global_step": "8"}
+
+
+def test_a_job_gives_back_the_process_state_it_changed_for_the_next_job_of_a_sweep(tmp_path, monkeypatch):
+    """Hydra's basic launcher runs a sweep's jobs in one process: after a DDP job the next trained on one thread
+    (its protocol/finetuned 0.2890625 against 0.3046875 alone), and after a job that failed inside fit, binexp's stop
+    handler was still installed, so the next job's first Ctrl-C did not stop it."""
+    import os
+    import signal
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (torch.get_num_threads(), torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+              signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    changing = ["+callbacks.change._target_=tests.helpers.ChangeProcessState"]
+    train(compose_train(SMOKE + changing, run_dir=tmp_path / "a"))
+    with pytest.raises(NonFiniteLossError):  # fails inside fit
+        train(compose_train(SMOKE + changing + ["+callbacks.poison._target_=tests.helpers.PoisonWeightsAtStep",
+                                                "+callbacks.poison.step=2"], run_dir=tmp_path / "b"))
+    after = (torch.get_num_threads(), torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    assert after == before and "OMP_NUM_THREADS" not in os.environ and "CUBLAS_WORKSPACE_CONFIG" not in os.environ

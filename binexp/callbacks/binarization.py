@@ -20,6 +20,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from binexp.atomic_files import replacing
 from binexp.binarize.base import evaluating, probes
 from binexp.distributed import share_rank_zero_buffers, sum_over_shards
 from binexp.errors import BinexpError
@@ -69,24 +70,38 @@ def append_csv(path: Path, step: int, epoch: int, stats: dict[str, dict[str, flo
     rows: list[list[str]] = []
     keys: list[str] = []
     if path.exists():
+        _drop_torn_row(path)
+    if path.exists():
         with path.open(newline="") as f:
             header, *rows = list(csv.reader(f))
         keys = header[3:]
     if not path.exists() or not given <= set(keys):
         wider = sorted(set(keys) | given)
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", newline="") as f:
+        with replacing(path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["step", "epoch", "layer", *wider])
             for row in rows:
                 old = dict(zip(keys, row[3:]))
                 writer.writerow([*row[:3], *[old.get(k, "") for k in wider]])
-        tmp.replace(path)
         keys = wider
     with path.open("a", newline="") as f:
         writer = csv.writer(f)
         for layer, values in stats.items():
             writer.writerow([step, epoch, layer, *[f"{values[k]:.6g}" if k in values else "" for k in keys]])
+
+
+def _drop_torn_row(path: Path) -> None:
+    """A row cut short by a kill mid-append (no final newline) is dropped, so the next row does not run into it; a
+    file left without its header goes, and is begun again."""
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    keep = data[: data.rfind(b"\n") + 1]
+    if keep:
+        with path.open("r+b") as f:
+            f.truncate(len(keep))
+    else:
+        path.unlink()
 
 
 def activation_probes(net: torch.nn.Module) -> list:

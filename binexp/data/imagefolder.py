@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from binexp import atomic_files
 from binexp.data.datamodule import DataConfig, ImageData
 from binexp.data.errors import DatasetLayoutError, not_found
 from binexp.data.split import Split, interleave_classes
@@ -89,9 +89,7 @@ def read_image_folder(folder: Path, cache_dir: Optional[str]) -> tuple[Split, Sp
     train, test = _decode_all(listing["train"][1]), _decode_all(listing["test"][1])
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"train": (train.images, train.labels), "test": (test.images, test.labels)}, tmp)
-        tmp.replace(cache)
+        atomic_files.torch_save({"train": (train.images, train.labels), "test": (test.images, test.labels)}, cache)
     return train, interleave_classes(test), classes
 
 

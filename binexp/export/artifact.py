@@ -16,6 +16,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load, save
 
+from binexp.atomic_files import write_bytes
 from binexp.errors import BinexpError
 from binexp.export.lower import Op
 
@@ -62,9 +63,7 @@ def write(path: Path, manifest: dict, tensors: dict[str, np.ndarray]) -> int:
     text = json.dumps(manifest, sort_keys=True)
     data = save(tensors, metadata={MANIFEST_KEY: text, CHECKSUM_KEY: _sha256(text.encode())})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    write_bytes(path, data)
     return len(data)
 
 

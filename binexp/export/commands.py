@@ -84,13 +84,13 @@ def export_run(run_dir: Path, ckpt: str = "last", out: Path | str | None = None)
         "source": {"run_dir": str(run_dir.resolve()), "checkpoint": str(path.resolve()), "checkpoint_sha256": _sha256_file(path)},
     }
     manifest, tensors = artifact.manifest_and_tensors(ops, input_name, output_name, info)
+    sidecar(out, "verify").unlink(missing_ok=True)  # it verified the file this export replaces: gone first
     try:
         file_bytes = artifact.write(out, manifest, tensors)
     except OSError as err:
         raise ConfigError(f"out={out}: cannot write the export there ({err.strerror})") from None
     sizes = size_table(net, manifest, tensors, file_bytes, tuple(module.method.schedule_keys))
     sidecar(out, "size").write_text(json.dumps(sizes, indent=2) + "\n")
-    sidecar(out, "verify").unlink(missing_ok=True)  # it verified the file this export replaced
     return out, sizes
 
 
