@@ -611,6 +611,9 @@ def test_sbn_run_binarizes_and_a_resumed_run_has_the_same_nu(tmp_path):
     assert layers == ["conv1.weight", "conv1.act", "conv2.weight", "conv2.act", "fc1.weight", "fc1.act", "fc2.weight"]
     first, last = (float(r["binary99"]) for r in rows if r["layer"] == "conv1.weight" and r["step"] in ("0", "8"))
     assert first == 0.0 and last > 0.9  # nu = 1 -> 1000 drives the weights to +-1
+    # a weight has no samples to be stuck on: its stuck cell is blank (was nan, a NaN curve in TensorBoard too)
+    assert {r["stuck"] for r in rows if r["layer"].endswith(".weight")} == {""}
+    assert all(r["stuck"] not in ("", "nan") for r in rows if r["layer"].endswith(".act"))
     from binexp.report.curves import curve_kind, read_curves
 
     kind = curve_kind(read_curves(straight_dir / "binarization.csv")["conv1.weight"])

@@ -24,7 +24,7 @@ above 0.9 / 0.99 / 0.999 (binary90/99/999), `<layer>.act` the share of activatio
 and `stuck`, the share of units saturated (|tanh| > 0.99) at the same sign for every test sample: those pass no
 gradient, which is what the callback's collapse check means. A unit merely of one sign is not counted: early in
 training, while nu is small and BN's running statistics still lag, many are, and they still learn. A weight has no
-samples: its `stuck` is NaN, never a collapse.
+samples, so no `stuck` (its TensorBoard curves and csv cells would be NaN).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ class _SoftWeights(BinarizationProbe):
             return magnitude_counts(self.soft_weight())
 
     def probe_summary(self, counts: dict[str, torch.Tensor]) -> dict[str, float]:
-        return {**magnitude_summary(counts), "stuck": float("nan")}
+        return magnitude_summary(counts)  # no samples, so no `stuck`: a weight never collapses
 
 
 class SoftBinaryConv2d(_SoftWeights, nn.Conv2d, BinaryWeights):

@@ -73,9 +73,11 @@ def append_csv(path: Path, step: int, epoch: int, stats: dict[str, dict[str, flo
         _drop_torn_row(path)
     if path.exists():
         with path.open(newline="") as f:
-            header, *rows = list(csv.reader(f))
-        keys = header[3:]
+            keys = next(csv.reader(f), [])[3:]  # the header only: the rows are read again only to widen them
     if not path.exists() or not given <= set(keys):
+        if path.exists():
+            with path.open(newline="") as f:
+                rows = list(csv.reader(f))[1:]
         wider = sorted(set(keys) | given)
         with replacing(path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.writer(f)
@@ -93,9 +95,11 @@ def append_csv(path: Path, step: int, epoch: int, stats: dict[str, dict[str, flo
 def _drop_torn_row(path: Path) -> None:
     """A row cut short by a kill mid-append (no final newline) is dropped, so the next row does not run into it; a
     file left without its header goes, and is begun again."""
+    with path.open("rb") as f:  # the last byte only: the file grows with the run
+        size = f.seek(0, 2)
+        if size and f.seek(size - 1) >= 0 and f.read(1) == b"\n":
+            return
     data = path.read_bytes()
-    if data.endswith(b"\n"):
-        return
     keep = data[: data.rfind(b"\n") + 1]
     if keep:
         with path.open("r+b") as f:
@@ -180,8 +184,8 @@ class BinarizationCurves(pl.Callback):
                 raise TrainingCollapsed(
                     f"training collapsed at step {trainer.global_step}: {values['stuck']:.1%} of the units of layer "
                     f"{layer} output the same value for every test image (saturated, so no gradient flows). "
-                    f"Try a smaller optimizer.lr or schedule.lambda1; inputs scaled as the paper's "
-                    f"(dataset.normalize=mean_only) help. Checkpoints so far are in {trainer.default_root_dir}."
+                    f"Try a smaller optimizer.lr (ABR: a smaller schedule.lambda1, and inputs scaled as the paper's, "
+                    f"dataset.normalize=mean_only). Checkpoints so far are in {trainer.default_root_dir}."
                 )
 
     def state_dict(self) -> dict[str, Any]:
