@@ -11,6 +11,7 @@ config-group choices (`architecture: resnet18`, `method: ste`) and every key the
 from __future__ import annotations
 
 import logging
+import shutil
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -97,20 +98,14 @@ def log_hparams(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, float],
 
     _, start, end = hparams(params, values)
     for logger in loggers:
-        # the session only, no experiment summary: TensorBoard takes the columns from the first experiment summary
-        # it finds, so one run's would hide the keys and metrics the other runs of a sweep (or of logs/) have;
-        # without any it builds them from every session. (The logger's own log_hyperparams writes one, and merges
-        # these flat keys into its hparams.yaml, the full config.)
-        if continued:
+        if continued:  # a run from before FINAL kept its session among the curves
             drop_earlier_sessions(Path(logger.log_dir))
-        # the values the tab shows that no other logging wrote at this step (trainer.test wrote test/*, the
+        # the values no other logging wrote at this step, for the Scalars tab (trainer.test wrote test/*, the
         # protocol's first phase its phase1_* when it measured them)
         logger.log_metrics({k: v for k, v in values.items() if not k.startswith(ALREADY_LOGGED)}, step=trainer.global_step)
-        writer = logger.experiment._get_file_writer()
-        writer.add_summary(start, trainer.global_step)
-        writer.add_summary(end, trainer.global_step)
         logger.experiment.flush()
         logger.experiment.close()  # trainer.test already closed it; logging reopened a new event file
+        write_session(Path(logger.log_dir) / FINAL, start, end, values, trainer.global_step)
         hparams_file = Path(logger.log_dir) / logger.NAME_HPARAMS_FILE
         if hparams_file.exists():  # Lightning writes it once; a resume's config (a longer max_epochs) replaces it
             save_hparams_to_yaml(hparams_file, logger.hparams)
@@ -119,6 +114,30 @@ def log_hparams(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, float],
 
 
 ALREADY_LOGGED = ("test/", "protocol/phase1_")
+# the HParams session and its metrics, a run of its own beside the curves: the tab's metric columns are the scalar
+# tags of the session's run and the runs under it, so in tb/ every curve (187 columns for SBN's ResNet-18) buried
+# the final metrics
+FINAL = "final"
+
+
+def write_session(folder: Path, start, end, values: dict[str, float], step: int) -> None:
+    """The session alone, no experiment summary: TensorBoard takes the columns from the first experiment summary
+    it finds, so one run's would hide the keys and metrics the other runs of a sweep (or of logs/) have; without
+    any it builds them from every session. An earlier launch's session (a resume that lengthened the run) goes:
+    the tab shows a run's first session. (The logger's own log_hyperparams writes an experiment summary, and
+    merges these flat keys into its hparams.yaml, the full config.)"""
+    from torch.utils.tensorboard import SummaryWriter
+
+    shutil.rmtree(folder, ignore_errors=True)
+    writer = SummaryWriter(str(folder))
+    try:
+        events = writer._get_file_writer()
+        events.add_summary(start, step)
+        events.add_summary(end, step)
+        for key, value in values.items():
+            writer.add_scalar(key, value, step)
+    finally:
+        writer.close()
 
 
 def drop_earlier_sessions(log_dir: Path) -> None:
