@@ -336,7 +336,7 @@ def _one_sweep_at_a_time(o, parsed, trial: list[str], swept_groups: set[str]):
 
 
 def _check_job(cfg) -> None:
-    """What `train` checks of a config before it trains: value ranges, method, schedule and protocol, and the
+    """What `train` checks of a config before it trains: value ranges, the trainer, method, schedule and protocol, and the
     dataset's and the architecture's own checks (the network built on the meta device: no memory, no init cost;
     for a dataset whose image size only its files tell, the architecture is left to the job)."""
     import torch
@@ -345,9 +345,10 @@ def _check_job(cfg) -> None:
     from binexp.models import build_model
     from binexp.protocol import protocol_config
     from binexp.ranges import check_ranges
-    from binexp.train import build_method, build_schedule
+    from binexp.train import build_method, build_schedule, check_trainer
 
     check_ranges(cfg)
+    check_trainer(cfg.trainer)
     method = build_method(cfg)
     build_schedule(cfg, method)
     protocol_config(cfg)

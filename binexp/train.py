@@ -173,6 +173,13 @@ def check_no_time_limit(trainer: DictConfig) -> None:
                           f"checkpoints/last.ckpt and says how to resume")
 
 
+def check_trainer(trainer: DictConfig) -> None:
+    """The trainer settings binexp refuses before Lightning sees them; a sweep checks them before its first job."""
+    check_devices_are_gpus(trainer)
+    check_no_time_limit(trainer)
+    check_sync_batchnorm_has_gpus(trainer)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoints through `atomic_files.replacing`. Lightning's own save writes its temporary file in
     TMPDIR and, where that is another filesystem (tmpfs /tmp, a node's own disk under a run on NFS), copies it over
@@ -187,9 +194,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path) -> pl.Trainer:
     loggers = [build(c, named=False) for c in (cfg.get("logger") or {}).values() if c is not None]
-    check_devices_are_gpus(cfg.trainer)
-    check_no_time_limit(cfg.trainer)
-    check_sync_batchnorm_has_gpus(cfg.trainer)
+    check_trainer(cfg.trainer)
     extra = {}
     strategy = cfg.trainer.get("strategy", "auto")
     chosen = strategy_for(strategy, cfg.trainer.get("devices", 1), int(cfg.trainer.get("num_nodes", 1)))

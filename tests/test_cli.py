@@ -242,6 +242,10 @@ def test_keys_added_where_a_class_takes_them_and_new_callbacks_pass_the_check():
     (["architecture=densenet13", "architecture.reduction=1.0,1.5"],
      "architecture.reduction=1.5: allowed is a number in (0, 1], the share of its input channels a transition keeps "
      "(1.0 keeps all, DenseNet-BC's 0.5 halves) (the sweep's job architecture.reduction=1.5; no job was started)"),
+    (["trainer.accelerator=cpu", "trainer.sync_batchnorm=false,true"],  # refused as the trainer was built: job 0 trained
+     "trainer.sync_batchnorm=true: torch's SyncBatchNorm needs GPUs, and this run's processes are on the CPU; allowed "
+     "there is false (each rank normalises with its own batch statistics) (the sweep's job "
+     "trainer.sync_batchnorm=True; no job was started)"),
     (["seed=range(5,1)"],  # Hydra's basic sweeper launched no job and exited 0
      "seed=range(5,1): the sweep has no values, so it would launch no job; give at least one value"),
     (["method=glob(zz*)"], "method=glob(zz*): the sweep has no values, so it would launch no job; give at least one value"),
