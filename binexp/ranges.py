@@ -61,7 +61,7 @@ _SANITY_STEPS = ((lambda v: isinstance(v, int) and not isinstance(v, bool) and v
 # computes in half where it is safe); a *-true precision casts the network itself, and the first layer then
 # refuses float32 inputs, and ABR's slope growth rounds away in bfloat16
 PRECISIONS = ("32-true", "32", 32, "16-mixed", "16", 16, "bf16-mixed", "bf16")
-_PRECISION = ((lambda v: v in PRECISIONS), f"one of {', '.join(str(p) for p in PRECISIONS)} (mixed precision keeps "
+_PRECISION = ((lambda v: v in PRECISIONS), f"one of {', '.join(dict.fromkeys(str(p) for p in PRECISIONS))} (mixed precision keeps "
               f"float32 weights; a *-true half or double precision would cast them)")
 _DETERMINISTIC = ((lambda v: v is None or isinstance(v, bool) or v == "warn"), "true, false, warn or null")
 
