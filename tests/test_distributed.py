@@ -200,7 +200,10 @@ def test_a_child_rank_ends_when_its_launcher_does(tmp_path):
         "env={**os.environ, 'BINEXP_LAUNCHER_PID': str(os.getpid())}, stdout=subprocess.DEVNULL, "
         "stderr=subprocess.DEVNULL)\n"
         "print(child.pid, flush=True)\n"
-        "import time; time.sleep(3)\n"
+        "import pathlib, time\n"
+        "for _ in range(600):  # until the child waits (importing torch takes seconds on a loaded machine)\n"
+        "    if pathlib.Path(sys.argv[1]).exists(): break\n"
+        "    time.sleep(0.1)\n"
         "os._exit(0)\n")
     out = subprocess.run([sys.executable, str(script), str(tmp_path / "waiting")], capture_output=True, text=True,
                          timeout=60)
