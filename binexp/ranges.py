@@ -6,6 +6,7 @@ does not have (t_clip outside method=ste, betas outside Adam) are skipped. Keys 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ from binexp.errors import ConfigError
 
 
 def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # inf trained as given
 
 
 def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
@@ -39,8 +40,8 @@ _BETAS = ((lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_numbe
           "two numbers in [0, 1)")
 _SHARE = ((lambda v: v is None or (_number(v) and 0 < v <= 1)), "null or a share in (0, 1]")
 _COUNTS = ((lambda v: isinstance(v, list) and len(v) > 0 and all(_COUNT[0](c) for c in v)), "whole numbers >= 1")
-_FRACTIONS = ((lambda v: isinstance(v, list) and all(_number(f) and 0 < f < 1 for f in v)),
-              "fractions of training in (0, 1)")
+_FRACTIONS = ((lambda v: isinstance(v, list) and all(_number(f) and 0 < f < 1 for f in v) and v == sorted(set(v))),
+              "increasing fractions of training in (0, 1)")
 _LIMIT = ((lambda v: (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
            or (isinstance(v, float) and 0 <= v <= 1)), "a count of batches >= 0 or a share in [0.0, 1.0]")
 
@@ -79,6 +80,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.check_val_every_n_epoch": _or_null(_COUNT),
     "trainer.num_sanity_val_steps": _SANITY_STEPS,
     "trainer.deterministic": _DETERMINISTIC,
+    # Lightning's debugging run saves no checkpoint and its metrics.json would read as a finished run
+    "trainer.fast_dev_run": ((lambda v: v is False or v == 0), "false (for a short run: debug=smoke)"),
     "trainer.precision": _PRECISION,
     "lr_scheduler.frequency": _COUNT,
     "lr_scheduler.interval": ((lambda v: v in ("step", "epoch")), "step or epoch"),

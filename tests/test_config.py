@@ -15,7 +15,7 @@ from binexp.binarize.abr import ABR
 from binexp.binarize.ste import STE
 from binexp.builder import build, locate_target
 from binexp.data.synthetic import SyntheticData
-from binexp.errors import ConfigError
+from binexp.errors import ConfigError, user_error
 from binexp.models import build_model
 from binexp.models.resnet import ResNet
 from binexp.optim import build_optimizer
@@ -288,3 +288,18 @@ def test_an_ste_subclass_checks_its_scaling():
 def test_options_are_checked_by_the_classes_themselves_for_subclasses_without_a_schema(make, message):
     with pytest.raises(ConfigError, match=message):
         make()
+
+
+def test_a_width_that_leaves_a_layer_without_a_channel_is_refused():
+    """A 1-channel layer in its place trained an 89-parameter LeNet at width 1e-9."""
+    cfg = compose_train(["architecture=lenet", "dataset=synthetic", "architecture.width=0.01"])
+    with pytest.raises(Exception) as raised:  # Hydra's instantiate wraps the architecture's error
+        build_model(cfg.architecture, STE(), (1, 28, 28), 10)
+    assert str(user_error(raised.value)) == ("architecture.width=0.01: a layer of 20 channels would keep 0.2; allowed is "
+                                             "a width that keeps every layer at least one channel (>= 0.025 here)")
+
+
+def test_an_empty_abr_scope_is_refused():
+    """It trained a float ReLU network under the name abr, without protocol/* metrics."""
+    with pytest.raises(ConfigError, match=r"^method.scope=\[\]: allowed are all, last or a non-empty list"):
+        ABR(scope=[])

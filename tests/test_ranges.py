@@ -3,6 +3,8 @@ and names a key that the shipped configs have (a misspelt rule would never apply
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -25,6 +27,7 @@ CASES = {
     "trainer.check_val_every_n_epoch": (0, None),
     "trainer.num_sanity_val_steps": (-5, -1),
     "trainer.deterministic": ("maybe", "warn"),
+    "trainer.fast_dev_run": (True, False),
     "trainer.precision": ("bf16-true", "bf16-mixed"),
     "lr_scheduler.frequency": (0, 1),
     "lr_scheduler.interval": ("batch", "epoch"),
@@ -115,3 +118,11 @@ def test_last_ckpt_stays_where_resume_eval_and_export_read_it(tmp_path):
     check_ranges(compose_train(SMOKE + ["callbacks.last_checkpoint=null"]))
     resolved = compose_train(SMOKE, run_dir=tmp_path)  # as a DDP rank gets it
     check_ranges(OmegaConf.create(OmegaConf.to_container(resolved, resolve=True)))
+
+
+@pytest.mark.parametrize(("key", "value"), [("optimizer.lr", float("inf")), ("protocol.finetune_lr", float("inf")),
+                                            ("lr_scheduler.scheduler.at", [0.5, 0.2]),  # two drops in one
+                                            ("lr_scheduler.scheduler.at", [0.5, 0.5])])
+def test_infinite_and_unordered_values_are_refused(key, value):
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}="):
+        check_ranges(_config(key, value))

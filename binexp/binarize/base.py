@@ -31,6 +31,8 @@ class ActivationScope:
     def __init__(self, scope: str | list[str] = "all"):
         if isinstance(scope, str) and scope not in SCOPES:
             raise ConfigError(f"method.scope={scope!r}: allowed are {', '.join(SCOPES)} or a list of activation names")
+        if not isinstance(scope, str) and not list(scope):  # a float network trained under the method's name
+            raise ConfigError(f"method.scope=[]: allowed are {', '.join(SCOPES)} or a non-empty list of activation names")
         self.scope = scope
         self.seen: list[str] = []
 

@@ -28,7 +28,11 @@ class ArchitectureConfig:
 
 
 def scaled(channels: int, width: float) -> int:
-    return max(1, int(round(channels * width)))
+    kept = int(round(channels * width))
+    if kept < 1:  # a 1-channel layer in its place trained a network of a few dozen parameters
+        raise ConfigError(f"architecture.width={width:g}: a layer of {channels} channels would keep {channels * width:.3g}; "
+                          f"allowed is a width that keeps every layer at least one channel (>= {0.5 / channels:g} here)")
+    return kept
 
 
 def initialize(model: nn.Module, scheme: str) -> None:
