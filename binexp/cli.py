@@ -152,8 +152,8 @@ def _check_override_keys(args: list[str]) -> None:
         shared = compose_train(trial)
     except ConfigCompositionException as err:
         match = re.match(r"Could not override '([^']+)'.\nTo append to your config use", str(err))
-        if match is None:
-            return
+        if match is None:  # Hydra's own report is a traceback (`key=${nope}`, `~seed`)
+            _fail(_composition_message(err))
         key = match[1]
         try:
             cfg = compose_train([t for t in trial if t.partition("=")[0] != key])
@@ -172,6 +172,7 @@ def _check_override_keys(args: list[str]) -> None:
         _fail(f"{key}: no such key (the keys under {parent or 'the top level'}: {keys})")
     except Exception as err:  # not a ConfigCompositionException: Hydra would end in its traceback
         _fail(_uncomposable(err, parsed))
+    _check_interpolations_and_deletions([o for o in parsed if tried(o)], shared)
     for group in ("method", "schedule"):  # messages, records and exports name the option by it
         node = OmegaConf.select(shared, group)
         if OmegaConf.is_dict(node) and not isinstance(node.get("name"), str):
@@ -197,6 +198,34 @@ def _check_override_keys(args: list[str]) -> None:
 
 
 ADDABLE = ("callbacks", "logger")  # dicts of objects: `+callbacks.<new name>._target_=...` adds one
+
+
+# what every run reads: deleting one (`~method`) ended in a traceback once the job started
+REQUIRED = ("dataset", "architecture", "method", "schedule", "optimizer", "trainer", "seed", "task_name", "run_dir",
+            "paths", "existing_run", "resume", "channels_last")
+# the option's own name, which messages, records and exports give it: `method=bnn method.name=xnor` exported a BNN
+# as xnor
+NAMED = ("dataset", "architecture", "method", "schedule")
+
+
+def _check_interpolations_and_deletions(parsed, cfg) -> None:
+    from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
+    for o in parsed:
+        key = o.key_or_group
+        if o.is_delete() and key in REQUIRED:
+            _fail(f"~{key}: every run needs {key}" + (f"; choose one of its options ({key}=<option>)"
+                                                       if key in _config_groups() else ""))
+        if not o.is_delete() and key.count(".") == 1 and key.partition(".")[2] == "name" and key.partition(".")[0] in NAMED:
+            group = key.partition(".")[0]
+            _fail(f"{key}: the name of the chosen {group} option (messages, records and exports call it so); choose "
+                  f"another option with {group}=<option>")
+        if "${" in o.input_line and not o.is_delete():
+            try:
+                OmegaConf.select(cfg, key.replace("/", "."), throw_on_missing=True)
+            except (InterpolationResolutionError, MissingMandatoryValue) as err:
+                if "HydraConfig was not set" not in str(err):  # Hydra's own, resolved as the job runs
+                    _fail(f"{o.input_line}: {str(err).splitlines()[0]}")
 
 
 def _check_added_keys(added, trial: list[str], cfg) -> None:

@@ -126,6 +126,7 @@ def check_ranges(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r}: allowed is {allowed}")
     _check_scheduler_counts_epochs(cfg)
     _check_last_checkpoint_place(cfg)
+    _check_dataset_seed(cfg)
     if OmegaConf.select(cfg, "optimizer.nesterov", default=False) and not OmegaConf.select(cfg, "optimizer.momentum", default=0) > 0:
         raise ConfigError(f"optimizer.nesterov=true needs optimizer.momentum > 0 (it is "
                           f"{OmegaConf.select(cfg, 'optimizer.momentum', default=0)!r})")
@@ -172,3 +173,15 @@ def _run_dir(cfg: DictConfig) -> str | None:
         return OmegaConf.select(cfg, "run_dir", default=None)
     except Exception:  # Hydra's output folder, composed outside a running Hydra (a sweep's check)
         return None
+
+
+def _check_dataset_seed(cfg: DictConfig) -> None:
+    """dataset.seed follows `seed`, which a run records (a null one drawn and written into its config); a null of
+    its own drew a hold-out and batch order that no record kept, so the same config trained differently."""
+    node = OmegaConf.select(cfg, "dataset", default=None)
+    if not OmegaConf.is_dict(node) or "seed" not in node:
+        return
+    raw = OmegaConf.to_container(node, resolve=False).get("seed")
+    if raw != "${seed}" and (raw is None or not _SEED[0](raw)):
+        raise ConfigError(f"dataset.seed={raw!r}: allowed is ${{seed}} (the run's seed, the default) or a whole number in "
+                          f"0..4294967295; for a drawn seed set seed=null, which the run records")

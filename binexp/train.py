@@ -22,7 +22,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from pytorch_lightning.plugins import TorchCheckpointIO
 
 from binexp import atomic_files
@@ -134,6 +134,8 @@ def build_callbacks(cfg: DictConfig, schedule: Schedule, method: Method, dm: Ima
     callbacks = [build(c, named=False) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if not cfg.trainer.get("enable_progress_bar", True):  # trainer=cluster: Lightning refuses a bar it may not draw
         callbacks = [cb for cb in callbacks if not isinstance(cb, ProgressBar)]
+    if not [lg for lg in (cfg.get("logger") or {}).values() if lg is not None]:  # `~logger`: no learning rate to log
+        callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
     if not dm.has_validation:  # dataset.val_size=0: nothing to rank checkpoints by, keep last.ckpt only
         callbacks = [cb for cb in callbacks if not (isinstance(cb, ModelCheckpoint) and cb.monitor)]
     callbacks.insert(0, ScheduleCallback(schedule))  # first: it sets the layers' values that others measure

@@ -186,6 +186,12 @@ def test_a_one_value_sweep_of_a_key_only_the_swept_options_have_passes_the_check
      "delete it: '~lr_scheduler'"),
     (["run_dir=/elsewhere"], "run_dir: the run directory is Hydra's output folder; choose it with "
      "hydra.run.dir=<dir> (hydra.sweep.dir=<dir> for a sweep)"),
+    # each of these ended in Hydra's or OmegaConf's traceback once the job started, or trained under a false name
+    (["optimizer.lr=${nope}"], "optimizer.lr=${nope}: Interpolation key 'nope' not found"),
+    (["~seed"], "~seed: every run needs seed"),
+    (["~method"], "~method: every run needs method; choose one of its options (method=<option>)"),
+    (["method=bnn", "method.name=xnor"], "method.name: the name of the chosen method option (messages, records and "
+     "exports call it so); choose another option with method=<option>"),
 ])
 def test_overrides_nothing_would_read_or_hydra_cannot_compose_are_refused_naming_the_key(args, message, capsys):
     from binexp.cli import _check_override_keys

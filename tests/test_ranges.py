@@ -126,3 +126,13 @@ def test_last_ckpt_stays_where_resume_eval_and_export_read_it(tmp_path):
 def test_infinite_and_unordered_values_are_refused(key, value):
     with pytest.raises(ConfigError, match=rf"^{re.escape(key)}="):
         check_ranges(_config(key, value))
+
+
+@pytest.mark.parametrize("value", ["null", "-1"])
+def test_the_datasets_own_seed_is_a_recorded_one(value):
+    """dataset.seed=null drew a hold-out and batch order no record kept: the same config trained to 0.2129 and 0.1914."""
+    with pytest.raises(ConfigError, match=rf"^dataset.seed={'None' if value == 'null' else value}: allowed is "
+                                          r"\$\{seed\} \(the run's seed, the default\) or a whole number"):
+        check_ranges(compose_train(SMOKE + [f"dataset.seed={value}"]))
+    check_ranges(compose_train(SMOKE + ["dataset.seed=7"]))
+    check_ranges(compose_train(SMOKE + ["seed=null"]))

@@ -659,3 +659,9 @@ def test_a_job_gives_back_the_process_state_it_changed_for_the_next_job_of_a_swe
     after = (torch.get_num_threads(), torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
              signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
     assert after == before and "OMP_NUM_THREADS" not in os.environ and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+
+
+def test_a_run_without_a_logger_trains(tmp_path):
+    """`~logger`, as binexp's message for logger=null advises: the learning-rate monitor refused a trainer without one."""
+    metrics = train(compose_train(SMOKE + ["~logger"], run_dir=tmp_path))
+    assert metrics["trainer/global_step"] == 8 and not (tmp_path / "tb").exists()
