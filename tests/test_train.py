@@ -248,7 +248,7 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path):
     (["architecture.channels=[0,50]"], r"architecture\.channels=\[0, 50\]: allowed is whole numbers >= 1"),
     (["architecture.hidden=0"], r"architecture\.hidden=0: allowed is a whole number >= 1"),
     (["lr_scheduler=multistep", "lr_scheduler.scheduler.at=[1.5]"],
-     r"lr_scheduler\.scheduler\.at=\[1\.5\]: allowed is fractions of training in \(0, 1\)"),
+     r"lr_scheduler\.scheduler\.at=\[1\.5\]: allowed is increasing fractions of training in \(0, 1\)"),
     (["+callbacks.extra.every=1"], r"callbacks\.extra: no _target_ \(the class to build\); its keys: every"),
     (["trainer.max_time=00:00:00:04"], r"trainer\.max_time=00:00:00:04: allowed is null\. .*send it SIGTERM"),
     (["trainer.sync_batchnorm=true", "trainer.accelerator=cpu"],
