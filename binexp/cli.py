@@ -172,7 +172,7 @@ def _check_override_keys(args: list[str]) -> None:
         _fail(f"{key}: no such key (the keys under {parent or 'the top level'}: {keys})")
     except Exception as err:  # not a ConfigCompositionException: Hydra would end in its traceback
         _fail(_uncomposable(err, parsed))
-    _check_interpolations_and_deletions([o for o in parsed if tried(o)], shared)
+    _check_deletions_names_and_interpolations([o for o in parsed if tried(o)], shared)
     for group in ("method", "schedule"):  # messages, records and exports name the option by it
         node = OmegaConf.select(shared, group)
         if OmegaConf.is_dict(node) and not isinstance(node.get("name"), str):
@@ -208,7 +208,7 @@ REQUIRED = ("dataset", "architecture", "method", "schedule", "optimizer", "train
 NAMED = ("dataset", "architecture", "method", "schedule")
 
 
-def _check_interpolations_and_deletions(parsed, cfg) -> None:
+def _check_deletions_names_and_interpolations(parsed, cfg) -> None:
     from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
     for o in parsed:

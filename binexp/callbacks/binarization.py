@@ -97,8 +97,10 @@ def _drop_torn_row(path: Path) -> None:
     file left without its header goes, and is begun again."""
     with path.open("rb") as f:  # the last byte only: the file grows with the run
         size = f.seek(0, 2)
-        if size and f.seek(size - 1) >= 0 and f.read(1) == b"\n":
-            return
+        if size:
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
     data = path.read_bytes()
     keep = data[: data.rfind(b"\n") + 1]
     if keep:
