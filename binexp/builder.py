@@ -17,10 +17,12 @@ from binexp.errors import ConfigError
 DESCRIPTIVE_KEYS = ("name",)
 
 
-def build(node: DictConfig, drop: tuple[str, ...] = (), named: bool = True, **kwargs: Any) -> Any:
+def build(node: DictConfig, drop: tuple[str, ...] = (), named: bool = True, later: tuple[str, ...] = (),
+          **kwargs: Any) -> Any:
     """The object `node` describes, its keys checked against the target's parameters; the keys in `drop` are not
     passed, nor, for a config group's option (`named`), its `name`, which says which option it is. A callback or a
-    logger is not named: its `name` is a parameter (TensorBoardLogger's)."""
+    logger is not named: its `name` is a parameter (TensorBoardLogger's). A `_partial_` node's object is called
+    later with the parameters named in `later` (an optimizer's params); it needs all its other ones now."""
     spec = OmegaConf.to_container(node, resolve=True)
     if not isinstance(spec.get("_target_"), str):
         where = node._get_full_key("_target_").rpartition(".")[0] if isinstance(node, DictConfig) else ""
@@ -28,7 +30,7 @@ def build(node: DictConfig, drop: tuple[str, ...] = (), named: bool = True, **kw
                           f"{', '.join(map(str, spec)) or 'none'}")
     for key in (*(DESCRIPTIVE_KEYS if named else ()), *drop):
         spec.pop(key, None)
-    _check_parameters(node, spec, kwargs)
+    _check_parameters(node, spec, {**kwargs, **dict.fromkeys(later)})
     return instantiate(spec, _convert_="all", **kwargs)
 
 
@@ -51,8 +53,6 @@ def _check_parameters(node: DictConfig, spec: dict, given: dict) -> None:
         takes = [name for name in params if name not in ("self", *given)]
         raise ConfigError(f"{full_key}: not a parameter of {target} (it takes {', '.join(takes) or 'none'})")
     _check_types(found, spec, node, target)
-    if spec.get("_partial_"):
-        return  # the caller passes the rest (an optimizer's parameters)
     missing = [name for name in _required(found) if name not in spec and name not in given]
     if missing:
         where = node._get_full_key("_target_").rpartition(".")[0] if isinstance(node, DictConfig) else "the config"

@@ -36,6 +36,10 @@ def fit_metrics(callback_metrics: dict[str, Any]) -> dict[str, float]:
             if not (k.startswith("lr-") or k.endswith("_step") or k.endswith("_epoch"))}
 
 
+# the metrics Classifier logs once per epoch: the ones a checkpoint callback can rank the epochs by
+EPOCH_METRICS = ("val/acc", "val/loss", "train/acc", "train/loss")
+
+
 class Classifier(pl.LightningModule):
     def __init__(
         self,

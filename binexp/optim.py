@@ -11,7 +11,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from binexp.builder import build
+from binexp.builder import build, locate_target, parameters_of
+from binexp.errors import ConfigError
 
 # keys of the optimizer config that shape the parameter groups; the torch optimizer never sees them
 GROUP_KEYS = ("bias_lr_mult", "bias_decay")
@@ -36,7 +37,7 @@ PLAIN_BIASES = BiasRule()  # biases at the base lr, without weight decay
 def build_optimizer(node: DictConfig) -> tuple[Callable[..., torch.optim.Optimizer], BiasRule]:
     """The optimizer factory (a partial taking `params`) and the bias rule from an `optimizer` config node (a run
     saved before the bias keys existed has none: `binexp eval` rebuilds it with plain biases)."""
-    factory = build(node, drop=GROUP_KEYS)
+    factory = build(node, drop=GROUP_KEYS, later=("params",))
     return factory, BiasRule(float(node.get("bias_lr_mult", 1.0)), bool(node.get("bias_decay", False)))
 
 
@@ -66,6 +67,32 @@ def param_groups(net: nn.Module, decays: Callable[[str, torch.Tensor], bool], lr
     return groups
 
 
+def check_scheduler_keys(node: DictConfig) -> None:
+    """Name an `lr_scheduler.scheduler` key its class does not take (left behind, e.g., by an experiment that set
+    one for another scheduler) before Lightning meets it as a TypeError."""
+    if not isinstance(node.get("_target_"), str):
+        return  # build names it
+    if "last_epoch" in node:
+        raise ConfigError("lr_scheduler.scheduler.last_epoch: set by binexp, not by the config (a new run starts the "
+                          "scheduler at its first step, a resume restores its step from last.ckpt); delete it")
+    params = parameters_of(locate_target(node._target_, "lr_scheduler.scheduler._target_"))
+    if params is None:
+        return
+    unknown = [key for key in node if not str(key).startswith("_") and key not in params]
+    if unknown:
+        allowed = [name for name in params if name not in ("self", "optimizer", "last_epoch")]
+        raise ConfigError(
+            f"lr_scheduler.scheduler.{unknown[0]} is not a parameter of {node._target_} (it takes {allowed}); "
+            f"if an experiment set it for another scheduler, delete it with '~lr_scheduler.scheduler.{unknown[0]}'"
+        )
+
+
+def build_lr_scheduler(node: DictConfig) -> Callable[..., torch.optim.lr_scheduler.LRScheduler]:
+    """The lr scheduler factory (a partial taking `optimizer`) from an `lr_scheduler.scheduler` config node."""
+    check_scheduler_keys(node)
+    return build(node, named=False, later=("optimizer",))
+
+
 class CaffeInvLR(torch.optim.lr_scheduler.LRScheduler):
     """Caffe's "inv" policy, stepped per iteration: lr = base_lr * (1 + gamma * iter) ** (-power)."""
 
@@ -83,5 +110,9 @@ class MultiStepAt(torch.optim.lr_scheduler.MultiStepLR):
     keeps its shape when the number of epochs changes. Stepped per epoch."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, total_epochs: int, at: list[float], gamma: float = 0.1, last_epoch: int = -1):
-        milestones = sorted({max(1, int(round(f * total_epochs))) for f in at})
-        super().__init__(optimizer, milestones=milestones, gamma=gamma, last_epoch=last_epoch)
+        super().__init__(optimizer, milestones=drop_epochs(total_epochs, at), gamma=gamma, last_epoch=last_epoch)
+
+
+def drop_epochs(total_epochs: int, at: list[float]) -> list[int]:
+    """The epochs MultiStepAt drops the lr at: two fractions rounding to one epoch make one drop there."""
+    return sorted({max(1, int(round(f * total_epochs))) for f in at})

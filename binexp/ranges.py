@@ -64,6 +64,9 @@ _SANITY_STEPS = ((lambda v: isinstance(v, int) and not isinstance(v, bool) and v
 PRECISIONS = ("32-true", "32", 32, "16-mixed", "16", 16, "bf16-mixed", "bf16")
 _PRECISION = ((lambda v: v in PRECISIONS), f"one of {', '.join(dict.fromkeys(str(p) for p in PRECISIONS))} (mixed precision keeps "
               f"float32 weights; a *-true half or double precision would cast them)")
+# binexp hands the optimizer its parameters and the scheduler its optimizer
+_PARTIAL = ((lambda v: v is True), "true (binexp passes the parameters when it builds it)")
+_MOMENTUM = ((lambda v: _number(v) and 0 <= v < 1), "a number in [0, 1)")
 _DETERMINISTIC = ((lambda v: v is None or isinstance(v, bool) or v == "warn"), "true, false, warn or null")
 
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -92,12 +95,18 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "architecture.growth": _COUNT,
     "method.t_clip": _or_null(_at_least(0)),
     "optimizer.lr": _at_least(0),
-    "optimizer.momentum": _at_least(0),
+    "optimizer.momentum": _MOMENTUM,
+    "optimizer._partial_": _PARTIAL,
     "optimizer.weight_decay": _at_least(0),
     "optimizer.eps": _at_least(0),
     "optimizer.betas": _BETAS,
     "optimizer.bias_lr_mult": _at_least(0),
+    "lr_scheduler.scheduler._partial_": _PARTIAL,
     "lr_scheduler.scheduler.gamma": _above(0),
+    "lr_scheduler.scheduler.power": _at_least(0),  # caffe_inv's; a negative one grows the lr
+    "lr_scheduler.scheduler.T_max": _COUNT,  # cosine's
+    "lr_scheduler.scheduler.eta_min": _at_least(0),
+    "lr_scheduler.scheduler.total_epochs": _COUNT,  # multistep's
     "lr_scheduler.scheduler.at": _FRACTIONS,  # multistep's milestones
     "schedule.lambda1": _at_least(0),
     "schedule.lambda2": _at_least(0),
@@ -125,7 +134,10 @@ def check_ranges(cfg: DictConfig) -> None:
         if not check(value):
             raise ConfigError(f"{key}={value!r}: allowed is {allowed}")
     _check_scheduler_counts_epochs(cfg)
+    _check_lr_scheduler_steps(cfg)
     _check_last_checkpoint_place(cfg)
+    _check_checkpoint_rankings(cfg)
+    _check_validation_runs(cfg)
     _check_dataset_seed(cfg)
     if OmegaConf.select(cfg, "optimizer.nesterov", default=False) and not OmegaConf.select(cfg, "optimizer.momentum", default=0) > 0:
         raise ConfigError(f"optimizer.nesterov=true needs optimizer.momentum > 0 (it is "
@@ -149,6 +161,39 @@ def _check_scheduler_counts_epochs(cfg: DictConfig) -> None:
             f"frequency=1); to step it otherwise set {follows[0]} in those steps")
 
 
+# the schedulers that multiply the lr by gamma at each of their steps
+DECAYING = ("torch.optim.lr_scheduler.ExponentialLR", "torch.optim.lr_scheduler.StepLR",
+            "torch.optim.lr_scheduler.MultiStepLR", "binexp.optim.MultiStepAt")
+
+
+def _check_lr_scheduler_steps(cfg: DictConfig) -> None:
+    """An lr scheduler that would grow the lr where it should decay it, merge two of its drops into one, or never
+    step within the run."""
+    node = OmegaConf.select(cfg, "lr_scheduler", default=None)
+    if not OmegaConf.is_dict(node) or not OmegaConf.is_dict(node.get("scheduler")):
+        return
+    scheduler = node.scheduler
+    target, gamma = scheduler.get("_target_"), scheduler.get("gamma")
+    if target in DECAYING and _number(gamma) and gamma > 1:
+        raise ConfigError(f"lr_scheduler.scheduler.gamma={gamma}: {target} multiplies the lr by gamma at each of its "
+                          f"steps, so above 1 the lr grows; allowed is a number in (0, 1]")
+    at, total = scheduler.get("at"), scheduler.get("total_epochs")
+    if target == "binexp.optim.MultiStepAt" and _FRACTIONS[0](OmegaConf.to_container(at)) and _COUNT[0](total):
+        from binexp.optim import drop_epochs
+
+        fractions = OmegaConf.to_container(at)
+        epochs_of_drops = drop_epochs(total, fractions)
+        if len(epochs_of_drops) < len(fractions):
+            raise ConfigError(f"lr_scheduler.scheduler.at={fractions} with total_epochs={total}: {len(fractions)} drops "
+                              f"fall on the epochs {epochs_of_drops}, so two of them would be one; give fractions that "
+                              f"fall on distinct epochs")
+    frequency, epochs = node.get("frequency", 1), OmegaConf.select(cfg, "trainer.max_epochs", default=None)
+    if node.get("interval") == "epoch" and _COUNT[0](frequency) and _COUNT[0](epochs) and frequency > epochs:
+        raise ConfigError(f"lr_scheduler.frequency={frequency}: the scheduler steps every {frequency} epochs and the "
+                          f"run trains {epochs} (trainer.max_epochs), so it would never step; allowed is a whole "
+                          f"number in 1..{epochs}")
+
+
 LAST_CHECKPOINT_DIR = "${run_dir}/checkpoints"
 
 
@@ -166,6 +211,35 @@ def _check_last_checkpoint_place(cfg: DictConfig) -> None:
     if dirpath != LAST_CHECKPOINT_DIR and str(dirpath) != f"{_run_dir(cfg)}/checkpoints":  # a DDP rank's is resolved
         raise ConfigError(f"callbacks.last_checkpoint.dirpath={raw['dirpath']!r}: allowed is {LAST_CHECKPOINT_DIR} (resume, "
                           f"a sweep's re-run, eval and export read checkpoints/last.ckpt of the run directory)")
+
+
+def _check_checkpoint_rankings(cfg: DictConfig) -> None:
+    """A checkpoint callback ranking by a metric no epoch logs failed after the first epoch had trained."""
+    from binexp.module import EPOCH_METRICS
+
+    callbacks = OmegaConf.select(cfg, "callbacks", default=None)
+    if not OmegaConf.is_dict(callbacks):
+        return
+    for name, node in callbacks.items():
+        if not OmegaConf.is_dict(node) or not str(node.get("_target_", "")).endswith(".ModelCheckpoint"):
+            continue
+        monitor, mode = node.get("monitor"), node.get("mode", "min")
+        if monitor is not None and monitor not in (*EPOCH_METRICS, "epoch", "step"):
+            raise ConfigError(f"callbacks.{name}.monitor={monitor!r}: allowed are null (keep the latest), the metrics "
+                              f"every epoch logs ({', '.join(EPOCH_METRICS)}) and Lightning's epoch and step")
+        if mode not in ("min", "max"):
+            raise ConfigError(f"callbacks.{name}.mode={mode!r}: allowed are max (val/acc, train/acc, the latest epoch "
+                              f"or step) and min (the losses)")
+
+
+def _check_validation_runs(cfg: DictConfig) -> None:
+    """Validating every n epochs with n above the run's length never validates: no val/* metrics, no best
+    checkpoint."""
+    every, epochs = (OmegaConf.select(cfg, f"trainer.{k}", default=None) for k in ("check_val_every_n_epoch", "max_epochs"))
+    if _COUNT[0](every) and _COUNT[0](epochs) and every > epochs:
+        raise ConfigError(f"trainer.check_val_every_n_epoch={every}: the run trains {epochs} epochs "
+                          f"(trainer.max_epochs), so it would never validate; allowed is null or a whole number in "
+                          f"1..{epochs}")
 
 
 def _run_dir(cfg: DictConfig) -> str | None:

@@ -7,6 +7,7 @@ step, so a resumed run recomputes exactly the values it had, and checkpoints car
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -85,8 +86,8 @@ class TwoPhase(Schedule):
     def __init__(self, phase1_epochs: int = 20, lambda1: float = 1e-4, lambda2: float = 1e-2,
                  weight_decay2: float | None = None):
         self.phase1_epochs, self.lambda1, self.lambda2 = phase1_epochs, lambda1, lambda2
-        if weight_decay2 is not None and weight_decay2 < 0:
-            raise ConfigError(f"schedule.weight_decay2={weight_decay2}: must be >= 0 or null")
+        if weight_decay2 is not None and not (math.isfinite(weight_decay2) and weight_decay2 >= 0):
+            raise ConfigError(f"schedule.weight_decay2={weight_decay2}: allowed is null or a finite number >= 0")
         self.weight_decay2 = weight_decay2
 
     def phase(self, progress: Progress) -> int:
@@ -133,9 +134,10 @@ class ExponentialNu(Schedule):
     provides = ("nu",)
 
     def __init__(self, nu_start: float = 1.0, nu_end: float = 1000.0, per_step: bool = False):
-        if not 0 < nu_start <= nu_end:
+        if not 0 < nu_start <= nu_end < math.inf:  # nan fails too
             raise ConfigError(
-                f"schedule.nu_start={nu_start}, schedule.nu_end={nu_end}: need 0 < nu_start <= nu_end (nu only grows)"
+                f"schedule.nu_start={nu_start}, schedule.nu_end={nu_end}: need 0 < nu_start <= nu_end, both finite "
+                f"(nu only grows)"
             )
         self.nu_start, self.nu_end, self.per_step = float(nu_start), float(nu_end), bool(per_step)
 

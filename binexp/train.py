@@ -20,14 +20,13 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from pytorch_lightning.plugins import TorchCheckpointIO
 
 from binexp import atomic_files
 from binexp.binarize.base import Method
-from binexp.builder import build, locate_target, parameters_of
+from binexp.builder import build
 from binexp.callbacks.binarization import CSV_NAME
 from binexp.callbacks.guards import stop_after_fit
 from binexp.callbacks.schedule import ScheduleCallback
@@ -52,7 +51,7 @@ from binexp.hydra_output import (
 )
 from binexp.models import build_model
 from binexp.module import Classifier, fit_metrics, scalar_metrics
-from binexp.optim import build_optimizer
+from binexp.optim import build_lr_scheduler, build_optimizer
 from binexp.process_state import restored_process_state
 from binexp.profiling import NoProfiler
 from binexp.protocol import PhaseEvaluation, protocol_config, run_protocol
@@ -101,30 +100,14 @@ def _schedules_weight_decay(schedule: Schedule, cfg: DictConfig) -> bool:
                for e in range(epochs))
 
 
-def check_scheduler_keys(node: DictConfig) -> None:
-    """Name an `lr_scheduler.scheduler` key its class does not take (left behind, e.g., by an experiment that set
-    one for another scheduler) before Lightning meets it as a TypeError."""
-    params = parameters_of(locate_target(node._target_, "lr_scheduler.scheduler._target_"))
-    if params is None:
-        return
-    unknown = [key for key in node if not str(key).startswith("_") and key not in params]
-    if unknown:
-        allowed = [name for name in params if name not in ("self", "optimizer")]
-        raise ConfigError(
-            f"lr_scheduler.scheduler.{unknown[0]} is not a parameter of {node._target_} (it takes {allowed}); "
-            f"if an experiment set it for another scheduler, delete it with '~lr_scheduler.scheduler.{unknown[0]}'"
-        )
-
-
 def build_module(cfg: DictConfig, dm: ImageData, method: Method) -> Classifier:
     net = build_model(cfg.architecture, method, dm.image_shape, dm.num_classes)
     if cfg.get("channels_last", False):
         net = net.to(memory_format=torch.channels_last)
     scheduler = None
     if cfg.get("lr_scheduler"):
-        check_scheduler_keys(cfg.lr_scheduler.scheduler)
         scheduler = OmegaConf.to_container(cfg.lr_scheduler, resolve=True)
-        scheduler["scheduler"] = instantiate(cfg.lr_scheduler.scheduler)
+        scheduler["scheduler"] = build_lr_scheduler(cfg.lr_scheduler.scheduler)
     hparams = {"config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "input_norm": dm.norm.__dict__}
     optimizer, bias_rule = build_optimizer(cfg.optimizer)
     return Classifier(net, method, dm.num_classes, optimizer, scheduler, hparams=hparams, bias_rule=bias_rule)

@@ -18,7 +18,7 @@ from binexp.data.synthetic import SyntheticData
 from binexp.errors import ConfigError, user_error
 from binexp.models import build_model
 from binexp.models.resnet import ResNet
-from binexp.optim import build_optimizer
+from binexp.optim import build_lr_scheduler, build_optimizer
 from binexp.schedules import Progress
 from tests.conftest import compose_train
 
@@ -73,7 +73,7 @@ def test_every_optimizer_option_builds_with_its_lr(option):
 def test_every_lr_scheduler_option_builds_and_steps(option):
     cfg = compose_train([f"lr_scheduler={option}", "dataset=synthetic", "trainer.max_epochs=4"])
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    scheduler = build(cfg.lr_scheduler.scheduler)(optimizer=opt)
+    scheduler = build_lr_scheduler(cfg.lr_scheduler.scheduler)(optimizer=opt)
     assert scheduler.get_last_lr() == [0.1]
     opt.step()
     scheduler.step()

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from binexp.optim import BiasRule, build_optimizer, param_groups
+from binexp.optim import BiasRule, build_lr_scheduler, build_optimizer, param_groups
 from tests.conftest import compose_train
 
 
@@ -102,18 +102,18 @@ def test_the_training_module_decays_the_layers_weights_and_nothing_else(tmp_path
 
 @pytest.mark.parametrize("name", ["caffe_inv", "cosine", "exponential", "multistep"])
 def test_every_lr_scheduler_config_takes_only_its_class_parameters(name):
-    from binexp.train import check_scheduler_keys
+    from binexp.optim import check_scheduler_keys
 
     check_scheduler_keys(compose_train([f"lr_scheduler={name}"]).lr_scheduler.scheduler)
 
 
 def test_a_scheduler_key_left_by_an_experiment_is_named_with_the_way_to_delete_it():
     from binexp.errors import ConfigError
-    from binexp.train import check_scheduler_keys
+    from binexp.optim import check_scheduler_keys
 
     cfg = compose_train(["experiment=abr_table1_mnist", "lr_scheduler=caffe_inv"])  # the experiment sets `at`
     with pytest.raises(ConfigError, match=r"lr_scheduler\.scheduler\.at is not a parameter of binexp\.optim\.CaffeInvLR "
-                                          r"\(it takes \['gamma', 'power', 'last_epoch'\]\).*'~lr_scheduler\.scheduler\.at'"):
+                                          r"\(it takes \['gamma', 'power'\]\).*'~lr_scheduler\.scheduler\.at'"):
         check_scheduler_keys(cfg.lr_scheduler.scheduler)
     deleted = compose_train(["experiment=abr_table1_mnist", "lr_scheduler=caffe_inv", "~lr_scheduler.scheduler.at"])
     check_scheduler_keys(deleted.lr_scheduler.scheduler)
@@ -130,11 +130,9 @@ def lrs_over(scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int) -> lis
 
 
 def test_caffe_inv_lr_follows_caffes_formula_per_iteration():
-    from binexp.builder import build
-
     cfg = compose_train(["architecture=lenet", "dataset=synthetic"])  # LeNet's recipe: base 0.01, inv policy
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.lr)
-    lrs = lrs_over(build(cfg.lr_scheduler.scheduler)(optimizer=opt), 10_000)
+    lrs = lrs_over(build_lr_scheduler(cfg.lr_scheduler.scheduler)(optimizer=opt), 10_000)
     assert cfg.lr_scheduler.interval == "step"
     for it in (0, 1, 100, 10_000):
         assert lrs[it] == pytest.approx(0.01 * (1 + 1e-4 * it) ** -0.75, rel=1e-12)
@@ -154,11 +152,9 @@ def test_multistep_at_puts_its_milestones_at_fractions_of_training(epochs, at, m
 
 
 def test_the_cifar_quick_recipe_divides_the_lr_by_ten_for_the_last_two_of_ten_epochs():
-    from binexp.builder import build
-
     cfg = compose_train(["dataset=cifar10", "architecture=cifar_quick"])
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.lr)
-    lrs = lrs_over(build(cfg.lr_scheduler.scheduler)(optimizer=opt), cfg.trainer.max_epochs)
+    lrs = lrs_over(build_lr_scheduler(cfg.lr_scheduler.scheduler)(optimizer=opt), cfg.trainer.max_epochs)
     assert cfg.lr_scheduler.interval == "epoch"
     assert lrs[:10] == pytest.approx([1e-3] * 8 + [1e-4] * 2)
 
@@ -171,3 +167,29 @@ def test_the_train_module_hands_the_scheduler_interval_to_lightning(tmp_path):
     dm = build_data(cfg)
     spec = build_module(cfg, dm, build_method(cfg)).configure_optimizers()["lr_scheduler"]
     assert spec["interval"] == "step"
+
+
+def test_a_schedulers_missing_or_binexp_owned_parameter_is_named():
+    """A deleted T_max was a TypeError inside the scheduler's constructor; last_epoch=3 a KeyError about initial_lr."""
+    from binexp.errors import ConfigError
+
+    cfg = compose_train(["lr_scheduler=cosine", "~lr_scheduler.scheduler.T_max"])
+    with pytest.raises(ConfigError, match=r"^lr_scheduler.scheduler: torch.optim.lr_scheduler.CosineAnnealingLR needs "
+                                          r"T_max; set it: 'lr_scheduler.scheduler.T_max=...'$"):
+        build_lr_scheduler(cfg.lr_scheduler.scheduler)
+    cfg = compose_train(["lr_scheduler=caffe_inv", "+lr_scheduler.scheduler.last_epoch=3"])
+    with pytest.raises(ConfigError, match=r"^lr_scheduler.scheduler.last_epoch: set by binexp, not by the config \(a new "
+                                          r"run starts the scheduler at its first step, a resume restores its step"):
+        build_lr_scheduler(cfg.lr_scheduler.scheduler)
+
+
+def test_a_custom_schedulers_parameters_are_type_checked():
+    """A scheduler kept outside binexp has no range rule; its signature's types still apply."""
+    from binexp.errors import ConfigError
+
+    cfg = compose_train(["lr_scheduler=cosine", "lr_scheduler.scheduler._target_=torch.optim.lr_scheduler.StepLR",
+                         "~lr_scheduler.scheduler.T_max", "~lr_scheduler.scheduler.eta_min",
+                         "+lr_scheduler.scheduler.step_size=two"])
+    with pytest.raises(ConfigError, match=r"^lr_scheduler.scheduler.step_size='two': torch.optim.lr_scheduler.StepLR "
+                                          r"takes a whole number$"):
+        build_lr_scheduler(cfg.lr_scheduler.scheduler)

@@ -38,7 +38,13 @@ CASES = {
     "architecture.growth": (0, 1),
     "method.t_clip": (-0.5, None),
     "optimizer.lr": (-0.1, 0),
-    "optimizer.momentum": (-0.9, 0.9),
+    "optimizer.momentum": (1.0, 0.9),
+    "optimizer._partial_": (False, True),
+    "lr_scheduler.scheduler._partial_": (False, True),
+    "lr_scheduler.scheduler.power": (-0.75, 0),
+    "lr_scheduler.scheduler.T_max": (0, 1),
+    "lr_scheduler.scheduler.eta_min": (-1e-5, 0.0),
+    "lr_scheduler.scheduler.total_epochs": (0, 1),
     "optimizer.weight_decay": (-1e-4, 0),
     "optimizer.eps": (-1e-8, 1e-8),
     "optimizer.betas": ([0.9, 1.0], [0.0, 0.999]),
@@ -82,6 +88,7 @@ def test_a_value_outside_a_rule_is_refused_naming_the_key_and_the_range(key):
 
 def test_every_rule_names_a_key_of_the_shipped_configs():
     configs = [SMOKE + ["method=ste"], SMOKE + ["method=abr", "optimizer=adam", "lr_scheduler=multistep"],
+               SMOKE + ["lr_scheduler=cosine"], SMOKE + ["lr_scheduler=caffe_inv"],
                ["dataset=synthetic", "architecture=densenet13", "lr_scheduler=exponential"],
                ["experiment=abr_sec44_cifar10"], ["dataset=synthetic", "architecture=resnet18"]]
     present = set()
@@ -136,3 +143,51 @@ def test_the_datasets_own_seed_is_a_recorded_one(value):
         check_ranges(compose_train(SMOKE + [f"dataset.seed={value}"]))
     check_ranges(compose_train(SMOKE + ["dataset.seed=7"]))
     check_ranges(compose_train(SMOKE + ["seed=null"]))
+
+
+@pytest.mark.parametrize(("lr_scheduler", "value"), [("exponential", 100), ("multistep", 1.5)])
+def test_a_decaying_scheduler_does_not_grow_the_lr(lr_scheduler, value):
+    with pytest.raises(ConfigError, match=rf"^lr_scheduler.scheduler.gamma={value}: \S+ multiplies the lr by gamma at "
+                                          r"each of its steps, so above 1 the lr grows; allowed is a number in \(0, 1\]$"):
+        check_ranges(compose_train(SMOKE + [f"lr_scheduler={lr_scheduler}", f"lr_scheduler.scheduler.gamma={value}"]))
+    check_ranges(compose_train(SMOKE + [f"lr_scheduler={lr_scheduler}", "lr_scheduler.scheduler.gamma=1"]))
+    check_ranges(compose_train(SMOKE + ["lr_scheduler=caffe_inv", f"lr_scheduler.scheduler.gamma={value}"]))  # a rate
+
+
+def test_multistep_drops_that_round_to_one_epoch_are_refused():
+    """at=[0.2, 0.5] over 2 epochs dropped the lr once (x0.1) where two drops (x0.01) were asked for."""
+    merged = SMOKE + ["lr_scheduler=multistep", "lr_scheduler.scheduler.at=[0.2,0.5]", "trainer.max_epochs=2"]
+    with pytest.raises(ConfigError, match=r"^lr_scheduler.scheduler.at=\[0.2, 0.5\] with total_epochs=2: 2 drops fall on "
+                                          r"the epochs \[1\], so two of them would be one; give fractions that fall on "
+                                          r"distinct epochs$"):
+        check_ranges(compose_train(merged))
+    check_ranges(compose_train(merged[:-1] + ["trainer.max_epochs=10"]))
+
+
+def test_an_epoch_scheduler_must_step_within_the_run():
+    with pytest.raises(ConfigError, match=r"^lr_scheduler.frequency=3: the scheduler steps every 3 epochs and the run "
+                                          r"trains 2 \(trainer.max_epochs\), so it would never step; allowed is a whole "
+                                          r"number in 1..2$"):
+        check_ranges(compose_train(SMOKE + ["lr_scheduler=exponential", "lr_scheduler.frequency=3", "trainer.max_epochs=2"]))
+    check_ranges(compose_train(SMOKE + ["lr_scheduler=exponential", "lr_scheduler.frequency=2", "trainer.max_epochs=2"]))
+
+
+def test_a_checkpoint_ranks_by_a_metric_every_epoch_logs():
+    """monitor=nope failed after the first epoch had trained, with Lightning's list of the metrics it found."""
+    with pytest.raises(ConfigError, match=r"^callbacks.best_checkpoint.monitor='val/accuracy': allowed are null \(keep "
+                                          r"the latest\), the metrics every epoch logs \(val/acc, val/loss, train/acc, "
+                                          r"train/loss\) and Lightning's epoch and step$"):
+        check_ranges(compose_train(SMOKE + ["callbacks.best_checkpoint.monitor=val/accuracy"]))
+    with pytest.raises(ConfigError, match=r"^callbacks.best_checkpoint.mode='maximum': allowed are max "):
+        check_ranges(compose_train(SMOKE + ["callbacks.best_checkpoint.mode=maximum"]))
+    for monitor in ("val/loss", "step", "null"):
+        check_ranges(compose_train(SMOKE + [f"callbacks.best_checkpoint.monitor={monitor}"]))
+
+
+def test_a_run_validates_at_least_once():
+    """check_val_every_n_epoch above max_epochs trained without val/* metrics or a best checkpoint, silently."""
+    with pytest.raises(ConfigError, match=r"^trainer.check_val_every_n_epoch=3: the run trains 2 epochs "
+                                          r"\(trainer.max_epochs\), so it would never validate; allowed is null or a "
+                                          r"whole number in 1..2$"):
+        check_ranges(compose_train(SMOKE + ["trainer.max_epochs=2", "trainer.check_val_every_n_epoch=3"]))
+    check_ranges(compose_train(SMOKE + ["trainer.max_epochs=2", "trainer.check_val_every_n_epoch=2"]))
