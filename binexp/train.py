@@ -600,6 +600,8 @@ def _train(cfg: DictConfig, run_dir: Path, record: Path | None, started: float) 
         callbacks = build_callbacks(cfg, schedule, method, dm)
         trainer = build_trainer(cfg, callbacks, run_dir)
         dm.check_training_batches(trainer.world_size)
+        dm.check_batch_limits(trainer.world_size, cfg.trainer.limit_train_batches, cfg.trainer.val_check_interval,
+                              validates=cfg.trainer.check_val_every_n_epoch is not None)
         dm.check_eval_shards(trainer.world_size, {"val": trainer.limit_val_batches, "test": trainer.limit_test_batches})
         ckpt = last_checkpoint(Path(cfg.resume)) if cfg.get("resume") else found
     except Exception as raised:

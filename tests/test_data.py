@@ -382,6 +382,25 @@ def test_a_batch_larger_than_each_processs_shard_is_refused():
         dm.check_training_batches(world_size=2)
 
 
+def test_batch_limits_that_leave_no_batch_or_never_validate_are_refused_before_fit():
+    """Lightning refused these after the model was built, with a traceback."""
+    dm = SyntheticData(num_train=640, val_size=128, batch_size=64)  # 512: 8 batches, 4 for each of 2 processes
+    dm.setup()
+    with pytest.raises(ConfigError, match=r"^trainer.limit_train_batches=0.1: under one of the 4 training batches of an "
+                                          r"epoch; allowed is a share >= 0.25 or a count of batches >= 1$"):
+        dm.check_batch_limits(2, 0.1, 1.0, validates=True)
+    with pytest.raises(ConfigError, match=r"^trainer.val_check_interval=5: more than the 4 training batches of an epoch; "
+                                          r"allowed is a count in 1..4 or a share of an epoch in \(0.0, 1.0\]$"):
+        dm.check_batch_limits(2, 1.0, 5, validates=True)
+    with pytest.raises(ConfigError, match=r"^trainer.val_check_interval=3: more than the 2 training batches "):
+        dm.check_batch_limits(1, 0.25, 3, validates=True)
+    with pytest.raises(ConfigError, match=r"^trainer.val_check_interval=3: more than the 2 training batches "):
+        dm.check_batch_limits(1, 2, 3, validates=True)
+    dm.check_batch_limits(2, 0.25, 1, validates=True)
+    dm.check_batch_limits(1, 1.0, 8, validates=True)
+    dm.check_batch_limits(1, 1.0, 100, validates=False)  # check_val_every_n_epoch=null: validation by steps
+
+
 def test_a_subset_larger_than_the_training_split_is_refused_not_taken_as_all():
     dm = SyntheticData(num_train=100, subset=96, val_size=10, batch_size=8)  # the hold-out leaves 90
     with pytest.raises(ConfigError, match=r"^dataset\.subset=96: more than the 90 training samples \(dataset\.val_size=10 "

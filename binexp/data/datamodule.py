@@ -139,6 +139,18 @@ class ImageData(pl.LightningDataModule):
                               f"{self.validation_size()}), so no "
                               f"training batch; allowed is a batch size <= {shard}")
 
+    def check_batch_limits(self, world_size: int, limit: Any, interval: Any, validates: bool) -> None:
+        """trainer.limit_train_batches and val_check_interval against an epoch's training batches, which Lightning
+        checks only once fit has started, with a traceback."""
+        batches = len(self.splits["train"]) // world_size // self.batch_size  # the last incomplete batch is dropped
+        if isinstance(limit, float) and int(batches * limit) < 1:  # Lightning's count of a share
+            raise ConfigError(f"trainer.limit_train_batches={limit}: under one of the {batches} training batches of an "
+                              f"epoch; allowed is a share >= {1 / batches:.3g} or a count of batches >= 1")
+        used = int(batches * limit) if isinstance(limit, float) else min(batches, limit)
+        if validates and isinstance(interval, int) and not isinstance(interval, bool) and interval > used:
+            raise ConfigError(f"trainer.val_check_interval={interval}: more than the {used} training batches of an "
+                              f"epoch; allowed is a count in 1..{used} or a share of an epoch in (0.0, 1.0]")
+
     def check_eval_shards(self, world_size: int, limits: dict[str, Any]) -> None:
         """Under DDP a fractional trainer.limit_val/test_batches is taken of each process's own shard; where that
         gives the processes different numbers of batches, a process with none waits for the others forever (the
