@@ -368,10 +368,8 @@ def _check_job(cfg) -> None:
     """What `train` checks of a config before it trains: value ranges, the trainer, method, schedule and protocol, and the
     dataset's and the architecture's own checks (the network built on the meta device: no memory, no init cost;
     for a dataset whose image size only its files tell, the architecture is left to the job)."""
-    import torch
-
     from binexp.builder import build
-    from binexp.models import build_model
+    from binexp.models import check_input_fits
     from binexp.protocol import protocol_config
     from binexp.ranges import check_ranges
     from binexp.train import build_method, build_schedule, check_trainer
@@ -383,8 +381,7 @@ def _check_job(cfg) -> None:
     protocol_config(cfg)
     declared = build(cfg.dataset).declared_shape()
     if declared is not None:
-        with torch.device("meta"):
-            build_model(cfg.architecture, method, *declared)
+        check_input_fits(cfg.architecture, method, *declared)
 
 
 def _composition_message(err: Exception) -> str:

@@ -49,7 +49,7 @@ from binexp.hydra_output import (
     launch_record,
     running_hydra,
 )
-from binexp.models import build_model
+from binexp.models import build_model, check_input_fits
 from binexp.module import Classifier, fit_metrics, scalar_metrics
 from binexp.optim import build_lr_scheduler, build_optimizer
 from binexp.process_state import restored_process_state
@@ -594,6 +594,7 @@ def _train(cfg: DictConfig, run_dir: Path, record: Path | None, started: float) 
         schedule = build_schedule(cfg, method)
         protocol = protocol_config(cfg)  # checked before the data loads, used after training
         dm = build_data(cfg)
+        check_input_fits(cfg.architecture, build_method(cfg), dm.image_shape, dm.num_classes)
         module = build_module(cfg, dm, method)
         if saved is not None:
             check_checkpoint_fits(module, saved, cfg)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
@@ -269,3 +271,28 @@ def test_lenet_with_other_than_two_conv_widths_names_the_key():
 
     with pytest.raises(ConfigError, match=r"architecture\.channels=\[20, 50, 70\]: LeNet has two convolutions"):
         LeNet(build(compose_train(["method=fp"]).method), (1, 28, 28), 10, channels=[20, 50, 70])
+
+
+@pytest.mark.parametrize(("arch", "shape", "cause"), [
+    ("lenet", [1, 4, 4], "Kernel size can't be greater than actual input size"),
+    ("cifar_quick", [3, 4, 4], "Output size is too small")])
+def test_an_image_too_small_for_the_architecture_is_refused_before_training(tmp_path, arch, shape, cause):
+    """It was a RuntimeError traceback from inside the first training step."""
+    from binexp.train import train
+
+    cfg = compose_train(["dataset=synthetic", "debug=smoke", f"architecture={arch}", f"dataset.image_shape={shape}"],
+                        run_dir=tmp_path)
+    with pytest.raises(ConfigError, match=rf"^dataset.image_shape={re.escape(str(shape))}: the network of "
+                                          rf"architecture={arch} does not take it \(its forward pass on the meta device: "
+                                          rf".*{re.escape(cause)}\); give larger images or another architecture$"):
+        train(cfg)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("shape", [[1, 28], [0, 28, 28], [1, 28, 28, 28], []])
+def test_an_image_shape_is_three_positive_whole_numbers(shape):
+    from binexp.data.synthetic import SyntheticData
+
+    with pytest.raises(ConfigError, match=rf"^dataset.image_shape={re.escape(str(shape))}: allowed is \[channels, "
+                                          r"height, width\], whole numbers >= 1$"):
+        SyntheticData(image_shape=shape)

@@ -8,6 +8,7 @@ import torch
 
 from binexp.data.datamodule import DataConfig, ImageData
 from binexp.data.split import Split
+from binexp.errors import ConfigError
 
 
 @dataclass
@@ -33,6 +34,9 @@ class SyntheticData(ImageData):
         num_test: int = 512, noise: float = 64.0, **kwargs,
     ):
         kwargs.pop("root", None), kwargs.pop("download", None)
+        if not (len(image_shape) == 3 and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in image_shape)):
+            raise ConfigError(f"dataset.image_shape={list(image_shape)}: allowed is [channels, height, width], whole "
+                              f"numbers >= 1")
         super().__init__(**kwargs)
         self.shape, self.n_classes = tuple(image_shape), num_classes
         self.num_train, self.num_test, self.noise = num_train, num_test, noise

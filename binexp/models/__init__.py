@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from binexp.binarize.base import Method
 from binexp.builder import build
+from binexp.errors import ConfigError
 from binexp.models.base import initialize
 
 
@@ -16,3 +20,18 @@ def build_model(arch: DictConfig, method: Method, image_shape: tuple[int, int, i
     initialize(model, OmegaConf.select(arch, "init", default="xavier"))
     method.finalize(model)
     return model
+
+
+def check_input_fits(arch: DictConfig, method: Method, image_shape: tuple[int, int, int], num_classes: int) -> None:
+    """The network built and run on the meta device (no memory, no arithmetic): an image too small for the
+    architecture's kernels and poolings is refused naming the key, not met as a traceback in the first training
+    step. `method` is one built for this check (building a network registers its layers with it)."""
+    with torch.device("meta"), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the initialisation of a layer the image shrank to nothing: refused below
+        model = build_model(arch, method, image_shape, num_classes)
+        try:
+            model.train()(torch.empty(2, *image_shape))
+        except RuntimeError as err:
+            raise ConfigError(f"dataset.image_shape={list(image_shape)}: the network of architecture={arch.name} does not "
+                              f"take it (its forward pass on the meta device: {str(err).splitlines()[0]}); give larger "
+                              f"images or another architecture") from None
