@@ -121,6 +121,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "protocol.binary_weights_lr": _at_least(0),
     "protocol.bn_batches": _at_least(0),
     "callbacks.binarization.stop_on_collapse": _SHARE,
+    "callbacks.binarization.every_n_epochs": _or_null(_COUNT),  # -1 measured every epoch (x % -1 == 0)
+    "callbacks.binarization.every_n_steps": _or_null(_COUNT),
+    "callbacks.finite_loss.check_every_n_steps": _COUNT,
 }
 
 

@@ -401,6 +401,15 @@ def test_batch_limits_that_leave_no_batch_or_never_validate_are_refused_before_f
     dm.check_batch_limits(1, 1.0, 100, validates=False)  # check_val_every_n_epoch=null: validation by steps
 
 
+def test_a_subset_smaller_than_the_number_of_classes_is_refused():
+    """num_classes=1000 on a 256-image subset trained to a test/acc of 0.0 without a word."""
+    dm = SyntheticData(num_classes=300, subset=256, val_size=0, batch_size=8)
+    with pytest.raises(ConfigError, match=r"^dataset\.subset=256: fewer samples than the 300 classes; allowed is a count "
+                                          r">= 300 \(one of each class\), or null for all$"):
+        dm.setup()
+    SyntheticData(num_classes=256, subset=256, val_size=0, batch_size=8).setup()
+
+
 def test_a_subset_larger_than_the_training_split_is_refused_not_taken_as_all():
     dm = SyntheticData(num_train=100, subset=96, val_size=10, batch_size=8)  # the hold-out leaves 90
     with pytest.raises(ConfigError, match=r"^dataset\.subset=96: more than the 90 training samples \(dataset\.val_size=10 "

@@ -64,6 +64,9 @@ CASES = {
     "protocol.binary_weights_lr": (-1, 0.001),
     "protocol.bn_batches": (-1, 0),
     "callbacks.binarization.stop_on_collapse": (0, 1.0),
+    "callbacks.binarization.every_n_epochs": (-1, None),
+    "callbacks.binarization.every_n_steps": (0, 5),
+    "callbacks.finite_loss.check_every_n_steps": (0, 1),
 }
 
 

@@ -36,7 +36,7 @@ class FiniteLossGuard(pl.Callback):
     """
 
     def __init__(self, check_every_n_steps: int = 10):
-        self.check_every_n_steps = max(1, check_every_n_steps)
+        self.check_every_n_steps = check_every_n_steps
         self._bad: torch.Tensor | None = None
         self._last_loss: torch.Tensor | None = None
 

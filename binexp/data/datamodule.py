@@ -124,6 +124,9 @@ class ImageData(pl.LightningDataModule):
                 raise ConfigError(f"dataset.subset={self.subset}: more than the {len(train)} training samples "
                                   f"(dataset.val_size={n_val} held out); allowed is a count <= {len(train)}, or null "
                                   f"for all of them")
+            if self.subset < len(self.classes):  # a class without a training sample, tested all the same
+                raise ConfigError(f"dataset.subset={self.subset}: fewer samples than the {len(self.classes)} classes; "
+                                  f"allowed is a count >= {len(self.classes)} (one of each class), or null for all")
             train = balanced_subset(train, self.subset, len(self.classes))
         self.splits.update(train=train, test=test)
         self.check_training_batches(world_size=1)
