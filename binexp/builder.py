@@ -47,6 +47,11 @@ def _check_parameters(node: DictConfig, spec: dict, given: dict) -> None:
         return
     if params is None:
         return
+    passed = [k for k in spec if k in given]
+    if passed:  # the caller's keyword wins inside instantiate: the config's value would be dropped unseen
+        full_key = node._get_full_key(passed[0]) if isinstance(node, DictConfig) else passed[0]
+        raise ConfigError(f"{full_key}: binexp sets it when it builds {target} (from the rest of the run's config), so "
+                          f"a value here would be ignored; delete it")
     unknown = [k for k in spec if not str(k).startswith("_") and k not in params and k not in given]
     if unknown:
         full_key = node._get_full_key(unknown[0]) if isinstance(node, DictConfig) else unknown[0]

@@ -220,6 +220,9 @@ def _check_deletions_names_and_interpolations(parsed, cfg) -> None:
             group = key.partition(".")[0]
             _fail(f"{key}: the name of the chosen {group} option (messages, records and exports call it so); choose "
                   f"another option with {group}=<option>")
+        if key == "task_name":
+            _fail(f"{o.input_line}: task_name is the task's own (train or eval: its log file, train.log, and its "
+                  f"records are named by it); it cannot be set")
         if "${" in o.input_line and not o.is_delete():
             try:
                 OmegaConf.select(cfg, key.replace("/", "."), throw_on_missing=True)
@@ -284,8 +287,9 @@ def _check_sweep_values(parsed, trial: list[str], shared, swept_groups: set[str]
     sweeps = [o for o in parsed if o.is_sweep_override()]
     if not sweeps:
         return
+    here = not any(o.key_or_group == "hydra/launcher" and o.value() != "basic" for o in parsed)  # jobs on this machine
     try:  # `shared`: the overrides every job has, composed
-        _check_job(shared)
+        _check_job(shared, here)
     except Exception as raised:  # an error of the values every job shares: as a single run would report it
         err = user_error(raised)
         if err is None:
@@ -310,7 +314,7 @@ def _check_sweep_values(parsed, trial: list[str], shared, swept_groups: set[str]
         except ConfigCompositionException as err:
             _fail(f"{_composition_message(err)} {where}")
         try:
-            _check_job(cfg)
+            _check_job(cfg, here)
         except Exception as raised:
             err = user_error(raised)
             if err is None:
@@ -364,10 +368,11 @@ def _one_sweep_at_a_time(o, parsed, trial: list[str], swept_groups: set[str]):
         yield [*rest, f"{key}={value}"]
 
 
-def _check_job(cfg) -> None:
-    """What `train` checks of a config before it trains: value ranges, the trainer, method, schedule and protocol, and the
-    dataset's and the architecture's own checks (the network built on the meta device: no memory, no init cost;
-    for a dataset whose image size only its files tell, the architecture is left to the job)."""
+def _check_job(cfg, on_this_machine: bool) -> None:
+    """What `train` checks of a config before it trains: value ranges, the trainer (its fit to this machine only for
+    jobs that run on it), method, schedule and protocol, and the dataset's and the architecture's own checks (the
+    network built on the meta device: no memory, no init cost; for a dataset whose image size only its files tell,
+    the architecture is left to the job)."""
     from binexp.builder import build
     from binexp.models import check_input_fits
     from binexp.protocol import protocol_config
@@ -375,7 +380,7 @@ def _check_job(cfg) -> None:
     from binexp.train import build_method, build_schedule, check_trainer
 
     check_ranges(cfg)
-    check_trainer(cfg.trainer)
+    check_trainer(cfg.trainer, on_this_machine)
     method = build_method(cfg)
     build_schedule(cfg, method)
     protocol_config(cfg)

@@ -7,6 +7,7 @@ does not have (t_clip outside method=ste, betas outside Adam) are skipped. Keys 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -67,12 +68,21 @@ _PRECISION = ((lambda v: v in PRECISIONS), f"one of {', '.join(dict.fromkeys(str
 # binexp hands the optimizer its parameters and the scheduler its optimizer
 _PARTIAL = ((lambda v: v is True), "true (binexp passes the parameters when it builds it)")
 _MOMENTUM = ((lambda v: _number(v) and 0 <= v < 1), "a number in [0, 1)")
+_DEVICES = ((lambda v: (isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1))
+                       or (isinstance(v, list) and len(v) > 0 and all(isinstance(d, int) and not isinstance(d, bool)
+                                                                      and d >= 0 for d in v))
+                       or (isinstance(v, str) and (v == "auto" or re.fullmatch(r"-1|\d+(,\d+)*,?", v.strip()) is not None))),
+             "a count >= 1, -1 (all), a list of device ids >= 0 (or a string of them: \"0,1\"), or auto")
+_ACCELERATOR = ((lambda v: v in ("auto", "cpu", "gpu", "cuda", "mps")), "one of auto, cpu, gpu, cuda, mps")
 _DETERMINISTIC = ((lambda v: v is None or isinstance(v, bool) or v == "warn"), "true, false, warn or null")
 
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": _SEED,
     "trainer.max_epochs": _COUNT,
     "trainer.max_steps": _MAX_STEPS,
+    "trainer.accelerator": _ACCELERATOR,
+    "trainer.devices": _DEVICES,
+    "trainer.num_nodes": _COUNT,
     "trainer.accumulate_grad_batches": _COUNT,
     "trainer.log_every_n_steps": _COUNT,
     "trainer.gradient_clip_val": _or_null(_at_least(0)),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -158,11 +159,30 @@ def check_no_time_limit(trainer: DictConfig) -> None:
                           f"checkpoints/last.ckpt and says how to resume")
 
 
-def check_trainer(trainer: DictConfig) -> None:
-    """The trainer settings binexp refuses before Lightning sees them; a sweep checks them before its first job."""
-    check_devices_are_gpus(trainer)
+def check_nodes_are_started(trainer: DictConfig) -> None:
+    """Several nodes need something that starts the process on each of them (a cluster's scheduler, torchrun, or
+    NODE_RANK set by hand on each): alone, rank zero waits in the rendezvous for nodes that never come."""
+    from pytorch_lightning.plugins.environments import LSFEnvironment, SLURMEnvironment, TorchElasticEnvironment
+
+    nodes = trainer.get("num_nodes", 1)
+    if nodes == 1:
+        return
+    started = ("NODE_RANK" in os.environ or {"RANK", "WORLD_SIZE"} <= set(os.environ)  # by hand; Kubeflow's
+               or any(env.detect() for env in (SLURMEnvironment, TorchElasticEnvironment, LSFEnvironment)))
+    if not started:
+        raise ConfigError(f"trainer.num_nodes={nodes}: nothing here starts the other nodes (no SLURM job, torchrun or "
+                          f"LSF, and no NODE_RANK or RANK/WORLD_SIZE), so this process would wait for them forever; "
+                          f"run it through hydra/launcher=slurm or torchrun, or set trainer.num_nodes=1")
+
+
+def check_trainer(trainer: DictConfig, on_this_machine: bool = True) -> None:
+    """The trainer settings binexp refuses before Lightning sees them; a sweep checks them before its first job,
+    those that depend on the machine only where its jobs run on this one (not through a cluster launcher)."""
     check_no_time_limit(trainer)
-    check_sync_batchnorm_has_gpus(trainer)
+    if on_this_machine:
+        check_devices_are_gpus(trainer)
+        check_nodes_are_started(trainer)
+        check_sync_batchnorm_has_gpus(trainer)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -199,10 +219,10 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path) 
     try:
         return build(cfg.trainer, drop=tuple(extra), callbacks=callbacks, logger=loggers or False,
                      default_root_dir=str(run_dir), **extra)
-    except Exception as err:  # Lightning's refusal (no GPU for accelerator=gpu, an unknown precision), wrapped by Hydra
+    except Exception as err:  # Lightning's refusal (no GPU for accelerator=gpu, device ids on the CPU), wrapped by Hydra
         from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-        refusal = raised_from(err, (ConfigError, MisconfigurationException, ValueError))
+        refusal = raised_from(err, (ConfigError, MisconfigurationException, ValueError, TypeError))
         if refusal is None or isinstance(refusal, ConfigError):
             raise
         chosen = ", ".join(f"trainer.{k}={cfg.trainer.get(k)}" for k in ("accelerator", "devices", "precision", "strategy"))
@@ -467,7 +487,7 @@ def existing_run(cfg: DictConfig, run_dir: Path) -> tuple[str, Any]:
     (default) skips a finished job and continues an unfinished one from its last.ckpt; `restart` trains from
     scratch. A directory that holds a different job (JOB_KEYS) is refused, naming the keys that differ.
     """
-    mode = str(cfg.get("existing_run") or "continue")
+    mode = cfg.get("existing_run", "continue")
     if mode not in EXISTING_RUN:
         raise ConfigError(f"existing_run={mode!r}: allowed are {', '.join(EXISTING_RUN)}")
     metrics_path, ckpt = run_dir / "metrics.json", run_dir / "checkpoints" / "last.ckpt"

@@ -190,6 +190,8 @@ def test_a_one_value_sweep_of_a_key_only_the_swept_options_have_passes_the_check
     (["optimizer.lr=${nope}"], "optimizer.lr=${nope}: Interpolation key 'nope' not found"),
     (["~seed"], "~seed: every run needs seed"),
     (["~method"], "~method: every run needs method; choose one of its options (method=<option>)"),
+    (["task_name=nonsense"], "task_name=nonsense: task_name is the task's own (train or eval: its log file, train.log, "
+     "and its records are named by it); it cannot be set"),  # it renamed train.log
     (["method=bnn", "method.name=xnor"], "method.name: the name of the chosen method option (messages, records and "
      "exports call it so); choose another option with method=<option>"),
 ])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -217,6 +218,19 @@ def test_a_key_added_with_plus_that_the_target_does_not_take_names_the_key_and_t
     del cfg.dataset.foo, cfg.method.bar
     with pytest.raises(ConfigError, match=r"^trainer.baz: not a parameter of pytorch_lightning.Trainer \(it takes accelerator, "):
         built_trainer(cfg, tmp_path)
+
+
+@pytest.mark.parametrize(("added", "key", "target"), [
+    ("+trainer.logger=false", "trainer.logger", "pytorch_lightning.Trainer"),  # tb/ was written all the same
+    ("+trainer.callbacks=[]", "trainer.callbacks", "pytorch_lightning.Trainer"),
+    ("+trainer.default_root_dir=/tmp/x", "trainer.default_root_dir", "pytorch_lightning.Trainer"),
+    ("+architecture.num_classes=5", "architecture.num_classes", "binexp.models.lenet.LeNet")])
+def test_a_key_binexp_passes_itself_is_refused_not_dropped(tmp_path, added, key, target):
+    from binexp.train import train
+
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: binexp sets it when it builds {re.escape(target)} \(from "
+                                          r"the rest of the run's config\), so a value here would be ignored; delete it$"):
+        train(compose_train(["dataset=synthetic", "debug=smoke", added], run_dir=tmp_path))
 
 
 def test_a_target_that_does_not_import_is_named_with_its_reason(tmp_path, monkeypatch):

@@ -107,6 +107,38 @@ def test_several_devices_without_a_gpu_are_refused_unless_cpu_is_asked_for(devic
     assert check_devices_are_gpus(trainer) is None
 
 
+def test_several_nodes_without_anything_that_starts_them_are_refused(monkeypatch):
+    """trainer.num_nodes=2 on one machine waited in the rendezvous forever."""
+    from omegaconf import OmegaConf
+
+    from binexp.errors import ConfigError
+    from binexp.train import check_trainer
+
+    for name in ("NODE_RANK", "RANK", "WORLD_SIZE", "SLURM_NTASKS", "SLURM_JOB_NAME", "TORCHELASTIC_RUN_ID",
+                 "LSB_JOBID", "LSB_DJOB_RANKFILE", "JSM_NAMESPACE_LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    trainer = OmegaConf.create({"num_nodes": 2, "devices": 1, "accelerator": "cpu"})
+    with pytest.raises(ConfigError, match=r"^trainer.num_nodes=2: nothing here starts the other nodes \(no SLURM job, "
+                                          r"torchrun or LSF, and no NODE_RANK or RANK/WORLD_SIZE\), so this process "
+                                          r"would wait for them forever; run it through hydra/launcher=slurm or torchrun"):
+        check_trainer(trainer)
+    check_trainer(trainer, on_this_machine=False)  # a sweep's pre-check of jobs a cluster launcher starts elsewhere
+    monkeypatch.setenv("NODE_RANK", "0")
+    check_trainer(trainer)
+
+
+def test_a_sweeps_check_leaves_the_machine_checks_to_jobs_that_run_elsewhere(monkeypatch):
+    """A sweep sent to SLURM from a login node without GPUs was refused for trainer.devices=4 by its pre-check."""
+    from binexp.cli import _check_job
+    from binexp.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = compose_train(["dataset=synthetic", "debug=smoke", "trainer.devices=4", "trainer.accelerator=auto"])
+    with pytest.raises(ConfigError, match=r"^trainer.devices=4: this machine has no GPU"):
+        _check_job(cfg, on_this_machine=True)
+    _check_job(cfg, on_this_machine=False)
+
+
 def test_submitit_slurm_launcher_preset_composes_from_the_trainer_settings():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     from hydra import compose, initialize_config_module

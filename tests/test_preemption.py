@@ -171,6 +171,8 @@ def test_a_finished_run_is_skipped_when_rerun_into_its_directory(tmp_path, caplo
         train(compose_train(SMOKE + ["trainer.max_epochs=2"], run_dir=run_dir))
     with pytest.raises(ConfigError, match="existing_run='again': allowed are continue, restart"):
         train(compose_train(SMOKE + ["trainer.max_epochs=1", "existing_run=again"], run_dir=run_dir))
+    with pytest.raises(ConfigError, match="existing_run='': allowed are continue, restart"):  # it was taken as continue
+        train(compose_train(SMOKE + ["trainer.max_epochs=1", "existing_run="], run_dir=run_dir))
 
     kept = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
     with pytest.raises(ConfigError, match="dataset.batch_size=0"):  # refused: the earlier run's results stay

@@ -17,6 +17,9 @@ CASES = {
     "seed": (-1, 0),
     "trainer.max_epochs": (0, 1),
     "trainer.max_steps": (0, -1),
+    "trainer.accelerator": ("tpu", "cpu"),  # binexp's install has no torch_xla
+    "trainer.devices": (True, "auto"),  # true was taken as one device
+    "trainer.num_nodes": (0, 1),
     "trainer.accumulate_grad_batches": (0, 1),
     "trainer.log_every_n_steps": (0, 1),
     "trainer.gradient_clip_val": (-0.1, None),

@@ -241,7 +241,9 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path):
     (["dataset.subset=20"], r"dataset\.batch_size=64: more than the 20 training samples .*allowed is a batch size <= 20"),
     (["dataset.subset=null", "dataset.val_size=100000"], r"dataset\.val_size=\d+ leaves nothing to train on .*allowed is a count <"),
     (["trainer.precision=foo"], r"trainer\.precision='foo': allowed is one of 32-true, .* bf16 \(mixed precision keeps"),
-    (["trainer.accelerator=foo"], r"trainer: Lightning refused .*trainer\.accelerator=foo"),
+    (["trainer.accelerator=foo"], r"trainer\.accelerator='foo': allowed is one of auto, cpu, gpu, cuda, mps"),
+    (["trainer.accelerator=cpu", "trainer.devices=[0,1]"],
+     r"trainer: Lightning refused trainer\.accelerator=cpu, trainer\.devices=\[0, 1\], .*should be an int > 0"),
     (["trainer.precision=bf16-true"], r"trainer\.precision='bf16-true': allowed is one of .*a \*-true half or double "
                                       r"precision would cast them"),
     (["dataset.num_classes=0"], r"dataset\.num_classes=0: allowed is a whole number >= 2"),
