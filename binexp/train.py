@@ -162,7 +162,11 @@ def check_no_time_limit(trainer: DictConfig) -> None:
 def check_nodes_are_started(trainer: DictConfig) -> None:
     """Several nodes need something that starts the process on each of them (a cluster's scheduler, torchrun, or
     NODE_RANK set by hand on each): alone, rank zero waits in the rendezvous for nodes that never come."""
-    from pytorch_lightning.plugins.environments import LSFEnvironment, SLURMEnvironment, TorchElasticEnvironment
+    from pytorch_lightning.plugins.environments import (
+        LSFEnvironment,
+        SLURMEnvironment,
+        TorchElasticEnvironment,
+    )
 
     nodes = trainer.get("num_nodes", 1)
     if nodes == 1:
