@@ -422,6 +422,14 @@ def _check_launcher_installed(args: list[str]) -> None:
               "(or pip install hydra-submitit-launcher)")
 
 
+def _check_output_dirs(args: list[str]) -> None:
+    """A run or sweep folder that is a file: Hydra's makedirs would end in a FileExistsError traceback."""
+    for arg in args:
+        key, _, value = arg.lstrip("+").partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and "${" not in value and Path(value).exists() and not Path(value).is_dir():
+            _fail(f"{key}={value}: is a file; give a directory (made if it does not exist)")
+
+
 def _check_eval_args(args: list[str]) -> None:
     """`run=` names a run directory that exists, checked before Hydra makes `<run>/eval/<time>/` in it."""
     if any(a in ("-h", "--help", "--hydra-help", "--info") or a.startswith("--cfg") for a in args):
@@ -436,6 +444,11 @@ def _check_eval_args(args: list[str]) -> None:
         if not arg.startswith("-") and not key.startswith(("hydra.", "hydra/")) and key.partition(".")[0] not in options:
             _fail(f"{arg}: eval takes {', '.join(f'{o}=' for o in options)} (keys of the run's own config go in "
                   f"'run_overrides=[\"key=value\"]')")
+    for arg in args:
+        value = arg.partition("=")[2]
+        if arg.startswith("run_overrides=[") and "=" in value and not any(q in value for q in "\"'"):
+            # Hydra's grammar error ("no viable alternative at input") does not say what is wrong
+            _fail(f"{arg}: quote each override inside the list: 'run_overrides=[\"key=value\", ...]'")
     value = next((a.split("=", 1)[1] for a in args if a.startswith("run=")), None)
     if value is None:
         _fail("eval needs run=<run dir>, a directory made by `binexp train`")
@@ -568,6 +581,7 @@ def main(argv: list[str] | None = None) -> None:
     if task in ("report", "export", "verify"):
         _run_plain(task, rest)
         return
+    _check_output_dirs(rest)
     if task == "train":
         from binexp.train import train
 

@@ -138,6 +138,7 @@ def _load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
         from binexp.config import check_override_keys, check_override_types
         from binexp.ranges import check_ranges
 
+        check_run_overrides(overrides)
         check_override_keys(cfg, overrides, f"the config of {run_dir}")
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
         check_override_types(cfg, overrides)
@@ -157,6 +158,22 @@ def _load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
                           f"another run? {detail}") from None
     _feed_as_trained(dm, saved)
     return cfg, dm, module, path, saved
+
+
+# the device eval runs on is its own option (accelerator=), one device whatever the run trained on
+EVAL_DECIDES = ("trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy")
+
+
+def check_run_overrides(overrides: list[str]) -> None:
+    """run_overrides change values of the run's config: adding or deleting a key, or setting one eval decides
+    itself, would be refused in a way that does not say so, or ignored."""
+    for item in overrides:
+        key = item.partition("=")[0]
+        if item.startswith(("+", "~")):
+            raise ConfigError(f"run_overrides: {item}: takes key=value changes of the run's own keys only (no + or ~)")
+        if key in EVAL_DECIDES:
+            raise ConfigError(f"run_overrides: {item}: eval tests on one device, chosen with accelerator=<auto|cpu|gpu>, "
+                              f"not with the run's {key}")
 
 
 # what the launch that saved a checkpoint tested with, which a resume may have changed since the first launch's
@@ -222,8 +239,10 @@ def _discard_eval_folder() -> None:
     if folder.parent.name != "eval":
         return
     discard_refused_first_launch(folder, folder / RECORD)  # Hydra's record and log, as a refused train's
-    if folder.parent.exists() and not any(folder.parent.iterdir()):
-        folder.parent.rmdir()
+    try:
+        folder.parent.rmdir()  # only where it is empty
+    except OSError:  # it holds other evals, or another refused eval removed it first
+        pass
 
 
 def _evaluate(cfg: DictConfig) -> dict[str, float]:

@@ -90,11 +90,14 @@ def discard_refused_first_launch(run_dir: Path, record: Path | None) -> None:
         return
     logs = close_file_logs_in(run_dir)
     shutil.rmtree(record, ignore_errors=True)
-    if set(run_dir.iterdir()) <= set(logs):
-        for log in logs:
-            log.unlink(missing_ok=True)
-        run_dir.rmdir()
-        _remove_empty_parents(run_dir, stop=Path.cwd())
+    try:
+        if set(run_dir.iterdir()) <= set(logs):
+            for log in logs:
+                log.unlink(missing_ok=True)
+            run_dir.rmdir()
+            _remove_empty_parents(run_dir, stop=Path.cwd())
+    except OSError:  # another launch into the same folder (two evals in one second) removed it, or wrote into it
+        return
 
 
 def _remove_empty_parents(folder: Path, stop: Path) -> None:

@@ -123,6 +123,47 @@ def test_a_refused_eval_says_why_and_leaves_no_folder_in_the_run(tmp_path):
     assert not (run_dir / "eval").exists()  # Hydra's eval/<time>/ folder of the refused launch is gone
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    # Hydra's grammar error: "no viable alternative at input '[trainer.nonsense='"
+    (["eval", "run=somewhere", "run_overrides=[trainer.limit_test_batches=2]"],
+     "run_overrides=[trainer.limit_test_batches=2]: quote each override inside the list: "
+     "'run_overrides=[\"key=value\", ...]'"),
+    # "run=run=<dir>: run=<dir>/.hydra/config.yaml not found"
+    (["train", "dataset=synthetic", "hydra.run.dir=pyproject.toml"],  # a FileExistsError traceback
+     "hydra.run.dir=pyproject.toml: is a file; give a directory (made if it does not exist)"),
+    (["train", "-m", "seed=0,1", "hydra.sweep.dir=pyproject.toml"],
+     "hydra.sweep.dir=pyproject.toml: is a file; give a directory (made if it does not exist)"),
+    (["export", "run=somewhere"], "run=somewhere: export takes the run directory itself as its first argument: binexp "
+                                  "export somewhere"),
+])
+def test_argument_forms_of_train_eval_and_export_are_named(args, message, capsys, monkeypatch):
+    from binexp.cli import main
+
+    monkeypatch.chdir(Path(__file__).parents[1])  # where pyproject.toml is a file
+
+    with pytest.raises(SystemExit) as raised:
+        main(args)
+    assert raised.value.code == 2 and capsys.readouterr().err == f"binexp: error: {message}\n"
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    ("+trainer.typo=1", "run_overrides: +trainer.typo=1: takes key=value changes of the run's own keys only (no + or ~)"),
+    ("~trainer.limit_test_batches", "run_overrides: ~trainer.limit_test_batches: takes key=value changes of the run's "
+                                    "own keys only (no + or ~)"),
+    ("trainer.accelerator=nonsense", "run_overrides: trainer.accelerator=nonsense: eval tests on one device, chosen "
+                                     "with accelerator=<auto|cpu|gpu>, not with the run's trainer.accelerator"),
+])
+def test_run_overrides_that_would_be_ignored_or_misread_are_refused(item, message):
+    """trainer.accelerator=nonsense was accepted and ignored; +key said the run's config had no key under +trainer."""
+    from binexp.errors import ConfigError
+    from binexp.evaluate import check_run_overrides
+
+    with pytest.raises(ConfigError) as err:
+        check_run_overrides(["trainer.limit_test_batches=2", item])
+    assert str(err.value) == message
+    check_run_overrides(["trainer.limit_test_batches=2", "method.scope=all"])
+
+
 def test_a_config_error_raised_while_instantiating_reaches_the_user_as_written(tmp_path):
     out = binexp("train", "dataset=synthetic", "debug=smoke", "method=abr", "method.scope=foo",
                  f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)

@@ -251,6 +251,26 @@ def test_a_refused_first_launch_takes_only_what_hydra_made(tmp_path, monkeypatch
     assert sorted(p.name for p in users.iterdir()) == ["notes.log", "train.log"]
 
 
+def test_two_refused_launches_into_one_folder_each_clean_up_without_an_error(tmp_path, monkeypatch):
+    """Two refused evals in the same second share eval/<time>/: the second's cleanup found it gone and raised
+    FileNotFoundError inside its error path."""
+    import shutil
+
+    from binexp import hydra_output
+
+    folder = tmp_path / "eval" / "2026-12-07_15-35-25"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / "eval.log").write_text("")
+
+    def the_other_launch_cleans_up_first(run_dir):
+        shutil.rmtree(run_dir)  # between this launch's log closing and its look into the folder
+        return []
+
+    monkeypatch.setattr(hydra_output, "close_file_logs_in", the_other_launch_cleans_up_first)
+    hydra_output.discard_refused_first_launch(folder, folder / ".hydra")
+    assert not folder.exists() and (tmp_path / "eval").is_dir()
+
+
 def test_a_run_cut_by_max_steps_inside_an_epoch_resumes_at_its_next_batch(tmp_path):
     """max_steps=6 stops in epoch 1 (4 batches an epoch); resumed to max_steps=10 it equals a run to 10 at once."""
     cut = SMOKE + ["trainer.max_epochs=3", "trainer.deterministic=true"]

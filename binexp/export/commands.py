@@ -278,6 +278,9 @@ def main_export(argv: list[str]) -> None:
     parser.add_argument("run", type=Path, help="a run directory made by `binexp train`")
     parser.add_argument("options", nargs="*", default=[], help="ckpt=last|best|binary_weights|bn_reestimated|<path>, out=<.safetensors file or folder>")
     args = parser.parse_args(argv)
+    if str(args.run).startswith("run="):  # eval's and verify's form
+        raise ConfigError(f"{args.run}: export takes the run directory itself as its first argument: binexp export "
+                          f"{str(args.run).removeprefix('run=')}")
     opts, _ = _key_values(args.options, ("ckpt", "out"))
     out = opts.get("out")
     if out == "":
