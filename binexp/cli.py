@@ -152,6 +152,9 @@ def _check_override_keys(args: list[str]) -> None:
         shared = compose_train(trial)
     except ConfigCompositionException as err:
         match = re.match(r"Could not override '([^']+)'.\nTo append to your config use", str(err))
+        refused = _refused_deletion(parsed, trial)
+        if refused:
+            _fail(refused)
         if match is None:  # Hydra's own report is a traceback (`key=${nope}`, `~seed`)
             _fail(_composition_message(err))
         key = match[1]
@@ -262,8 +265,43 @@ def _check_added_keys(added, trial: list[str], cfg) -> None:
               + (f" (its keys: {', '.join(keys)})" if keys else ""))
 
 
+def _refused_deletion(parsed, trial: list[str]) -> str | None:
+    """Why Hydra could not apply a `~a.b` (its own message says a schema key that is null "does not exist"), or
+    None: a key of binexp's schemas cannot be deleted, nor one whose value is an interpolation."""
+    from hydra.errors import ConfigCompositionException
+
+    from binexp.config import compose_train
+
+    deletions = [o for o in parsed if o.is_delete() and "." in o.key_or_group]
+    if not deletions:
+        return None
+    try:
+        cfg = compose_train([t for t in trial if not t.startswith("~")])
+    except ConfigCompositionException:
+        return None
+    for o in deletions:
+        parent_key, _, name = o.key_or_group.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key)
+        if not OmegaConf.is_dict(parent) or name not in parent:
+            continue
+        if OmegaConf.get_type(parent) is not dict:
+            return (f"~{o.key_or_group}: a key of binexp's schema for {parent_key}, which cannot be deleted; set its "
+                    f"value instead ({o.key_or_group}=...)")
+        if OmegaConf.is_interpolation(parent, name):
+            raw = OmegaConf.to_container(parent, resolve=False)[name]
+            return f"~{o.key_or_group}: its value is an interpolation ({raw}), which Hydra cannot delete; set a value instead"
+    return None
+
+
 def _uncomposable(err: Exception, parsed) -> str:
     """One line for a composition error Hydra raises without a message of its own (`lr_scheduler=null`)."""
+    keyless = [o for o in parsed if not o.key_or_group]
+    if keyless:
+        return f"{keyless[0].input_line}: an override needs a key (key=value)"
+    papers = [o for o in parsed if o.key_or_group.startswith("paper.")]
+    if papers:  # paper is null until an experiment sets it
+        return (f"{papers[0].input_line}: paper holds the published numbers an experiment reproduces, set with it "
+                f"(experiment=<name>); it cannot be set on its own")
     groups = _config_groups()
     nulled = [o.key_or_group for o in parsed if o.key_or_group in groups and not o.is_delete()
               and o.value() is None]

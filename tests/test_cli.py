@@ -231,6 +231,14 @@ def test_a_one_value_sweep_of_a_key_only_the_swept_options_have_passes_the_check
     (["optimizer.lr=${nope}"], "optimizer.lr=${nope}: Interpolation key 'nope' not found"),
     (["~seed"], "~seed: every run needs seed"),
     (["~method"], "~method: every run needs method; choose one of its options (method=<option>)"),
+    # Hydra said the null key "does not exist", or resolved an interpolation it could not
+    (["~trainer.max_time"], "~trainer.max_time: a key of binexp's schema for trainer, which cannot be deleted; set its "
+                            "value instead (trainer.max_time=...)"),
+    (["~logger.tensorboard.save_dir"], "~logger.tensorboard.save_dir: its value is an interpolation (${run_dir}), which "
+                                       "Hydra cannot delete; set a value instead"),
+    (["paper.source=x"], "paper.source=x: paper holds the published numbers an experiment reproduces, set with it "
+                         "(experiment=<name>); it cannot be set on its own"),  # "AssertionError: Unexpected type"
+    (["=1"], "=1: an override needs a key (key=value)"),  # "Config group override must be a string or a list"
     (["task_name=nonsense"], "task_name=nonsense: task_name is the task's own (train or eval: its log file, train.log, "
      "and its records are named by it); it cannot be set"),  # it renamed train.log
     (["method=bnn", "method.name=xnor"], "method.name: the name of the chosen method option (messages, records and "
