@@ -106,7 +106,13 @@ def _fits(value: Any, hint: Any) -> bool:
         return isinstance(value, str)
     if inspect.isclass(hint) and issubclass(hint, Enum):
         return isinstance(value, hint) or value in {m.value for m in hint}
-    return True  # lists, dicts, tensors, classes: their constructor decides
+    if origin in (list, tuple) or hint in (list, tuple):  # the config gives a list for either
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:  # tuple[int, str]: one type per place
+            return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+        return not args or all(_fits(v, args[0]) for v in value)
+    return True  # dicts, tensors, classes: their constructor decides
 
 
 def _describe(hint: Any) -> str:
@@ -117,6 +123,11 @@ def _describe(hint: Any) -> str:
         return "one of " + ", ".join(map(repr, args))
     if inspect.isclass(hint) and issubclass(hint, Enum):
         return "one of " + ", ".join(str(m.value) for m in hint)
+    if origin in (list, tuple) or hint in (list, tuple):
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return f"a list of {len(args)}: " + ", ".join(_describe(a) for a in args)
+        each = _describe(args[0]) if args else ""
+        return f"a list of {each.removeprefix('a ')}s" if each.startswith("a ") else f"a list ({each} each)" if each else "a list"
     return {type(None): "null", bool: "true or false", int: "a whole number", float: "a number", str: "a string"}.get(
         hint, getattr(hint, "__name__", str(hint)))
 

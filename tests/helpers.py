@@ -105,7 +105,8 @@ class TypedOptions:
     """A class kept outside binexp's schemas (as a researcher's method is): only its signature types its keys."""
 
     def __init__(self, flag: bool = False, rate: float = 1.0, count: int = 1, mode: str = "a",
-                 limit: Optional[float] = None, kind: Literal["x", "y"] = "x", items: list = ()):
+                 limit: Optional[float] = None, kind: Literal["x", "y"] = "x", items: list = (),
+                 names: str | list[str] = "all", pair: tuple[int, str] = (1, "a")):
         self.flag, self.rate, self.count, self.mode, self.limit, self.kind = flag, rate, count, mode, limit, kind
 
 

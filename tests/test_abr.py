@@ -120,7 +120,7 @@ def test_phase_two_weight_decay_is_a_schedule_value_of_phase_two_only():
     at = lambda step: schedule.values(Progress(step, steps_per_epoch=10, max_epochs=5))  # noqa: E731
     assert "weight_decay" not in at(29)
     assert at(30)["weight_decay"] == 0.0
-    with pytest.raises(ConfigError, match="schedule.weight_decay2=-0.1: must be >= 0 or null"):
+    with pytest.raises(ConfigError, match=r"^schedule.weight_decay2=-0.1: allowed is null or a finite number >= 0$"):
         TwoPhase(weight_decay2=-0.1)
 
 

@@ -267,6 +267,11 @@ def test_a_class_built_without_a_parameter_it_needs_names_the_key_to_set():
     ("count", 1.5, r"things.count=1.5: tests.helpers.TypedOptions takes a whole number$"),
     ("limit", "none", r"things.limit='none': tests.helpers.TypedOptions takes a number or null$"),
     ("kind", "z", r"things.kind='z': tests.helpers.TypedOptions takes one of 'x', 'y'$"),
+    # ABR's `method.scope=1e30` was a TypeError inside the architecture ("'float' object is not iterable")
+    ("names", 1e30, r"things.names=1e\+30: tests.helpers.TypedOptions takes a string or a list of strings$"),
+    ("names", ["a", 2], r"things.names=\['a', 2\]: tests.helpers.TypedOptions takes a string or a list of strings$"),
+    ("items", 3, r"things.items=3: tests.helpers.TypedOptions takes a list$"),
+    ("pair", [1, 2], r"things.pair=\[1, 2\]: tests.helpers.TypedOptions takes a list of 2: a whole number, a string$"),
 ])
 def test_a_class_outside_binexps_schemas_has_its_keys_typed_by_its_signature(key, value, message):
     """A researcher's method has no schema: `method.flag=maybe` trained with the flag on (a non-empty string)."""
@@ -274,7 +279,8 @@ def test_a_class_outside_binexps_schemas_has_its_keys_typed_by_its_signature(key
     with pytest.raises(ConfigError, match=message):
         build(node, named=False)
     fine = OmegaConf.create({"things": {"_target_": "tests.helpers.TypedOptions", "flag": True, "rate": 2,
-                                        "limit": None, "kind": "y", "items": [1]}}).things
+                                        "limit": None, "kind": "y", "items": [1], "names": ["fc1"],
+                                        "pair": [2, "b"]}}).things
     assert build(fine, named=False).rate == 2
 
 
