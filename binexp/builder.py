@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import types
 import typing
 from enum import Enum
@@ -18,11 +19,12 @@ DESCRIPTIVE_KEYS = ("name",)
 
 
 def build(node: DictConfig, drop: tuple[str, ...] = (), named: bool = True, later: tuple[str, ...] = (),
-          **kwargs: Any) -> Any:
+          expect: type | None = None, **kwargs: Any) -> Any:
     """The object `node` describes, its keys checked against the target's parameters; the keys in `drop` are not
     passed, nor, for a config group's option (`named`), its `name`, which says which option it is. A callback or a
     logger is not named: its `name` is a parameter (TensorBoardLogger's). A `_partial_` node's object is called
-    later with the parameters named in `later` (an optimizer's params); it needs all its other ones now."""
+    later with the parameters named in `later` (an optimizer's params); it needs all its other ones now. An object
+    that is not an `expect` (a `schedule._target_` naming another class) is refused naming the key."""
     spec = OmegaConf.to_container(node, resolve=True)
     if not isinstance(spec.get("_target_"), str):
         where = node._get_full_key("_target_").rpartition(".")[0] if isinstance(node, DictConfig) else ""
@@ -31,7 +33,12 @@ def build(node: DictConfig, drop: tuple[str, ...] = (), named: bool = True, late
     for key in (*(DESCRIPTIVE_KEYS if named else ()), *drop):
         spec.pop(key, None)
     _check_parameters(node, spec, {**kwargs, **dict.fromkeys(later)})
-    return instantiate(spec, _convert_="all", **kwargs)
+    built = instantiate(spec, _convert_="all", **kwargs)
+    if expect is not None and not isinstance(built, expect):
+        key = node._get_full_key("_target_") if isinstance(node, DictConfig) else "_target_"
+        raise ConfigError(f"{key}={spec['_target_']}: builds a {type(built).__module__}.{type(built).__qualname__}, "
+                          f"not a {expect.__module__}.{expect.__qualname__}")
+    return built
 
 
 def _check_parameters(node: DictConfig, spec: dict, given: dict) -> None:
@@ -104,6 +111,8 @@ def _fits(value: Any, hint: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is str:
         return isinstance(value, str)
+    if inspect.isclass(hint) and issubclass(hint, os.PathLike):  # a path: the config gives a string
+        return isinstance(value, (str, os.PathLike))
     if inspect.isclass(hint) and issubclass(hint, Enum):
         return isinstance(value, hint) or value in {m.value for m in hint}
     if origin in (list, tuple) or hint in (list, tuple):  # the config gives a list for either
@@ -128,6 +137,8 @@ def _describe(hint: Any) -> str:
             return f"a list of {len(args)}: " + ", ".join(_describe(a) for a in args)
         each = _describe(args[0]) if args else ""
         return f"a list of {each.removeprefix('a ')}s" if each.startswith("a ") else f"a list ({each} each)" if each else "a list"
+    if inspect.isclass(hint) and issubclass(hint, os.PathLike):
+        return "a path"
     return {type(None): "null", bool: "true or false", int: "a whole number", float: "a number", str: "a string"}.get(
         hint, getattr(hint, "__name__", str(hint)))
 

@@ -16,6 +16,7 @@ exactly what one process computes over the whole set.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import signal
@@ -26,9 +27,12 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf
 from pytorch_lightning.plugins.layer_sync import TorchSyncBatchNorm
 from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from binexp.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +173,41 @@ def strategy_for(strategy: Any, devices: Any, num_nodes: int) -> Any:
     if isinstance(strategy, str) and (strategy == "ddp" or (strategy == "auto" and (several_devices(devices) or num_nodes > 1))):
         return DDPStrategy()
     return strategy
+
+
+STRATEGY_NAMES = ("auto", "ddp")
+BACKENDS = ("gloo", "nccl", "mpi", "ucc")
+
+
+def check_strategy(strategy: Any) -> None:
+    """trainer.strategy as binexp runs it: Lightning's other strategy names (ddp_spawn pickles the trainer, which
+    binexp's signal handling does not survive; FSDP and DeepSpeed shard what the methods read whole) are refused, and a
+    strategy node's keys are checked against the parameters of its class and of torch's DistributedDataParallel,
+    to which DDPStrategy hands on what it does not take itself (a typo reached it as a TypeError)."""
+    if isinstance(strategy, str):
+        if strategy not in STRATEGY_NAMES:
+            raise ConfigError(f"trainer.strategy={strategy}: allowed are {', '.join(STRATEGY_NAMES)} (binexp's DDP, whose "
+                              f"other ranks train the launching rank's config), or trainer=ddp")
+        return
+    if not OmegaConf.is_dict(strategy) or not isinstance(strategy.get("_target_"), str):
+        return  # build names a node without a _target_
+    from binexp.builder import locate_target
+
+    cls = locate_target(strategy._target_, "trainer.strategy._target_")
+    if not (isinstance(cls, type) and issubclass(cls, pl.strategies.DDPStrategy)):
+        return
+    named = [*inspect.signature(pl.strategies.DDPStrategy.__init__).parameters.values(),
+             *inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters.values()]
+    takes = [p.name for p in named if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in (
+        "self", "module", "accelerator", "parallel_devices", "cluster_environment", "checkpoint_io", "precision_plugin")]
+    unknown = [k for k in strategy if not str(k).startswith("_") and k not in takes]
+    if unknown:
+        raise ConfigError(f"trainer.strategy.{unknown[0]}: not a parameter of {strategy._target_} or of torch's "
+                          f"DistributedDataParallel (they take {', '.join(dict.fromkeys(takes))})")
+    backend = strategy.get("process_group_backend")
+    if backend is not None and backend not in BACKENDS:
+        raise ConfigError(f"trainer.strategy.process_group_backend={backend!r}: allowed are null (Lightning's choice: "
+                          f"nccl on GPUs, gloo on CPUs), {', '.join(BACKENDS)}")
 
 
 def launcher_of(trainer: pl.Trainer) -> ChildRankLauncher | None:

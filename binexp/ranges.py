@@ -74,6 +74,8 @@ _DEVICES = ((lambda v: (isinstance(v, int) and not isinstance(v, bool) and (v >=
                        or (isinstance(v, str) and (v == "auto" or re.fullmatch(r"-1|\d+(,\d+)*,?", v.strip()) is not None))),
              "a count >= 1, -1 (all), a list of device ids >= 0 (or a string of them: \"0,1\"), or auto")
 _ACCELERATOR = ((lambda v: v in ("auto", "cpu", "gpu", "cuda", "mps")), "one of auto, cpu, gpu, cuda, mps")
+_PROFILER = ((lambda v: v is None or v in ("simple", "advanced", "pytorch") or (isinstance(v, dict) and "_target_" in v)),
+             "null, simple, advanced, pytorch, or a node with a _target_ (a profiler class)")
 _DETERMINISTIC = ((lambda v: v is None or isinstance(v, bool) or v == "warn"), "true, false, warn or null")
 
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -96,6 +98,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     # Lightning's debugging run saves no checkpoint and its metrics.json would read as a finished run
     "trainer.fast_dev_run": ((lambda v: v is False or v == 0), "false (for a short run: debug=smoke)"),
     "trainer.precision": _PRECISION,
+    "trainer.profiler": _PROFILER,
     "lr_scheduler.frequency": _COUNT,
     "lr_scheduler.interval": ((lambda v: v in ("step", "epoch")), "step or epoch"),
     "architecture.width": _above(0),
@@ -149,6 +152,7 @@ def check_ranges(cfg: DictConfig) -> None:
     _check_scheduler_counts_epochs(cfg)
     _check_lr_scheduler_steps(cfg)
     _check_last_checkpoint_place(cfg)
+    _check_object_entries(cfg)
     _check_checkpoint_rankings(cfg)
     _check_validation_runs(cfg)
     _check_dataset_seed(cfg)
@@ -224,6 +228,19 @@ def _check_last_checkpoint_place(cfg: DictConfig) -> None:
     if dirpath != LAST_CHECKPOINT_DIR and str(dirpath) != f"{_run_dir(cfg)}/checkpoints":  # a DDP rank's is resolved
         raise ConfigError(f"callbacks.last_checkpoint.dirpath={raw['dirpath']!r}: allowed is {LAST_CHECKPOINT_DIR} (resume, "
                           f"a sweep's re-run, eval and export read checkpoints/last.ckpt of the run directory)")
+
+
+def _check_object_entries(cfg: DictConfig) -> None:
+    """Each entry of the callbacks and logger dicts is an object to build, or null to leave it out."""
+    for group in ("callbacks", "logger"):
+        node = OmegaConf.select(cfg, group, default=None)
+        if not OmegaConf.is_dict(node):
+            continue
+        for name, entry in node.items():
+            if entry is not None and not (OmegaConf.is_dict(entry) and "_target_" in entry):
+                shown = OmegaConf.to_container(entry) if OmegaConf.is_config(entry) else entry
+                raise ConfigError(f"{group}.{name}={shown!r}: allowed is null (left out) or a node with a _target_ (the "
+                                  f"class to build)")
 
 
 def _check_checkpoint_rankings(cfg: DictConfig) -> None:

@@ -23,6 +23,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
+from pytorch_lightning.loggers import Logger
 from pytorch_lightning.plugins import TorchCheckpointIO
 
 from binexp import atomic_files
@@ -35,6 +36,7 @@ from binexp.config import check_override_types
 from binexp.data.datamodule import ImageData, draw_seed
 from binexp.distributed import (
     StepFormSyncBatchNorm,
+    check_strategy,
     launcher_of,
     quiet_other_ranks,
     several_devices,
@@ -65,17 +67,17 @@ log = logging.getLogger(__name__)
 
 
 def build_data(cfg: DictConfig) -> ImageData:
-    dm: ImageData = build(cfg.dataset, channels_last=bool(cfg.get("channels_last", False)))
+    dm: ImageData = build(cfg.dataset, expect=ImageData, channels_last=bool(cfg.get("channels_last", False)))
     dm.setup()
     return dm
 
 
 def build_method(cfg: DictConfig) -> Method:
-    return build(cfg.method)
+    return build(cfg.method, expect=Method)
 
 
 def build_schedule(cfg: DictConfig, method: Method) -> Schedule:
-    schedule: Schedule = build(cfg.schedule)
+    schedule: Schedule = build(cfg.schedule, expect=Schedule)
     missing = [key for key in method.schedule_keys if key not in schedule.provides]
     if missing:
         raise ConfigError(
@@ -115,7 +117,7 @@ def build_module(cfg: DictConfig, dm: ImageData, method: Method) -> Classifier:
 
 
 def build_callbacks(cfg: DictConfig, schedule: Schedule, method: Method, dm: ImageData) -> list[pl.Callback]:
-    callbacks = [build(c, named=False) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks = [build(c, named=False, expect=pl.Callback) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if not cfg.trainer.get("enable_progress_bar", True):  # trainer=cluster: Lightning refuses a bar it may not draw
         callbacks = [cb for cb in callbacks if not isinstance(cb, ProgressBar)]
     if not [lg for lg in (cfg.get("logger") or {}).values() if lg is not None]:  # `~logger`: no learning rate to log
@@ -183,6 +185,7 @@ def check_trainer(trainer: DictConfig, on_this_machine: bool = True) -> None:
     """The trainer settings binexp refuses before Lightning sees them; a sweep checks them before its first job,
     those that depend on the machine only where its jobs run on this one (not through a cluster launcher)."""
     check_no_time_limit(trainer)
+    check_strategy(trainer.get("strategy", "auto"))
     if on_this_machine:
         check_devices_are_gpus(trainer)
         check_nodes_are_started(trainer)
@@ -202,7 +205,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path) -> pl.Trainer:
-    loggers = [build(c, named=False) for c in (cfg.get("logger") or {}).values() if c is not None]
+    loggers = [build(c, named=False, expect=Logger) for c in (cfg.get("logger") or {}).values() if c is not None]
     check_trainer(cfg.trainer)
     extra = {}
     strategy = cfg.trainer.get("strategy", "auto")

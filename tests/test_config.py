@@ -323,3 +323,18 @@ def test_an_empty_abr_scope_is_refused():
     """It trained a float ReLU network under the name abr, without protocol/* metrics."""
     with pytest.raises(ConfigError, match=r"^method.scope=\[\]: allowed are all, last or a non-empty list"):
         ABR(scope=[])
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("schedule._target_=builtins.dict", r"^schedule._target_=builtins.dict: builds a builtins.dict, not a "
+                                        r"binexp.schedules.Schedule$"),  # "'dict' object has no attribute 'provides'"
+    ("callbacks.graceful_stop._target_=builtins.dict", r"^callbacks.graceful_stop._target_=builtins.dict: builds a "
+                                                       r"builtins.dict, not a pytorch_lightning.callbacks.callback.Callback$"),
+    ("callbacks.best_checkpoint.dirpath=0", r"^callbacks.best_checkpoint.dirpath=0: "
+                                            r"pytorch_lightning.callbacks.ModelCheckpoint takes a string or a path or null$"),
+])
+def test_an_object_of_another_class_or_a_number_for_a_path_is_refused_naming_the_key(tmp_path, override, message):
+    from binexp.train import train
+
+    with pytest.raises(ConfigError, match=message):
+        train(compose_train(["dataset=synthetic", "debug=smoke", override], run_dir=tmp_path))

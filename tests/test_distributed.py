@@ -107,6 +107,25 @@ def test_several_devices_without_a_gpu_are_refused_unless_cpu_is_asked_for(devic
     assert check_devices_are_gpus(trainer) is None
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("+trainer.strategy.typo=1", r"^trainer.strategy.typo: not a parameter of binexp.distributed.DDPStrategy or of "
+                                 r"torch's DistributedDataParallel \(they take .*find_unused_parameters"),
+    ("trainer.strategy.process_group_backend=abc", r"^trainer.strategy.process_group_backend='abc': allowed are null "
+                                                   r"\(Lightning's choice: nccl on GPUs, gloo on CPUs\), gloo, nccl, mpi, "
+                                                   r"ucc$"),
+    ("trainer.strategy=ddp_spawn", r"^trainer.strategy=ddp_spawn: allowed are auto, ddp \(binexp's DDP, whose other "
+                                   r"ranks train the launching rank's config\), or trainer=ddp$")])
+def test_a_strategy_binexp_cannot_run_or_a_key_ddp_does_not_take_is_refused(override, message):
+    """A typo reached torch's DDP as a TypeError; ddp_spawn trained and then failed pickling a signal handler."""
+    from binexp.errors import ConfigError
+    from binexp.train import check_trainer
+
+    with pytest.raises(ConfigError, match=message):
+        check_trainer(compose_train(["dataset=synthetic", "trainer=ddp", override]).trainer)
+    check_trainer(compose_train(["dataset=synthetic", "trainer=ddp", "trainer.accelerator=cpu",
+                                 "+trainer.strategy.find_unused_parameters=true"]).trainer)
+
+
 def test_several_nodes_without_anything_that_starts_them_are_refused(monkeypatch):
     """trainer.num_nodes=2 on one machine waited in the rendezvous forever."""
     from omegaconf import OmegaConf

@@ -32,6 +32,7 @@ CASES = {
     "trainer.deterministic": ("maybe", "warn"),
     "trainer.fast_dev_run": (True, False),
     "trainer.precision": ("bf16-true", "bf16-mixed"),
+    "trainer.profiler": (-1, "simple"),  # an AttributeError inside Lightning
     "lr_scheduler.frequency": (0, 1),
     "lr_scheduler.interval": ("batch", "epoch"),
     "architecture.width": (0, 0.125),
@@ -76,6 +77,8 @@ CASES = {
 def _config(key: str, value) -> OmegaConf:
     cfg = OmegaConf.create()
     OmegaConf.update(cfg, key, value, force_add=True)
+    if key.startswith("callbacks."):  # an entry of the callbacks is an object to build
+        OmegaConf.update(cfg, f"{key.rpartition('.')[0]}._target_", "a.Callback", force_add=True)
     return cfg
 
 
@@ -197,3 +200,13 @@ def test_a_run_validates_at_least_once():
                                           r"whole number in 1..2$"):
         check_ranges(compose_train(SMOKE + ["trainer.max_epochs=2", "trainer.check_val_every_n_epoch=3"]))
     check_ranges(compose_train(SMOKE + ["trainer.max_epochs=2", "trainer.check_val_every_n_epoch=2"]))
+
+
+@pytest.mark.parametrize("group", ["callbacks", "logger"])
+def test_an_entry_of_the_callbacks_or_loggers_is_an_object_or_null(group):
+    """callbacks.rich_progress_bar=abc was "Input cfg is not an OmegaConf config object (str)" inside Hydra."""
+    name = "rich_progress_bar" if group == "callbacks" else "tensorboard"
+    with pytest.raises(ConfigError, match=rf"^{group}.{name}='abc': allowed is null \(left out\) or a node with a "
+                                          r"_target_ \(the class to build\)$"):
+        check_ranges(compose_train(SMOKE + [f"{group}.{name}=abc"]))
+    check_ranges(compose_train(SMOKE + [f"{group}.{name}=null"]))

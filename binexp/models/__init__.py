@@ -16,7 +16,8 @@ from binexp.models.base import initialize
 
 def build_model(arch: DictConfig, method: Method, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """Instantiate `arch` with the method's blocks, then initialise it."""
-    model = build(arch, drop=("init",), method=method, image_shape=tuple(image_shape), num_classes=num_classes)
+    model = build(arch, drop=("init",), expect=nn.Module, method=method, image_shape=tuple(image_shape),
+                  num_classes=num_classes)
     initialize(model, OmegaConf.select(arch, "init", default="xavier"))
     method.finalize(model)
     return model
