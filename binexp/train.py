@@ -23,12 +23,12 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
-from pytorch_lightning.loggers import Logger
+from pytorch_lightning.loggers import Logger, TensorBoardLogger
 from pytorch_lightning.plugins import TorchCheckpointIO
 
 from binexp import atomic_files
 from binexp.binarize.base import Method
-from binexp.builder import build
+from binexp.builder import build, locate_target
 from binexp.callbacks.binarization import CSV_NAME
 from binexp.callbacks.guards import stop_after_fit
 from binexp.callbacks.schedule import ScheduleCallback
@@ -204,8 +204,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_files.torch_save(checkpoint, path)
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path) -> pl.Trainer:
-    loggers = [build(c, named=False, expect=Logger) for c in (cfg.get("logger") or {}).values() if c is not None]
+def build_loggers(cfg: DictConfig, resumed_at: int | None) -> list[Logger]:
+    """The run's loggers. Fit going on from a checkpoint at step N (a resume, a re-run continuing an unfinished run)
+    purges TensorBoard's events after N: a run killed without warning (SIGKILL, a lost node) logged on past its
+    last checkpoint, and the steps it goes on with would be drawn twice, zig-zagging back. Not N itself: the curves
+    measured at the end of the epoch that ends at step N were logged before that checkpoint was saved."""
+    loggers = []
+    for node in (cfg.get("logger") or {}).values():
+        if node is None:
+            continue
+        target = locate_target(str(node.get("_target_")), "logger._target_") if node.get("_target_") else None
+        purge = resumed_at is not None and isinstance(target, type) and issubclass(target, TensorBoardLogger)
+        loggers.append(build(node, named=False, expect=Logger, **({"purge_step": resumed_at + 1} if purge else {})))
+    return loggers
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path, resumed_at: int | None = None) -> pl.Trainer:
+    loggers = build_loggers(cfg, resumed_at)
     check_trainer(cfg.trainer)
     extra = {}
     strategy = cfg.trainer.get("strategy", "auto")
@@ -418,6 +433,15 @@ def clear_earlier_run(run_dir: Path) -> None:
             old.unlink(missing_ok=True)
 
 
+def clear_unsaved_curves(run_dir: Path) -> None:
+    """A launch killed before its first checkpoint leaves curves and nothing to continue from: the same command
+    trains the run from its start, and the old points would be drawn beside the new."""
+    for old in (run_dir / CSV_NAME, run_dir / "tb", run_dir / "csv"):
+        if old.exists():
+            log.info("%s: curves of an earlier launch that saved no checkpoint; the run starts again", old)
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
 EXISTING_RUN = ("continue", "restart")
 # what `existing_run=restart` clears besides metrics.json and the checkpoints: its curves would mix with the new
 # run's (TensorBoard reads every event file in tb/), its derived files would describe the old network
@@ -626,7 +650,9 @@ def _train(cfg: DictConfig, run_dir: Path, record: Path | None, started: float) 
         if saved is not None:
             check_checkpoint_fits(module, saved, cfg)
         callbacks = build_callbacks(cfg, schedule, method, dm)
-        trainer = build_trainer(cfg, callbacks, run_dir)
+        resumed_at = saved["global_step"] if saved is not None else (
+            read_last_checkpoint(found)["global_step"] if state == "unfinished" else None)
+        trainer = build_trainer(cfg, callbacks, run_dir, resumed_at)
         dm.check_training_batches(trainer.world_size)
         dm.check_batch_limits(trainer.world_size, cfg.trainer.limit_train_batches, cfg.trainer.val_check_interval,
                               validates=cfg.trainer.check_val_every_n_epoch is not None)
@@ -643,6 +669,8 @@ def _train(cfg: DictConfig, run_dir: Path, record: Path | None, started: float) 
     forget_checkpoints()  # Lightning reads last.ckpt itself, into the trainer
     if state == "restart" and trainer.is_global_zero:  # a DDP child rank must not clear what rank zero writes
         clear_earlier_run(run_dir)
+    if state == "new" and not cfg.get("resume") and trainer.is_global_zero:
+        clear_unsaved_curves(run_dir)
     if state in ("new", "restart") and not cfg.get("resume"):
         adopt_launch_record(run_dir, record)
     quiet_other_ranks(trainer.global_rank)

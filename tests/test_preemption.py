@@ -482,3 +482,50 @@ def test_a_best_checkpoint_saved_again_after_a_kill_replaces_itself(tmp_path):
     names = sorted(p.name for p in (done / "checkpoints").iterdir())
     train(compose_train(job, run_dir=done))
     assert sorted(p.name for p in (done / "checkpoints").iterdir()) == names
+
+
+def test_a_run_killed_past_its_last_checkpoint_draws_each_step_once_after_it_goes_on(tmp_path):
+    """Killed without warning (SIGKILL) at step 6 with its last.ckpt at step 4, a run had logged steps 5 and 6; going
+    on from step 4 logged them again: TensorBoard's event readers drew a zig-zag back to 4, binarization.csv held
+    those rows twice."""
+    import shutil
+
+    from binexp.report.curves import read_curves
+
+    job = SMOKE + ["method=ste", "trainer.log_every_n_steps=1", "callbacks.binarization.every_n_steps=1"]
+    killed, at_four = tmp_path / "killed", tmp_path / "at_four"
+    with pytest.raises(RunInterrupted):
+        train(compose_train(job + _signal_at(6), run_dir=killed))
+    with pytest.raises(RunInterrupted):
+        train(compose_train(job + _signal_at(3), run_dir=at_four))  # stopped after step 4: the first epoch's end
+    shutil.copy(at_four / "checkpoints" / "last.ckpt", killed / "checkpoints" / "last.ckpt")  # as the kill left it
+    assert _state(killed)["global_step"] == 4
+    train(compose_train(job, run_dir=killed))  # the same command again: it goes on from last.ckpt
+
+    losses = [step for step, _ in tb_scalars(killed / "tb", "train/loss_step")]
+    assert losses == sorted(losses) and set(losses) == set(range(8))  # step 4, the first after the checkpoint,
+    assert len(losses) <= 9                                           # may be drawn by both launches
+    measured = [step for step, _ in tb_scalars(killed / "tb", "binarization/fc1/ones")]
+    assert measured == list(range(1, 9))  # step 4's, measured before its checkpoint was saved, is kept
+    with (killed / "binarization.csv").open() as f:
+        rows = [(row.split(",")[0], row.split(",")[2]) for row in f.read().splitlines()[1:]]
+    assert len(rows) == len(set(rows))
+    assert read_curves(killed / "binarization.csv")["fc1"]["step"] == list(range(1, 9))
+
+
+def test_a_launch_killed_before_its_first_checkpoint_leaves_no_curves_to_the_next(tmp_path):
+    """Killed before any checkpoint, the same command trains the run from its start: its CSV read 20 40 60 20 40 60."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(RunInterrupted):
+        train(compose_train(SMOKE + ["method=ste", "callbacks.binarization.every_n_steps=1"] + _signal_at(2),
+                            run_dir=run_dir))
+    shutil.rmtree(run_dir / "checkpoints")  # as a kill before the first checkpoint leaves the run
+    assert (run_dir / "binarization.csv").exists()
+    (run_dir / "tb" / "stale.txt").write_text("the killed launch's")
+    train(compose_train(SMOKE + ["method=ste", "callbacks.binarization.every_n_steps=1"], run_dir=run_dir))
+    assert not (run_dir / "tb" / "stale.txt").exists()
+    with (run_dir / "binarization.csv").open() as f:
+        steps = [int(row.split(",")[0]) for row in f.read().splitlines()[1:]]
+    assert steps == sorted(steps)

@@ -92,6 +92,21 @@ def append_csv(path: Path, step: int, epoch: int, stats: dict[str, dict[str, flo
             writer.writerow([step, epoch, layer, *[f"{values[k]:.6g}" if k in values else "" for k in keys]])
 
 
+def drop_rows_after(path: Path, step: int) -> None:
+    """The rows measured after `step`: a run killed without warning measured on past its last checkpoint, and its
+    resume from that checkpoint measures those steps again."""
+    if path.exists():
+        _drop_torn_row(path)
+    if not path.exists():
+        return
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    kept = rows[:1] + [row for row in rows[1:] if row and int(row[0]) <= step]
+    if len(kept) < len(rows):
+        with replacing(path) as tmp, tmp.open("w", newline="") as f:
+            csv.writer(f).writerows(kept)
+
+
 def _drop_torn_row(path: Path) -> None:
     """A row cut short by a kill mid-append (no final newline) is dropped, so the next row does not run into it; a
     file left without its header goes, and is begun again."""
@@ -200,6 +215,8 @@ class BinarizationCurves(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         if trainer.global_step == 0:  # the record before training; a resumed run's curve goes on at its next point
             self._record(trainer, pl_module)
+        elif trainer.is_global_zero:
+            drop_rows_after(Path(trainer.default_root_dir) / CSV_NAME, trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
