@@ -58,9 +58,11 @@ def param_groups(net: nn.Module, decays: Callable[[str, torch.Tensor], bool], lr
             biases.append(param)
         else:
             (decay if decays(name, param) else no_decay).append(param)
-    groups = [{"params": decay, "decays": True}, {"params": no_decay, "weight_decay": 0.0, "decays": False}]
+    # named, so the learning-rate curves say which group they are (lr-SGD/decay, not lr-SGD/pg1)
+    groups = [{"params": decay, "decays": True, "name": "decay"},
+              {"params": no_decay, "weight_decay": 0.0, "decays": False, "name": "no_decay"}]
     if biases:
-        group = {"params": biases, "lr": lr * bias.lr_mult, "decays": bias.decay}
+        group = {"params": biases, "lr": lr * bias.lr_mult, "decays": bias.decay, "name": "bias"}
         if not bias.decay:
             group["weight_decay"] = 0.0
         groups.append(group)

@@ -40,6 +40,43 @@ def test_caffe_biases_get_their_own_learning_rate_and_decay():
     assert [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [(0.1, 4e-3), (0.1, 0.0), (0.2, 4e-3)]
 
 
+def test_the_learning_rate_curves_name_their_parameter_group():
+    """They were lr-SGD/pg1, pg2 and pg3: which is which, a reader could not tell."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import LearningRateMonitor
+    from pytorch_lightning.loggers import Logger
+
+    class Keys(Logger):
+        name, version = "keys", 0
+
+        def __init__(self):
+            super().__init__()
+            self.logged: set[str] = set()
+
+        def log_metrics(self, metrics, step=None):
+            self.logged |= set(metrics)
+
+        def log_hyperparams(self, params, *args, **kwargs):
+            pass
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = net()
+
+        def training_step(self, batch, batch_idx):
+            return self.net(batch[0]).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(param_groups(self.net, weights_decay, lr=0.1, bias=BiasRule(lr_mult=2.0)), lr=0.1)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(2, 1, 3, 3)), batch_size=2)
+    keys = Keys()
+    pl.Trainer(max_steps=1, logger=keys, callbacks=[LearningRateMonitor()], enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1).fit(Tiny(), data)
+    assert sorted(k for k in keys.logged if k.startswith("lr-")) == ["lr-SGD/bias", "lr-SGD/decay", "lr-SGD/no_decay"]
+
+
 def test_a_bias_multiplier_without_decay_keeps_the_biases_undecayed():
     groups = param_groups(net(), weights_decay, lr=1e-3, bias=BiasRule(lr_mult=2.0))
     assert (groups[2]["lr"], groups[2]["weight_decay"], groups[2]["decays"]) == (2e-3, 0.0, False)
