@@ -318,6 +318,15 @@ def save_derived(net: nn.Module, run_dir: Path, name: str) -> None:
     torch_save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, name: True}, path)
 
 
+def check_protocol_fits(net: nn.Module, cfg: ProtocolConfig, network: str) -> None:
+    """protocol.bn_batches on a network without batch norm wrote a re-estimated accuracy identical to
+    protocol/binary, and a checkpoint that re-estimated nothing."""
+    if cfg.enabled and cfg.bn_batches > 0 and has_step_form(net) and \
+            not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+        raise ConfigError(f"protocol.bn_batches={cfg.bn_batches}: the network of {network} has no batch norm to "
+                          f"re-estimate; allowed here is 0")
+
+
 def run_protocol(net: nn.Module, method, dm, cfg: ProtocolConfig, seed: int = 0,
                  save_to_run: Path | None = None) -> dict[str, float]:
     """The protocol's metrics; the networks it derives (Section 4.4's, the BN re-estimated one) are also saved into

@@ -57,7 +57,7 @@ from binexp.module import Classifier, fit_metrics, scalar_metrics
 from binexp.optim import build_lr_scheduler, build_optimizer
 from binexp.process_state import restored_process_state
 from binexp.profiling import NoProfiler
-from binexp.protocol import PhaseEvaluation, protocol_config, run_protocol
+from binexp.protocol import PhaseEvaluation, check_protocol_fits, protocol_config, run_protocol
 from binexp.ranges import check_ranges
 from binexp.run_lock import RunDirLock
 from binexp.schedules import WEIGHT_DECAY, Progress, Schedule
@@ -647,6 +647,7 @@ def _train(cfg: DictConfig, run_dir: Path, record: Path | None, started: float) 
         dm = build_data(cfg)
         check_input_fits(cfg.architecture, build_method(cfg), dm.image_shape, dm.num_classes)
         module = build_module(cfg, dm, method)
+        check_protocol_fits(module.net, protocol, f"method={cfg.method.name} architecture={cfg.architecture.name}")
         if saved is not None:
             check_checkpoint_fits(module, saved, cfg)
         callbacks = build_callbacks(cfg, schedule, method, dm)

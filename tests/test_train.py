@@ -256,6 +256,9 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path):
     (["trainer.sync_batchnorm=true", "trainer.accelerator=cpu"],
      r"trainer\.sync_batchnorm=true: torch's SyncBatchNorm needs GPUs, and this run's processes are on the CPU"),
     (["+callbacks.extra._target_=nope.Class"], r"callbacks\.extra\._target_=nope\.Class: no module 'nope'"),
+    # it wrote a protocol/binary_bn_reestimated equal to protocol/binary, and a checkpoint that re-estimated nothing
+    (["method=fp", "protocol.bn_batches=5"], r"^protocol\.bn_batches=5: the network of method=fp architecture=lenet has "
+                                             r"no batch norm to re-estimate; allowed here is 0$"),
 ])
 def test_out_of_range_values_are_refused_naming_the_key_before_training(tmp_path, overrides, message):
     run_dir = tmp_path / "runs" / "x"
