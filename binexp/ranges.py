@@ -237,7 +237,7 @@ def _check_object_entries(cfg: DictConfig) -> None:
         if not OmegaConf.is_dict(node):
             continue
         for name, entry in node.items():
-            if entry is not None and not (OmegaConf.is_dict(entry) and "_target_" in entry):
+            if entry is not None and not OmegaConf.is_dict(entry):  # a node without its _target_: build names it
                 shown = OmegaConf.to_container(entry) if OmegaConf.is_config(entry) else entry
                 raise ConfigError(f"{group}.{name}={shown!r}: allowed is null (left out) or a node with a _target_ (the "
                                   f"class to build)")

@@ -77,8 +77,6 @@ CASES = {
 def _config(key: str, value) -> OmegaConf:
     cfg = OmegaConf.create()
     OmegaConf.update(cfg, key, value, force_add=True)
-    if key.startswith("callbacks."):  # an entry of the callbacks is an object to build
-        OmegaConf.update(cfg, f"{key.rpartition('.')[0]}._target_", "a.Callback", force_add=True)
     return cfg
 
 
