@@ -30,6 +30,10 @@ def build(node: DictConfig, drop: tuple[str, ...] = (), named: bool = True, late
         where = node._get_full_key("_target_").rpartition(".")[0] if isinstance(node, DictConfig) else ""
         raise ConfigError(f"{where or 'the config'}: no _target_ (the class to build); its keys: "
                           f"{', '.join(map(str, spec)) or 'none'}")
+    if later and spec.get("_partial_") is not True:  # built whole, it would miss what binexp passes it later
+        where = node._get_full_key("_target_").rpartition(".")[0] if isinstance(node, DictConfig) else "the config"
+        raise ConfigError(f"{where}._partial_={spec.get('_partial_')!r}: allowed is true (binexp passes "
+                          f"{', '.join(later)} when it builds it)")
     for key in (*(DESCRIPTIVE_KEYS if named else ()), *drop):
         spec.pop(key, None)
     _check_parameters(node, spec, {**kwargs, **dict.fromkeys(later)})

@@ -65,8 +65,6 @@ _SANITY_STEPS = ((lambda v: isinstance(v, int) and not isinstance(v, bool) and v
 PRECISIONS = ("32-true", "32", 32, "16-mixed", "16", 16, "bf16-mixed", "bf16")
 _PRECISION = ((lambda v: v in PRECISIONS), f"one of {', '.join(dict.fromkeys(str(p) for p in PRECISIONS))} (mixed precision keeps "
               f"float32 weights; a *-true half or double precision would cast them)")
-# binexp hands the optimizer its parameters and the scheduler its optimizer
-_PARTIAL = ((lambda v: v is True), "true (binexp passes the parameters when it builds it)")
 _MOMENTUM = ((lambda v: _number(v) and 0 <= v < 1), "a number in [0, 1)")
 _DEVICES = ((lambda v: (isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1))
                        or (isinstance(v, list) and len(v) > 0 and all(isinstance(d, int) and not isinstance(d, bool)
@@ -109,12 +107,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "method.t_clip": _or_null(_at_least(0)),
     "optimizer.lr": _at_least(0),
     "optimizer.momentum": _MOMENTUM,
-    "optimizer._partial_": _PARTIAL,
     "optimizer.weight_decay": _at_least(0),
     "optimizer.eps": _at_least(0),
     "optimizer.betas": _BETAS,
     "optimizer.bias_lr_mult": _at_least(0),
-    "lr_scheduler.scheduler._partial_": _PARTIAL,
     "lr_scheduler.scheduler.gamma": _above(0),
     "lr_scheduler.scheduler.power": _at_least(0),  # caffe_inv's; a negative one grows the lr
     "lr_scheduler.scheduler.T_max": _COUNT,  # cosine's

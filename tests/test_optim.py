@@ -230,3 +230,16 @@ def test_a_custom_schedulers_parameters_are_type_checked():
     with pytest.raises(ConfigError, match=r"^lr_scheduler.scheduler.step_size='two': torch.optim.lr_scheduler.StepLR "
                                           r"takes a whole number$"):
         build_lr_scheduler(cfg.lr_scheduler.scheduler)
+
+
+@pytest.mark.parametrize("override", ["optimizer._partial_=false", "~lr_scheduler.scheduler._partial_"])
+def test_the_optimizer_and_scheduler_stay_partial(override):
+    """optimizer._partial_=0 said "torch.optim.SGD needs params; set it", a hint no config can follow."""
+    from binexp.errors import ConfigError
+
+    cfg = compose_train(["dataset=synthetic", "lr_scheduler=cosine", override])
+    key, passed = ("optimizer", "params") if override.startswith("optimizer") else ("lr_scheduler.scheduler", "optimizer")
+    value = "False" if override.startswith("optimizer") else "None"
+    with pytest.raises(ConfigError, match=rf"^{key}._partial_={value}: allowed is true \(binexp passes {passed} when it "
+                                          r"builds it\)$"):
+        build_optimizer(cfg.optimizer) if key == "optimizer" else build_lr_scheduler(cfg.lr_scheduler.scheduler)

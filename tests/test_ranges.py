@@ -43,8 +43,6 @@ CASES = {
     "method.t_clip": (-0.5, None),
     "optimizer.lr": (-0.1, 0),
     "optimizer.momentum": (1.0, 0.9),
-    "optimizer._partial_": (False, True),
-    "lr_scheduler.scheduler._partial_": (False, True),
     "lr_scheduler.scheduler.power": (-0.75, 0),
     "lr_scheduler.scheduler.T_max": (0, 1),
     "lr_scheduler.scheduler.eta_min": (-1e-5, 0.0),
