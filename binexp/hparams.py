@@ -22,7 +22,7 @@ from pytorch_lightning.core.saving import save_hparams_to_yaml
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from binexp.atomic_files import replacing
-from binexp.hydra_output import running_hydra
+from binexp.hydra_output import recorded_overrides, running_hydra
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +34,9 @@ NOT_HPARAMS = ("resume", "existing_run", "run_dir", "task_name", "paths", "logge
 
 
 def job_overrides(run_dir: Path) -> tuple[list[str], dict[str, str]]:
-    """The job's command-line overrides and config-group choices, from the running Hydra or the run's `.hydra/`."""
-    overrides: list[str] = []
-    choices: dict[str, str] = {}
-    saved = run_dir / ".hydra"
-    if (saved / "overrides.yaml").exists():  # the job as first launched; a resume keeps this file
-        overrides += [str(o) for o in OmegaConf.load(saved / "overrides.yaml") or []]
-    if (saved / "hydra.yaml").exists():
-        choices.update(OmegaConf.select(OmegaConf.load(saved / "hydra.yaml"), "hydra.runtime.choices", default={}))
+    """The job's command-line overrides and config-group choices: those its launches recorded in `.hydra/`, and the
+    running launch's."""
+    overrides, choices = recorded_overrides(run_dir)
     hc = running_hydra()
     if hc is not None:
         overrides += [o for o in hc.overrides.task if o not in overrides]  # a resume's extra overrides

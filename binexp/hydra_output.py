@@ -75,6 +75,21 @@ def adopt_launch_record(run_dir: Path, record: Path | None) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def recorded_overrides(run_dir: Path) -> tuple[list[str], dict[str, Any]]:
+    """The overrides of the launches that trained the run, the first launch's (`.hydra/`) and then each resume's
+    (`.hydra/resumed-<time>/`, in order), and the option each config group composed at the first launch (None:
+    a group left out)."""
+    from omegaconf import OmegaConf
+
+    record, overrides = run_dir / RECORD, []
+    for path in [record / "overrides.yaml", *sorted(record.glob("resumed-*/overrides.yaml"))]:
+        if path.exists():
+            overrides += [str(o) for o in OmegaConf.load(path) or []]
+    hydra_file = record / "hydra.yaml"
+    choices = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.choices", default=None) if hydra_file.exists() else None
+    return overrides, dict(choices or {})
+
+
 def discard_launch_record(run_dir: Path, record: Path | None) -> None:
     """A launch that did not train (refused, or skipped as finished) leaves no record of its own."""
     if record is not None and _is_launch_record(run_dir, record):

@@ -88,18 +88,21 @@ def test_a_group_override_is_its_option_name_and_other_values_are_spelled_as_typ
 
 def test_a_resume_that_lengthens_a_run_shows_the_job_as_it_is_now_once(tmp_path, monkeypatch):
     """TensorBoard's tab shows a run's first session: the first launch's (trainer.max_epochs 1) hid the resume's.
-    Each final value is written once per step (test/* were written twice), and hparams.yaml is the resume's."""
+    Each final value is written once per step (test/* were written twice), and hparams.yaml is the resume's. A key
+    an earlier resume overrode keeps its column, with the value the last launch ran (the second resume dropped it)."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
     monkeypatch.setattr(sys, "argv", list(sys.argv))
     run = tmp_path / "run"
     for args in (["dataset=synthetic", "debug=smoke", "logger=tensorboard", "trainer.max_epochs=1", "method=ste",
-                  f"hydra.run.dir={run}"], [f"resume={run}", "trainer.max_epochs=2"]):
+                  f"hydra.run.dir={run}"], [f"resume={run}", "trainer.max_epochs=2", "protocol.finetune_epochs=2"],
+                 [f"resume={run}", "trainer.max_epochs=3"]):
         GlobalHydra.instance().clear()
         main(["train", *args])
     final = json.loads((run / "metrics.json").read_text())
     hparams, _, _ = hparams_of(run, [])
-    assert hparams["trainer.max_epochs"] == 2.0 and hparams["method"] == "ste"
+    assert hparams["trainer.max_epochs"] == 3.0 and hparams["method"] == "ste"
+    assert hparams["protocol.finetune_epochs"] == 10.0  # the saved config's: the second resume did not set it
     acc = EventAccumulator(str(run / "tb"))  # (files of one second sort by a process-wide counter: by step here)
     acc.Reload()
     for tag in ("test/acc", "protocol/binary"):
@@ -109,5 +112,5 @@ def test_a_resume_that_lengthens_a_run_shows_the_job_as_it_is_now_once(tmp_path,
     sessions = [v for e in finals for v in e.summary.value if v.tag == metadata.SESSION_START_INFO_TAG]
     assert len(sessions) == 1
     steps = [e.step for e in events for v in e.summary.value if v.tag == "test/acc"]
-    assert steps == [4, 8]  # each launch's test, once
-    assert OmegaConf.load(run / "tb" / "hparams.yaml").config.trainer.max_epochs == 2
+    assert steps == [4, 8, 12]  # each launch's test, once
+    assert OmegaConf.load(run / "tb" / "hparams.yaml").config.trainer.max_epochs == 3

@@ -29,6 +29,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from binexp.errors import BinexpError
+from binexp.hydra_output import recorded_overrides
 from binexp.metric_format import format_metric
 
 
@@ -91,23 +92,16 @@ def load_run(path: Path) -> Run:
     except json.JSONDecodeError as err:
         raise ReportInputError(f"{metrics_file}: not readable as JSON ({err}); move the run aside or rerun it") from None
     overrides: dict[str, str] = {}
-    # the first launch's overrides, then each resume's on top (binexp keeps a record only of launches that trained)
-    for over_file in [path / ".hydra" / "overrides.yaml", *sorted(path.glob(".hydra/resumed-*/overrides.yaml"))]:
-        for item in (OmegaConf.load(over_file) or []) if over_file.exists() else []:
-            key, _, value = str(item).partition("=")
-            if not key.startswith("hydra.") and key not in ("resume", "existing_run"):  # how it was launched, not a setting
-                overrides[key.lstrip("+~")] = value
+    recorded, choices = recorded_overrides(path)  # each resume's on top of the first launch's
+    for item in recorded:
+        key, _, value = item.partition("=")
+        if not key.startswith("hydra.") and key not in ("resume", "existing_run"):  # how it was launched, not a setting
+            overrides[key.lstrip("+~")] = value
     cfg_file = path / ".hydra" / "config.yaml"
     config = OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=False) if cfg_file.exists() else None
-    return Run(path, metrics, overrides, config, choices=_group_choices(path / ".hydra" / "hydra.yaml"))
-
-
-def _group_choices(hydra_file: Path) -> dict[str, str]:
-    """Hydra's record of the option each config group composed, Hydra's own groups left out."""
-    if not hydra_file.exists():
-        return {}
-    choices = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.choices", default=None) or {}
-    return {str(g): "" if o is None else str(o) for g, o in choices.items() if not str(g).startswith("hydra")}
+    # the option each config group composed, Hydra's own groups left out
+    groups = {str(g): "" if o is None else str(o) for g, o in choices.items() if not str(g).startswith("hydra")}
+    return Run(path, metrics, overrides, config, choices=groups)
 
 
 def find_runs(paths: list[Path]) -> list[Run]:
