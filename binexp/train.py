@@ -479,7 +479,13 @@ def recorded_job_identity(path: Path) -> dict[str, Any]:
     from binexp.config import register_configs
 
     register_configs()  # binexp's resolvers (floordiv, ...)
-    saved, resolved = OmegaConf.load(path), OmegaConf.create()
+    return composed_job_identity(OmegaConf.load(path))
+
+
+def composed_job_identity(saved: DictConfig) -> dict[str, Any]:
+    """job_identity of a composed config whose interpolations may include Hydra's (resolved only while Hydra
+    runs): each job key resolved on its own, one that does not resolve left out."""
+    resolved = OmegaConf.create()
     for key in JOB_KEYS:
         try:
             node = OmegaConf.select(saved, key, default=None)

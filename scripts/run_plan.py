@@ -37,8 +37,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 LIGHT_FILES = ("metrics.json", "binarization.csv", "train.log", "eval-*.json", ".hydra/*.yaml", "tb/*", "*.png", "*.csv")
 SUMMARY_KEYS = ("test/acc", "protocol/binary", "protocol/binary_bn_reestimated", "val/acc_best")
 GRACE_S = 60  # default --grace: after SIGTERM, time to finish the batch and write last.ckpt before SIGKILL
@@ -95,12 +93,16 @@ def finished_before(run: PlannedRun, plan: Path) -> bool:
     skipped run would report the old line's result under the new line's name."""
     if not (run.run_dir / "metrics.json").exists():
         return False
-    saved = run.run_dir / ".hydra" / "overrides.yaml"
-    if saved.exists():
-        before = [o for o in OmegaConf.to_container(OmegaConf.load(saved)) if o not in added_overrides(run)]
-        if before != run.overrides:
-            raise SystemExit(f"{plan}: run {run.name!r} finished in {run.run_dir} with the overrides "
-                             f"{shlex.join(before)!r}, and its line now says {shlex.join(run.overrides)!r}; give the "
+    saved = run.run_dir / ".hydra" / "config.yaml"
+    if saved.exists():  # the same job as binexp tells it (JOB_KEYS): a line only reordered or re-spelled is the same
+        from binexp.config import compose_train
+        from binexp.train import composed_job_identity, recorded_job_identity
+
+        before, now = recorded_job_identity(saved), composed_job_identity(compose_train(run.overrides))
+        differ = sorted(k for k in set(before) & set(now) if before[k] != now[k])
+        if differ:
+            shown = ", ".join(f"{k}: {before[k]!r} there, {now[k]!r} on its line" for k in differ[:3])
+            raise SystemExit(f"{plan}: run {run.name!r} finished in {run.run_dir} as another job ({shown}); give the "
                              f"changed line a new name or pass another --logs")
     return True
 

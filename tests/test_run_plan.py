@@ -103,8 +103,11 @@ def test_two_runs_at_once_then_packed_without_checkpoints_and_skipped_when_run_a
     changed = write_plan(tmp_path, f"a {SMOKE} seed=0\nb {SMOKE} seed=2\n")
     with pytest.raises(SystemExit) as err:
         run_plan.main([str(changed), "--logs", str(logs), "--dry-run"])
-    assert str(err.value) == (f"{changed}: run 'b' finished in {logs / 'probe' / 'b'} with the overrides '{SMOKE} seed=1', "
-                              f"and its line now says '{SMOKE} seed=2'; give the changed line a new name or pass another --logs")
+    assert str(err.value) == (f"{changed}: run 'b' finished in {logs / 'probe' / 'b'} as another job (dataset.seed: 1 there, 2 "
+                              f"on its line, seed: 1 there, 2 on its line); give the changed line a new name or pass another --logs")
+    respelled = write_plan(tmp_path, f"a seed=0 {SMOKE}\nb {SMOKE} seed=01\n")  # the same jobs: it stopped the plan
+    assert run_plan.main([str(respelled), "--logs", str(logs)]) == 0
+    assert [r["status"] for r in json.loads((logs / "probe" / "summary.json").read_text())] == ["skipped (finished before)"] * 2
 
 
 class ClockThatJumpsOnceSaved:
