@@ -59,3 +59,26 @@ def test_binary_bn_is_exact_for_a_threshold_between_two_float32s():
     exact = 3.0 * x.double() - num  # BN in float64: x < T, so O < 0
     assert exact.item() < 0
     assert BinaryBN.from_batchnorm(bn)(x).item() == -1.0
+
+
+def test_a_binary_weight_layer_that_only_says_its_signs_computes_with_them():
+    """A researcher's layer gives signs() (README: "Adding a method"); without a forward of its own it ran torch's,
+    on the latent float weights, while the size table and the export took it as binary."""
+    from torch import nn
+    from torch.nn import functional as F
+
+    from binexp.binarize.base import BinaryWeights
+
+    class MyConv(BinaryWeights, nn.Conv2d):
+        def signs(self):
+            return binary_sign(self.weight)
+
+    class MyLinear(BinaryWeights, nn.Linear):
+        def signs(self):
+            return binary_sign(self.weight)
+
+    torch.manual_seed(0)
+    conv, linear, x = MyConv(2, 3, 3), MyLinear(4, 2), torch.randn(2, 2, 5, 5)
+    assert torch.equal(conv(x), F.conv2d(x, torch.where(conv.weight >= 0, 1.0, -1.0), conv.bias))
+    v = torch.randn(3, 4)
+    assert torch.equal(linear(v), F.linear(v, torch.where(linear.weight >= 0, 1.0, -1.0), linear.bias))

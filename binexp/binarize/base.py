@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from binexp.errors import ConfigError
@@ -108,7 +109,7 @@ class Method:
 class BinaryWeights:
     """Layers whose `weight` is binary at inference (1 bit per weight in size tables and export).
 
-    They all compute out = (x . B) * scale + bias: `signs()` is B (sign(W) with its training-time estimator, or a
+    They all compute out = (x . B) * scale + bias (their `forward`, which a subclass keeps): `signs()` is B (sign(W) with its training-time estimator, or a
     soft form), `output_scale()` the scale of sign(W) (None, a scalar, or one per output channel), and `finish`
     applies scale and bias after the product. The scale is the method's (`method_scale()`, derived from W) unless
     the layer holds a frozen `sign_scale` buffer: Section 4.4 replaces W by its signs, from which the method's
@@ -135,6 +136,18 @@ class BinaryWeights:
 
     def method_scale(self) -> torch.Tensor | None:
         return None
+
+    def layer_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input as the product takes it: itself, unless a method shapes its gradient (STE's B scaling)."""
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """finish(x . signs()), the conv's or the linear layer's product, then the layer's `output_norm` if it has
+        one (the BN after a binary output layer)."""
+        x, signs = self.layer_input(x), self.signs()
+        y = self.finish(self._conv_forward(x, signs, None) if isinstance(self, nn.Conv2d) else F.linear(x, signs))  # type: ignore[attr-defined]
+        norm = getattr(self, "output_norm", None)
+        return y if norm is None else norm(y)
 
     def finish(self, y: torch.Tensor) -> torch.Tensor:
         scale = self.output_scale()

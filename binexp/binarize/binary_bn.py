@@ -269,6 +269,10 @@ class _BinaryBNStepForm:
     step: bool
     feeds_sign: bool
 
+    def __init__(self, channels: int, name: str = ""):
+        super().__init__(channels)
+        self.block_name, self.step, self.feeds_sign = name, False, False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.step and self.feeds_sign and not self.training:
             return BinaryBN.from_batchnorm(self)(x)
@@ -276,15 +280,11 @@ class _BinaryBNStepForm:
 
 
 class SignBatchNorm2d(_BinaryBNStepForm, nn.BatchNorm2d):
-    def __init__(self, channels: int, name: str = ""):
-        super().__init__(channels)
-        self.block_name, self.step, self.feeds_sign = name, False, False
+    pass
 
 
 class SignBatchNorm1d(_BinaryBNStepForm, nn.BatchNorm1d):
-    def __init__(self, channels: int, name: str = ""):
-        super().__init__(channels)
-        self.block_name, self.step, self.feeds_sign = name, False, False
+    pass
 
 
 class SyncSignBatchNorm(_BinaryBNStepForm, nn.SyncBatchNorm):

@@ -32,7 +32,6 @@ from enum import Enum
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from binexp.binarize.base import BinaryWeights, Method, MethodConfig
@@ -116,9 +115,6 @@ class SignConv2d(_SignWeights, nn.Conv2d):
         super().__init__(*args, **kwargs)
         self.block_name, self.scaled = name, scaled
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.finish(self._conv_forward(x, self.signs(), None))
-
 
 class SignLinear(_SignWeights, nn.Linear):
     """`output_norm` adds the BN BinaryNet puts after its output layer."""
@@ -127,10 +123,6 @@ class SignLinear(_SignWeights, nn.Linear):
         super().__init__(*args, **kwargs)
         self.block_name, self.scaled = name, scaled
         self.output_norm = nn.BatchNorm1d(self.out_features) if output_norm else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.finish(F.linear(x, self.signs()))
-        return y if self.output_norm is None else self.output_norm(y)
 
 
 class BinarizedLayers(Method):

@@ -34,7 +34,6 @@ from enum import Enum
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from binexp.binarize.base import BinarizationProbe, BinaryWeights, MethodConfig, RecordedProbe
@@ -115,26 +114,19 @@ class _SoftWeights(BinarizationProbe):
         return magnitude_summary(counts)  # no samples, so no `stuck`: a weight never collapses
 
 
-class SoftBinaryConv2d(_SoftWeights, nn.Conv2d, BinaryWeights):
+class SoftBinaryConv2d(_SoftWeights, BinaryWeights, nn.Conv2d):
     def __init__(self, *args: Any, name: str = "", scaled: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._soft_setup(name, scaled)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.finish(self._conv_forward(x, self.signs(), None))
 
-
-class SoftBinaryLinear(_SoftWeights, nn.Linear, BinaryWeights):
+class SoftBinaryLinear(_SoftWeights, BinaryWeights, nn.Linear):
     """`output_norm` adds the BN that follows a binary output layer (see binexp.binarize.hard)."""
 
     def __init__(self, *args: Any, name: str = "", scaled: bool = False, output_norm: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._soft_setup(name, scaled)
         self.output_norm = nn.BatchNorm1d(self.out_features) if output_norm else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.finish(F.linear(x, self.signs()))
-        return y if self.output_norm is None else self.output_norm(y)
 
 
 class ScaledTanh(nn.Module, RecordedProbe):

@@ -19,7 +19,6 @@ from enum import Enum
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from binexp.binarize.base import BinaryWeights, Method, MethodConfig
@@ -107,17 +106,11 @@ class BinaryConv2d(_STEWeights, nn.Conv2d):
         super().__init__(*args, **kwargs)
         self.scaling = scaling
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.finish(self._conv_forward(self.layer_input(x), self.signs(), None))
-
 
 class BinaryLinear(_STEWeights, nn.Linear):
     def __init__(self, *args, scaling: str = "none", **kwargs):
         super().__init__(*args, **kwargs)
         self.scaling = scaling
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.finish(F.linear(self.layer_input(x), self.signs()))
 
 
 class STE(Method):
