@@ -145,17 +145,16 @@ def _load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
         check_ranges(cfg)
     dm = build_data(cfg)
     module = build_module(cfg, dm, build_method(cfg))
-    err = _load_weights(module, saved)
-    if err is not None:
-        detail = " ".join(line.strip() for line in str(err).splitlines()[1:3])
+    detail = _load_weights(module, saved)
+    if detail is not None:
         network = f"(method={cfg.method.name}, architecture={cfg.architecture.name})"
         as_saved = load_run_config(run_dir) if overrides else None  # does the checkpoint fit it, overrides aside?
         if as_saved is not None and _load_weights(build_module(as_saved, dm, build_method(as_saved)), saved) is None:
             raise ConfigError(f"ckpt={ckpt}: {path} does not fit the network that run_overrides={list(overrides)} "
                               f"make of {run_dir} {network}: an override that changes the network's layers cannot "
-                              f"take the run's weights. {detail}") from None
+                              f"take the run's weights ({detail})") from None
         raise ConfigError(f"ckpt={ckpt}: {path} does not fit the network of {run_dir} {network}; was it saved by "
-                          f"another run? {detail}") from None
+                          f"another run? ({detail})") from None
     _feed_as_trained(dm, saved)
     return cfg, dm, module, path, saved
 
@@ -205,16 +204,17 @@ def _feed_as_trained(dm, saved: dict) -> None:
     dm.norm = trained
 
 
-def _load_weights(module, saved: dict) -> RuntimeError | None:
-    """The checkpoint's weights into `module` (Section 4.4's layers frozen first, as saved); the error if they do
-    not fit."""
+def _load_weights(module, saved: dict) -> str | None:
+    """The checkpoint's weights into `module` (Section 4.4's layers frozen first, as saved); how they do not fit,
+    if they do not."""
+    from binexp.train import weights_mismatch
+
     if saved.get(BINARY_WEIGHTS_KEY):
         freeze_sign_weights(module.net)
-    try:
+    mismatch = weights_mismatch(module.state_dict(), saved["state_dict"])
+    if mismatch is None:
         module.load_state_dict(saved["state_dict"])
-    except RuntimeError as err:
-        return err
-    return None
+    return mismatch
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

@@ -411,15 +411,22 @@ def check_extension_keeps_schedules(cfg: DictConfig, before: dict, epochs: int) 
 def check_checkpoint_fits(module: pl.LightningModule, saved: dict, cfg: DictConfig) -> None:
     """A resume whose overrides change the network's layers (architecture.width=2) cannot load the run's weights:
     refused before anything is written, rather than by Lightning's size-mismatch traceback inside fit."""
-    own, theirs = module.state_dict(), saved.get("state_dict", {})
-    missing, unexpected = sorted(set(own) - set(theirs)), sorted(set(theirs) - set(own))
-    shapes = sorted(k for k in set(own) & set(theirs) if own[k].shape != theirs[k].shape)
-    if missing or unexpected or shapes:
-        found = (f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(unexpected[:3])}"
-                 if unexpected else ", ".join(f"{k} {tuple(theirs[k].shape)} saved, {tuple(own[k].shape)} built"
-                                              for k in shapes[:3]))
+    found = weights_mismatch(module.state_dict(), saved.get("state_dict", {}))
+    if found:
         raise ConfigError(f"resume={cfg.resume}: last.ckpt does not fit the network this launch builds ({found}); "
                           f"an override that changes the network's layers cannot continue the run: start a new run")
+
+
+def weights_mismatch(own: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> str | None:
+    """How the saved `theirs` does not fit the state dict `own` of a built module (keys missing or unexpected,
+    shapes that differ), or None where it fits."""
+    missing, unexpected = sorted(set(own) - set(theirs)), sorted(set(theirs) - set(own))
+    shapes = sorted(k for k in set(own) & set(theirs) if own[k].shape != theirs[k].shape)
+    if not (missing or unexpected or shapes):
+        return None
+    return (f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(unexpected[:3])}"
+            if unexpected else ", ".join(f"{k} {tuple(theirs[k].shape)} saved, {tuple(own[k].shape)} built"
+                                         for k in shapes[:3]))
 
 
 def clear_earlier_run(run_dir: Path) -> None:
