@@ -21,6 +21,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
+from binexp import atomic_files
 from binexp.binarize.base import step_mode
 from binexp.errors import ConfigError
 from binexp.protocol import (
@@ -90,20 +91,25 @@ def find_checkpoint(run_dir: Path, which: str) -> Path:
     return path
 
 
-def eval_result_name(run_dir: Path, ckpt: Path) -> str:
+def eval_result_name(run_dir: Path, ckpt: Path, overrides: list[str] | tuple[str, ...] = ()) -> str:
     """`eval-<name>.json`: the checkpoint's file name for the run's own checkpoints; its path inside the run for
     other files of the run; for a file elsewhere its name and a hash of its path, so that evaluating another
-    run's last.ckpt does not overwrite this run's eval-last.json."""
+    run's last.ckpt does not overwrite this run's eval-last.json. An eval with run_overrides (another scope, the
+    whole test set) adds `-overrides-<hash of them>`: it tested something else than the plain eval's record."""
     resolved = ckpt.resolve()
+    suffix = f"-overrides-{_digest(chr(10).join(overrides))}" if overrides else ""
     try:
         inside = resolved.relative_to((run_dir / "checkpoints").resolve())
     except ValueError:
         try:
             inside = resolved.relative_to(run_dir.resolve())
         except ValueError:
-            digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:8]
-            return f"eval-{ckpt.stem}-{digest}.json"
-    return "eval-" + "-".join((*inside.parent.parts, inside.stem)) + ".json"
+            return f"eval-{ckpt.stem}-{_digest(str(resolved))}{suffix}.json"
+    return "eval-" + "-".join((*inside.parent.parts, inside.stem)) + suffix + ".json"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
 def load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
@@ -272,11 +278,11 @@ def _evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.protocol:
         module.to(trainer.strategy.root_device)  # Lightning hands the model back on the CPU
         metrics.update(protocol_metrics(run_cfg, dm, module, run_dir))
-    out = run_dir / eval_result_name(run_dir, ckpt)
+    out = run_dir / eval_result_name(run_dir, ckpt, list(cfg.run_overrides))
     # where in training the checkpoint was saved: a resume moves last.ckpt on, and this record says which it tested
     at = {f"checkpoint_{k}": saved[k] for k in ("epoch", "global_step") if k in saved}
     record = {"checkpoint": str(ckpt), **at, "precision": precision, "run_overrides": list(cfg.run_overrides), **metrics}
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_files.write_text(out, json.dumps(record, indent=2) + "\n")
     print_summary(run_dir, metrics)
     return metrics
 

@@ -351,14 +351,19 @@ def test_eval_tests_on_the_runs_own_test_batches_and_refuses_changing_its_groups
     whole = evaluate(eval_config(run=str(run_dir), accelerator="cpu", run_overrides=["trainer.limit_test_batches=1.0"]))
     assert whole["test/acc"] != metrics["test/acc"]
     record = json.loads((run_dir / "eval-last.json").read_text())
-    assert record["run_overrides"] == ["trainer.limit_test_batches=1.0"] and record["test/acc"] == whole["test/acc"]
+    assert record["run_overrides"] == [] and record["test/acc"] == result["test/acc"]  # the plain eval's stays
+    with_overrides = json.loads((run_dir / eval_result_name(run_dir, run_dir / "checkpoints" / "last.ckpt",
+                                                            ["trainer.limit_test_batches=1.0"])).read_text())
+    assert with_overrides["run_overrides"] == ["trainer.limit_test_batches=1.0"]
+    assert with_overrides["test/acc"] == whole["test/acc"]
     elsewhere = tmp_path / "other" / "last.ckpt"  # another run's last.ckpt must not overwrite this run's eval-last.json
     elsewhere.parent.mkdir()
     shutil.copy(run_dir / "checkpoints" / "last.ckpt", elsewhere)
     evaluate(eval_config(run=str(run_dir), accelerator="cpu", ckpt=str(elsewhere)))
     assert json.loads((run_dir / "eval-last.json").read_text()) == record
-    named = [p.name for p in run_dir.glob("eval-last-*.json")]
+    named = [p.name for p in run_dir.glob("eval-last-*.json") if "-overrides-" not in p.name]
     assert named == [eval_result_name(run_dir, elsewhere)] and len(named[0]) == len("eval-last-12345678.json")
+    assert eval_result_name(run_dir, run_dir / "checkpoints" / "last.ckpt", ["a=1"]).startswith("eval-last-overrides-")
     assert eval_result_name(run_dir, run_dir / "checkpoints" / "best-003-40.ckpt") == "eval-best-003-40.json"
     assert eval_result_name(run_dir, run_dir / "saved" / "a.ckpt") == "eval-saved-a.json"
     with pytest.raises(ConfigError, match=r"method=bnn: method is a config group whose option the run chose, and the "
