@@ -5,8 +5,9 @@ discover a package that lives outside its parent's folder. Each config group fol
 (namespace) package of its own so its YAML files travel with it.
 
 The popcount kernel of the export runtime is a small C library compiled for the installing machine
-(-march=native: the popcnt instruction). It is optional: without a compiler the install still succeeds and
-the runtime uses numpy's bitwise_count instead.
+(-march=native: the popcnt instruction, AVX2 where there is one). It is optional: without a compiler the install
+still succeeds and the runtime uses numpy's bitwise_count instead, as it does where the build was made for
+instructions the running CPU lacks (an install shared by the nodes of a mixed cluster).
 """
 
 import platform

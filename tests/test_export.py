@@ -58,6 +58,29 @@ def test_compiled_and_numpy_popcount_agree(use_and, words):
     assert np.array_equal(popcount_gemm(x, w, use_and), numpy_counts)
 
 
+def test_a_kernel_built_for_instructions_this_cpu_lacks_is_not_loaded(monkeypatch):
+    """-march=native builds for the installing machine: on an older CPU of the same cluster the first call died of
+    SIGILL. The loader now compares the build's instruction sets with the CPU's flags."""
+    from binexp.export import popcount
+
+    if _kernel() is None:
+        pytest.skip("the install built no popcount kernel (no C compiler)")
+    isa = popcount.compiled_instructions(_kernel())
+    if not isa:
+        pytest.skip("this build uses no instruction set beyond the baseline")
+    try:
+        popcount._kernel.cache_clear()
+        monkeypatch.setattr(popcount, "cpu_flags", lambda: set(isa[1:]))
+        with pytest.warns(UserWarning, match=rf"was compiled for instructions this CPU lacks \({isa[0]}; built with "
+                                             r"-march=native on another machine\?\); the popcount runs in numpy"):
+            assert popcount._kernel() is None
+        popcount._kernel.cache_clear()
+        monkeypatch.setattr(popcount, "cpu_flags", lambda: set(isa))
+        assert popcount._kernel() is not None
+    finally:
+        popcount._kernel.cache_clear()
+
+
 @pytest.mark.parametrize("sem", ["pm1", "01"])
 @pytest.mark.parametrize("stride,padding,channels", [(1, 1, 3), (2, 1, 70), (1, 0, 64), (2, 2, 5)])
 def test_binary_conv_sums_equal_a_float_conv_of_the_same_values(sem, stride, padding, channels):

@@ -123,3 +123,41 @@ int popcount_threads(void) {
     return 1;
 #endif
 }
+
+/* The instruction sets the compiler was told it may use (-march=native: those of the installing machine), spelled
+   as Linux's /proc/cpuinfo flags: a build moved to a CPU without one of them (an install shared by the nodes of a
+   mixed cluster) would die of SIGILL in its first call, so the loader checks them first. */
+const char *popcount_isa(void) {
+    return ""
+#ifdef __POPCNT__
+           " popcnt"
+#endif
+#ifdef __BMI2__
+           " bmi2"
+#endif
+#ifdef __AVX__
+           " avx"
+#endif
+#ifdef __AVX2__
+           " avx2"
+#endif
+#ifdef __FMA__
+           " fma"
+#endif
+#ifdef __AVX512F__
+           " avx512f"
+#endif
+#ifdef __AVX512BW__
+           " avx512bw"
+#endif
+#ifdef __AVX512DQ__
+           " avx512dq"
+#endif
+#ifdef __AVX512VL__
+           " avx512vl"
+#endif
+#ifdef __AVX512VPOPCNTDQ__
+           " avx512_vpopcntdq"
+#endif
+        ;
+}

@@ -30,12 +30,44 @@ def _kernel() -> ctypes.CDLL | None:
             except (OSError, AttributeError) as err:  # a damaged or foreign build: numpy computes the same sums
                 warnings.warn(f"{path} does not load ({err}); the popcount runs in numpy", stacklevel=2)
                 return None
+            missing = _missing_instructions(lib)
+            if missing:
+                warnings.warn(f"{path} was compiled for instructions this CPU lacks ({', '.join(missing)}; built with "
+                              f"-march=native on another machine?); the popcount runs in numpy. Reinstall binexp on "
+                              f"this machine for the compiled kernel", stacklevel=2)
+                return None
             lib.popcount_gemm.restype = None
             lib.popcount_gemm.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                           ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
             lib.popcount_threads.restype = ctypes.c_int
             return lib
     return None
+
+
+def compiled_instructions(lib: ctypes.CDLL) -> list[str]:
+    """The instruction sets the kernel was compiled to use, as CPU flag names; [] for a build from before it said."""
+    try:
+        isa = lib.popcount_isa
+    except AttributeError:
+        return []
+    isa.restype = ctypes.c_char_p
+    return isa().decode().split()
+
+
+def _missing_instructions(lib: ctypes.CDLL) -> list[str]:
+    """The instruction sets the build uses that this CPU's flags (Linux's /proc/cpuinfo) do not list; [] where the
+    flags are unknown (another system)."""
+    flags = cpu_flags()
+    return [] if flags is None else [name for name in compiled_instructions(lib) if name not in flags]
+
+
+def cpu_flags() -> set[str] | None:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    line = next((line for line in text.splitlines() if line.startswith(("flags", "Features"))), None)
+    return set(line.partition(":")[2].split()) if line else None
 
 
 def backend() -> str:
