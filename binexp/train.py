@@ -33,6 +33,7 @@ from binexp.callbacks.binarization import CSV_NAME
 from binexp.callbacks.guards import stop_after_fit
 from binexp.callbacks.schedule import ScheduleCallback
 from binexp.config import check_override_types
+from binexp.csv_logger import CSVLogger
 from binexp.data.datamodule import ImageData, draw_seed
 from binexp.distributed import (
     StepFormSyncBatchNorm,
@@ -206,7 +207,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def build_loggers(cfg: DictConfig, resumed_at: int | None) -> list[Logger]:
     """The run's loggers. Fit going on from a checkpoint at step N (a resume, a re-run continuing an unfinished run)
-    purges TensorBoard's events after N: a run killed without warning (SIGKILL, a lost node) logged on past its
+    purges TensorBoard's events and the CSV logger's rows after N: a run killed without warning (SIGKILL, a lost node) logged on past its
     last checkpoint, and the steps it goes on with would be drawn twice, zig-zagging back. Not N itself: the curves
     measured at the end of the epoch that ends at step N were logged before that checkpoint was saved."""
     loggers = []
@@ -214,7 +215,7 @@ def build_loggers(cfg: DictConfig, resumed_at: int | None) -> list[Logger]:
         if node is None:
             continue
         target = locate_target(str(node.get("_target_")), "logger._target_") if node.get("_target_") else None
-        purge = resumed_at is not None and isinstance(target, type) and issubclass(target, TensorBoardLogger)
+        purge = resumed_at is not None and isinstance(target, type) and issubclass(target, (TensorBoardLogger, CSVLogger))
         loggers.append(build(node, named=False, expect=Logger, **({"purge_step": resumed_at + 1} if purge else {})))
     return loggers
 

@@ -529,3 +529,24 @@ def test_a_launch_killed_before_its_first_checkpoint_leaves_no_curves_to_the_nex
     with (run_dir / "binarization.csv").open() as f:
         steps = [int(row.split(",")[0]) for row in f.read().splitlines()[1:]]
     assert steps == sorted(steps)
+
+
+def test_the_csv_logger_keeps_the_rows_of_earlier_launches_and_drops_those_past_the_checkpoint(tmp_path):
+    """Lightning's CSVLogger deleted csv/metrics.csv when a run went on from its last.ckpt: only the last launch's rows
+    were left. A kill past the checkpoint (step 4) also left rows of steps 5 and 6 to be logged again."""
+    import csv
+    import shutil
+
+    job = ["dataset=synthetic", "debug=smoke", "logger=csv", "trainer.log_every_n_steps=1"]
+    killed, at_four = tmp_path / "killed", tmp_path / "at_four"
+    with pytest.raises(RunInterrupted):
+        train(compose_train(job + _signal_at(6), run_dir=killed))
+    with pytest.raises(RunInterrupted):
+        train(compose_train(job + _signal_at(3), run_dir=at_four))
+    shutil.copy(at_four / "checkpoints" / "last.ckpt", killed / "checkpoints" / "last.ckpt")  # as the kill left it
+    train(compose_train(job, run_dir=killed))
+    with (killed / "csv" / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    losses = [int(r["step"]) for r in rows if r.get("train/loss_step")]
+    assert losses == sorted(losses) and set(losses) == set(range(8)) and len(losses) <= 9
+    assert [int(r["step"]) for r in rows if r.get("val/acc")] == [3, 7]  # each epoch's, the first launch's kept
