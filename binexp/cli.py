@@ -299,7 +299,7 @@ def _uncomposable(err: Exception, parsed) -> str:
     if keyless:
         return f"{keyless[0].input_line}: an override needs a key (key=value)"
     papers = [o for o in parsed if o.key_or_group.startswith("paper.")]
-    if papers:  # paper is null until an experiment sets it
+    if papers and not any(o.key_or_group == "experiment" for o in parsed):  # paper is null until an experiment sets it
         return (f"{papers[0].input_line}: paper holds the published numbers an experiment reproduces, set with it "
                 f"(experiment=<name>); it cannot be set on its own")
     groups = _config_groups()
@@ -424,7 +424,7 @@ def _check_job(cfg, on_this_machine: bool) -> None:
     protocol_config(cfg)
     declared = build(cfg.dataset).declared_shape()
     if declared is not None:
-        check_input_fits(cfg.architecture, method, *declared)
+        check_input_fits(cfg.architecture, lambda: build_method(cfg), *declared)
 
 
 def _composition_message(err: Exception) -> str:

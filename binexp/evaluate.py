@@ -148,7 +148,7 @@ def _load_trained(run_dir: Path, ckpt: str, overrides: list[str] | None = None):
         check_override_keys(cfg, overrides, f"the config of {run_dir}")
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
         check_override_types(cfg, overrides)
-        check_ranges(cfg)
+        check_ranges(cfg, only=[o.partition("=")[0] for o in overrides])
     dm = build_data(cfg)
     module = build_module(cfg, dm, build_method(cfg))
     detail = _load_weights(module, saved)

@@ -37,7 +37,7 @@ def fit_metrics(callback_metrics: dict[str, Any]) -> dict[str, float]:
 
 
 # the metrics Classifier logs once per epoch: the ones a checkpoint callback can rank the epochs by
-EPOCH_METRICS = ("val/acc", "val/loss", "train/acc", "train/loss")
+EPOCH_METRICS = ("val/acc", "val/loss", "train/acc", "train/loss", "train/loss_epoch")
 
 
 class Classifier(pl.LightningModule):

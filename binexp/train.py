@@ -167,6 +167,7 @@ def check_nodes_are_started(trainer: DictConfig) -> None:
     NODE_RANK set by hand on each): alone, rank zero waits in the rendezvous for nodes that never come."""
     from pytorch_lightning.plugins.environments import (
         LSFEnvironment,
+        MPIEnvironment,
         SLURMEnvironment,
         TorchElasticEnvironment,
     )
@@ -175,10 +176,10 @@ def check_nodes_are_started(trainer: DictConfig) -> None:
     if nodes == 1:
         return
     started = ("NODE_RANK" in os.environ or {"RANK", "WORLD_SIZE"} <= set(os.environ)  # by hand; Kubeflow's
-               or any(env.detect() for env in (SLURMEnvironment, TorchElasticEnvironment, LSFEnvironment)))
+               or any(env.detect() for env in (SLURMEnvironment, TorchElasticEnvironment, LSFEnvironment, MPIEnvironment)))
     if not started:
-        raise ConfigError(f"trainer.num_nodes={nodes}: nothing here starts the other nodes (no SLURM job, torchrun or "
-                          f"LSF, and no NODE_RANK or RANK/WORLD_SIZE), so this process would wait for them forever; "
+        raise ConfigError(f"trainer.num_nodes={nodes}: nothing here starts the other nodes (no SLURM job, torchrun, "
+                          f"LSF or MPI, and no NODE_RANK or RANK/WORLD_SIZE), so this process would wait for them forever; "
                           f"run it through hydra/launcher=slurm or torchrun, or set trainer.num_nodes=1")
 
 
@@ -659,7 +660,7 @@ def _train(cfg: DictConfig, run_dir: Path, record: Path | None, started: float) 
         schedule = build_schedule(cfg, method)
         protocol = protocol_config(cfg)  # checked before the data loads, used after training
         dm = build_data(cfg)
-        check_input_fits(cfg.architecture, build_method(cfg), dm.image_shape, dm.num_classes)
+        check_input_fits(cfg.architecture, lambda: build_method(cfg), dm.image_shape, dm.num_classes)
         module = build_module(cfg, dm, method)
         check_protocol_fits(module.net, protocol, f"method={cfg.method.name} architecture={cfg.architecture.name}")
         if saved is not None:

@@ -98,7 +98,15 @@ def finished_before(run: PlannedRun, plan: Path) -> bool:
         from binexp.config import compose_train
         from binexp.train import composed_job_identity, recorded_job_identity
 
-        before, now = recorded_job_identity(saved), composed_job_identity(compose_train(run.overrides))
+        try:
+            line = compose_train(run.overrides)
+        except Exception as err:  # a renamed experiment, a key that is gone: the line is not the run it finished
+            raise SystemExit(f"{plan}: run {run.name!r} finished in {run.run_dir}, and its line no longer composes "
+                             f"({type(err).__name__}: {str(err).splitlines()[0]})") from None
+        before = recorded_job_identity(saved)
+        if line.seed is None:  # seed=null: the run drew one and recorded it
+            line.seed = before.get("seed")
+        now = composed_job_identity(line)
         differ = sorted(k for k in set(before) & set(now) if before[k] != now[k])
         if differ:
             shown = ", ".join(f"{k}: {before[k]!r} there, {now[k]!r} on its line" for k in differ[:3])

@@ -238,7 +238,9 @@ def test_a_one_value_sweep_of_a_key_only_the_swept_options_have_passes_the_check
                                        "Hydra cannot delete; set a value instead"),
     (["paper.source=x"], "paper.source=x: paper holds the published numbers an experiment reproduces, set with it "
                          "(experiment=<name>); it cannot be set on its own"),  # "AssertionError: Unexpected type"
-    (["=1"], "=1: an override needs a key (key=value)"),  # "Config group override must be a string or a list"
+    (["=1"], "=1: an override needs a key (key=value)"),
+    (["experiment=abr_table1_mnist", "paper.source=x", "lr_scheduler=null"],  # paper.* is fine with an experiment
+     "lr_scheduler=null: a config group takes one of its options; to leave lr_scheduler out, delete it: '~lr_scheduler'"),  # "Config group override must be a string or a list"
     (["task_name=nonsense"], "task_name=nonsense: task_name is the task's own (train or eval: its log file, train.log, "
      "and its records are named by it); it cannot be set"),  # it renamed train.log
     (["method=bnn", "method.name=xnor"], "method.name: the name of the chosen method option (messages, records and "

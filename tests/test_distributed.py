@@ -138,7 +138,7 @@ def test_several_nodes_without_anything_that_starts_them_are_refused(monkeypatch
         monkeypatch.delenv(name, raising=False)
     trainer = OmegaConf.create({"num_nodes": 2, "devices": 1, "accelerator": "cpu"})
     with pytest.raises(ConfigError, match=r"^trainer.num_nodes=2: nothing here starts the other nodes \(no SLURM job, "
-                                          r"torchrun or LSF, and no NODE_RANK or RANK/WORLD_SIZE\), so this process "
+                                          r"torchrun, LSF or MPI, and no NODE_RANK or RANK/WORLD_SIZE\), so this process "
                                           r"would wait for them forever; run it through hydra/launcher=slurm or torchrun"):
         check_trainer(trainer)
     check_trainer(trainer, on_this_machine=False)  # a sweep's pre-check of jobs a cluster launcher starts elsewhere

@@ -283,7 +283,7 @@ def test_an_image_too_small_for_the_architecture_is_refused_before_training(tmp_
     cfg = compose_train(["dataset=synthetic", "debug=smoke", f"architecture={arch}", f"dataset.image_shape={shape}"],
                         run_dir=tmp_path)
     with pytest.raises(ConfigError, match=rf"^dataset.image_shape={re.escape(str(shape))}: the network of "
-                                          rf"architecture={arch} does not take it \(its forward pass on the meta device: "
+                                          rf"architecture={arch} does not take it \(its forward pass: "
                                           rf".*{re.escape(cause)}\); give larger images or another architecture$"):
         train(cfg)
     assert not (tmp_path / "checkpoints").exists()
@@ -296,3 +296,18 @@ def test_an_image_shape_is_three_positive_whole_numbers(shape):
     with pytest.raises(ConfigError, match=rf"^dataset.image_shape={re.escape(str(shape))}: allowed is \[channels, "
                                           r"height, width\], whole numbers >= 1$"):
         SyntheticData(image_shape=shape)
+
+
+def test_a_network_whose_forward_reads_values_is_not_refused_by_the_meta_device_check():
+    """A forward that branches on a tensor's value cannot run on the meta device; it was refused as an image that
+    does not fit, so the network could not be trained at all."""
+    from omegaconf import OmegaConf
+
+    from binexp.binarize.base import Method
+    from binexp.models import check_input_fits
+
+    arch = OmegaConf.create({"_target_": "tests.helpers.ValueBranchNet", "name": "branchy"})
+    check_input_fits(arch, Method, (1, 8, 8), 10)
+    with pytest.raises(ConfigError, match=r"^dataset.image_shape=\[1, 2, 2\]: the network of architecture=branchy does "
+                                          r"not take it \(its forward pass: .*Kernel size can't be greater"):
+        check_input_fits(arch, Method, (1, 2, 2), 10)

@@ -18,7 +18,7 @@ CASES = {
     "trainer.max_epochs": (0, 1),
     "trainer.max_steps": (0, -1),
     "trainer.accelerator": ("tpu", "cpu"),  # binexp's install has no torch_xla
-    "trainer.devices": (True, "auto"),  # true was taken as one device
+    "trainer.devices": (True, "0, 1"),  # true was taken as one device
     "trainer.num_nodes": (0, 1),
     "trainer.accumulate_grad_batches": (0, 1),
     "trainer.log_every_n_steps": (0, 1),
@@ -181,11 +181,11 @@ def test_a_checkpoint_ranks_by_a_metric_every_epoch_logs():
     """monitor=nope failed after the first epoch had trained, with Lightning's list of the metrics it found."""
     with pytest.raises(ConfigError, match=r"^callbacks.best_checkpoint.monitor='val/accuracy': allowed are null \(keep "
                                           r"the latest\), the metrics every epoch logs \(val/acc, val/loss, train/acc, "
-                                          r"train/loss\) and Lightning's epoch and step$"):
+                                          r"train/loss, train/loss_epoch\) and Lightning's epoch and step$"):
         check_ranges(compose_train(SMOKE + ["callbacks.best_checkpoint.monitor=val/accuracy"]))
     with pytest.raises(ConfigError, match=r"^callbacks.best_checkpoint.mode='maximum': allowed are max "):
         check_ranges(compose_train(SMOKE + ["callbacks.best_checkpoint.mode=maximum"]))
-    for monitor in ("val/loss", "step", "null"):
+    for monitor in ("val/loss", "train/loss_epoch", "step", "null"):
         check_ranges(compose_train(SMOKE + [f"callbacks.best_checkpoint.monitor={monitor}"]))
 
 
@@ -206,3 +206,14 @@ def test_an_entry_of_the_callbacks_or_loggers_is_an_object_or_null(group):
                                           r"_target_ \(the class to build\)$"):
         check_ranges(compose_train(SMOKE + [f"{group}.{name}=abc"]))
     check_ranges(compose_train(SMOKE + [f"{group}.{name}=null"]))
+
+
+def test_eval_checks_the_rules_of_its_overrides_only():
+    """A run saved before a rule existed (callbacks.binarization.every_n_epochs=0 once meant off) is evaluated with
+    run_overrides of other keys; an override out of range is still refused."""
+    cfg = compose_train(SMOKE + ["callbacks.binarization.every_n_epochs=0", "trainer.limit_test_batches=-1"])
+    check_ranges(cfg, only=["method.name"])
+    with pytest.raises(ConfigError, match=r"^trainer.limit_test_batches=-1: allowed is a count of batches >= 0"):
+        check_ranges(cfg, only=["trainer.limit_test_batches"])
+    with pytest.raises(ConfigError, match=r"^callbacks.binarization.every_n_epochs=0: allowed is null or a whole"):
+        check_ranges(cfg, only=["callbacks.binarization.every_n_epochs"])

@@ -144,3 +144,13 @@ def test_after_the_deadline_only_a_stop_counts_as_stopped(tmp_path, rc, status):
     run = SimpleNamespace(process=SimpleNamespace(returncode=rc), started=time.monotonic(), run_dir=tmp_path, name="x")
     run_plan.finish(run, stopped=True)
     assert run.status == status
+
+
+def test_a_finished_run_with_a_drawn_seed_is_skipped_when_the_plan_runs_again(tmp_path, capsys):
+    """seed=null: the run recorded the seed it drew, and the plan's line still says null; it was refused as another
+    job."""
+    plan, logs = write_plan(tmp_path, f"drawn {SMOKE} seed=null trainer.max_epochs=1\n"), tmp_path / "logs"
+    assert run_plan.main([str(plan), "--logs", str(logs)]) == 0
+    assert run_plan.main([str(plan), "--logs", str(logs)]) == 0
+    rows = json.loads((logs / "probe" / "summary.json").read_text())
+    assert [r["status"] for r in rows] == ["skipped (finished before)"]
