@@ -148,7 +148,7 @@ def check_ranges(cfg: DictConfig, only: list[str] | None = None) -> None:
     _check_last_checkpoint_place(cfg)
     _check_object_entries(cfg)
     _check_checkpoint_rankings(cfg)
-    _check_validation_runs(cfg)
+    _check_epoch_counts(cfg)
     _check_dataset_seed(cfg)
     if OmegaConf.select(cfg, "optimizer.nesterov", default=False) and not OmegaConf.select(cfg, "optimizer.momentum", default=0) > 0:
         raise ConfigError(f"optimizer.nesterov=true needs optimizer.momentum > 0 (it is "
@@ -267,14 +267,19 @@ def _check_checkpoint_rankings(cfg: DictConfig) -> None:
                               f"or step) and min (the losses)")
 
 
-def _check_validation_runs(cfg: DictConfig) -> None:
-    """Validating every n epochs with n above the run's length never validates: no val/* metrics, no best
-    checkpoint."""
+def _check_epoch_counts(cfg: DictConfig) -> None:
+    """Counts of epochs beyond the run's length: validating every n epochs never validates (no val/* metrics, no best
+    checkpoint); a minimum of epochs is not trained."""
     every, epochs = (OmegaConf.select(cfg, f"trainer.{k}", default=None) for k in ("check_val_every_n_epoch", "max_epochs"))
     if _COUNT[0](every) and _COUNT[0](epochs) and every > epochs:
         raise ConfigError(f"trainer.check_val_every_n_epoch={every}: the run trains {epochs} epochs "
                           f"(trainer.max_epochs), so it would never validate; allowed is null or a whole number in "
                           f"1..{epochs}")
+    least = OmegaConf.select(cfg, "trainer.min_epochs", default=None)  # Lightning's, added with +: max_epochs wins
+    whole = isinstance(least, int) and not isinstance(least, bool)
+    if least is not None and _COUNT[0](epochs) and not (whole and 0 <= least <= epochs):
+        raise ConfigError(f"trainer.min_epochs={least!r}: the run trains {epochs} epochs (trainer.max_epochs), which "
+                          f"Lightning keeps to; allowed is a whole number in 0..{epochs}")
 
 
 def _run_dir(cfg: DictConfig) -> str | None:

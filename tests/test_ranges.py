@@ -196,6 +196,10 @@ def test_a_run_validates_at_least_once():
                                           r"whole number in 1..2$"):
         check_ranges(compose_train(SMOKE + ["trainer.max_epochs=2", "trainer.check_val_every_n_epoch=3"]))
     check_ranges(compose_train(SMOKE + ["trainer.max_epochs=2", "trainer.check_val_every_n_epoch=2"]))
+    with pytest.raises(ConfigError, match=r"^trainer.min_epochs=100: the run trains 2 epochs \(trainer.max_epochs\), "
+                                          r"which Lightning keeps to; allowed is a whole number in 0..2$"):
+        check_ranges(compose_train(SMOKE + ["trainer.max_epochs=2", "+trainer.min_epochs=100"]))  # trained 2, silently
+    check_ranges(compose_train(SMOKE + ["trainer.max_epochs=2", "+trainer.min_epochs=2"]))
 
 
 @pytest.mark.parametrize("group", ["callbacks", "logger"])
