@@ -21,8 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.core.saving import save_hparams_to_yaml
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from binexp.atomic_files import replacing
 from binexp.hydra_output import recorded_overrides, running_hydra
+from binexp.tb_events import rewrite_events
 
 log = logging.getLogger(__name__)
 
@@ -137,28 +137,18 @@ def write_session(folder: Path, start, end, values: dict[str, float], step: int)
 
 def drop_earlier_sessions(log_dir: Path) -> None:
     """Remove the HParams sessions an earlier launch of the run wrote (a resume that lengthened it): TensorBoard's
-    tab shows the first session it reads in a run, so it kept the first launch's hyper-parameters. Event files
-    without one are left as they are; the others are rewritten record by record without the session's values."""
-    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
-    from tensorboard.compat.proto import event_pb2
-    from tensorboard.summary.writer.record_writer import RecordWriter
+    tab shows the first session it reads in a run, so it kept the first launch's hyper-parameters. The events' other
+    values stay."""
+    def without_sessions(event):
+        values = [v for v in event.summary.value if v.metadata.plugin_data.plugin_name != "hparams"]
+        if len(values) == len(event.summary.value):
+            return event
+        if not values:
+            return None
+        kept = type(event)()
+        kept.CopyFrom(event)
+        del kept.summary.value[:]
+        kept.summary.value.extend(values)
+        return kept
 
-    for path in sorted(log_dir.glob("events.out.tfevents.*")):
-        records = list(RawEventFileLoader(str(path)).Load())
-        kept, changed = [], False
-        for record in records:
-            event = event_pb2.Event.FromString(record)
-            values = [v for v in event.summary.value if v.metadata.plugin_data.plugin_name != "hparams"]
-            if len(values) == len(event.summary.value):
-                kept.append(record)
-                continue
-            changed = True
-            if values:
-                del event.summary.value[:]
-                event.summary.value.extend(values)
-                kept.append(event.SerializeToString())
-        if changed:
-            with replacing(path) as tmp, tmp.open("wb") as f:
-                writer = RecordWriter(f)
-                for record in kept:
-                    writer.write(record)
+    rewrite_events(log_dir, without_sessions)

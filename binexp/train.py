@@ -208,17 +208,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def build_loggers(cfg: DictConfig, resumed_at: int | None) -> list[Logger]:
     """The run's loggers. Fit going on from a checkpoint at step N (a resume, a re-run continuing an unfinished run)
-    purges TensorBoard's events and the CSV logger's rows after N: a run killed without warning (SIGKILL, a lost node) logged on past its
-    last checkpoint, and the steps it goes on with would be drawn twice, zig-zagging back. Not N itself: the curves
-    measured at the end of the epoch that ends at step N were logged before that checkpoint was saved."""
+    drops what an earlier launch logged after N (see drop_curves_after); a CSV logger is told N + 1, where it
+    starts again."""
     loggers = []
     for node in (cfg.get("logger") or {}).values():
         if node is None:
             continue
         target = locate_target(str(node.get("_target_")), "logger._target_") if node.get("_target_") else None
-        purge = resumed_at is not None and isinstance(target, type) and issubclass(target, (TensorBoardLogger, CSVLogger))
-        loggers.append(build(node, named=False, expect=Logger, **({"purge_step": resumed_at + 1} if purge else {})))
+        kept = resumed_at is not None and isinstance(target, type) and issubclass(target, CSVLogger)
+        loggers.append(build(node, named=False, expect=Logger, **({"purge_step": resumed_at + 1} if kept else {})))
     return loggers
+
+
+def drop_curves_after(trainer: pl.Trainer, step: int) -> None:
+    """A run killed without warning (SIGKILL, a lost node) logged on past its last checkpoint, at step N; going on
+    from it logs those steps again, and readers drew the curves doubling back. TensorBoard's events and
+    binarization.csv's rows after N go (not N's: the curves measured at the end of the epoch that ends at step N
+    were logged before that checkpoint was saved)."""
+    from binexp.callbacks.binarization import drop_rows_after
+    from binexp.tb_events import drop_events_after
+
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger) and Path(logger.log_dir).is_dir():
+            drop_events_after(Path(logger.log_dir), step)
+    drop_rows_after(Path(trainer.default_root_dir) / CSV_NAME, step)
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], run_dir: Path, resumed_at: int | None = None) -> pl.Trainer:
@@ -687,6 +700,8 @@ def _train(cfg: DictConfig, run_dir: Path, record: Path | None, started: float) 
         clear_earlier_run(run_dir)
     if state == "new" and not cfg.get("resume") and trainer.is_global_zero:
         clear_unsaved_curves(run_dir)
+    if resumed_at is not None and trainer.is_global_zero:
+        drop_curves_after(trainer, resumed_at)
     if state in ("new", "restart") and not cfg.get("resume"):
         adopt_launch_record(run_dir, record)
     quiet_other_ranks(trainer.global_rank)

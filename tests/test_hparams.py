@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,13 +98,16 @@ def test_a_resume_that_lengthens_a_run_shows_the_job_as_it_is_now_once(tmp_path,
     for args in (["dataset=synthetic", "debug=smoke", "logger=tensorboard", "trainer.max_epochs=1", "method=ste",
                   f"hydra.run.dir={run}"], [f"resume={run}", "trainer.max_epochs=2", "protocol.finetune_epochs=2"],
                  [f"resume={run}", "trainer.max_epochs=3"]):
+        started = int(time.time())
+        while int(time.time()) == started:  # each launch in a second of its own, as launches from a shell are: event
+            time.sleep(0.05)                # files and .hydra/resumed-<time> records are named by the second
         GlobalHydra.instance().clear()
         main(["train", *args])
     final = json.loads((run / "metrics.json").read_text())
     hparams, _, _ = hparams_of(run, [])
     assert hparams["trainer.max_epochs"] == 3.0 and hparams["method"] == "ste"
     assert hparams["protocol.finetune_epochs"] == 10.0  # the saved config's: the second resume did not set it
-    acc = EventAccumulator(str(run / "tb"))  # (files of one second sort by a process-wide counter: by step here)
+    acc = EventAccumulator(str(run / "tb"))
     acc.Reload()
     for tag in ("test/acc", "protocol/binary"):
         assert max(acc.Scalars(tag), key=lambda e: e.step).value == pytest.approx(final[tag])

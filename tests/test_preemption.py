@@ -550,3 +550,19 @@ def test_the_csv_logger_keeps_the_rows_of_earlier_launches_and_drops_those_past_
     losses = [int(r["step"]) for r in rows if r.get("train/loss_step")]
     assert losses == sorted(losses) and set(losses) == set(range(8)) and len(losses) <= 9
     assert [int(r["step"]) for r in rows if r.get("val/acc")] == [3, 7]  # each epoch's, the first launch's kept
+
+
+def test_events_after_a_step_are_dropped_from_the_files_whatever_order_readers_take_them_in(tmp_path):
+    """TensorBoard's purge_step is an event that readers apply to what they read before it: in one process (a
+    sweep's jobs) a launch's tenth event file sorts before its eighth, and the purge took that launch's own values."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from binexp.tb_events import drop_events_after
+
+    for steps in (range(7), range(7, 9)):  # two launches' files
+        writer = SummaryWriter(str(tmp_path))
+        for step in steps:
+            writer.add_scalar("x", float(step), step)
+        writer.close()
+    drop_events_after(tmp_path, 4)
+    assert tb_scalars(tmp_path, "x") == [(s, float(s)) for s in range(5)]

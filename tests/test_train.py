@@ -407,7 +407,8 @@ def test_eval_tests_as_the_launch_that_saved_the_checkpoint_and_refuses_another_
     assert in_float32["test/loss"] != first["test/loss"]
     # the step-function network is tested as deployed, in float32, whatever the run trained in
     assert (result["test/acc_step"], result["test/loss_step"]) == (in_float32["test/acc_step"], in_float32["test/loss_step"])
-    record = json.loads((run_dir / "eval-last.json").read_text())
+    record = json.loads((run_dir / eval_result_name(run_dir, run_dir / "checkpoints" / "last.ckpt",
+                                                    ["trainer.precision=32-true"])).read_text())
     assert (record["precision"], record["checkpoint_epoch"], record["checkpoint_global_step"]) == ("32-true", 0, 4)
     resumed = train(compose_train(SMOKE + [f"resume={run_dir}", "trainer.max_epochs=2", "trainer.limit_test_batches=1",
                                            "trainer.precision=32-true"], run_dir=run_dir))

@@ -215,8 +215,6 @@ class BinarizationCurves(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         if trainer.global_step == 0:  # the record before training; a resumed run's curve goes on at its next point
             self._record(trainer, pl_module)
-        elif trainer.is_global_zero:
-            drop_rows_after(Path(trainer.default_root_dir) / CSV_NAME, trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
