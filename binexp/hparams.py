@@ -36,7 +36,8 @@ NOT_HPARAMS = ("resume", "existing_run", "run_dir", "task_name", "paths", "logge
 def job_overrides(run_dir: Path) -> tuple[list[str], dict[str, str]]:
     """The job's command-line overrides and config-group choices: those its launches recorded in `.hydra/`, and the
     running launch's."""
-    overrides, choices = recorded_overrides(run_dir)
+    launches, choices = recorded_overrides(run_dir)
+    overrides = list(dict.fromkeys(o for launch in launches for o in launch))
     hc = running_hydra()
     if hc is not None:
         overrides += [o for o in hc.overrides.task if o not in overrides]  # a resume's extra overrides

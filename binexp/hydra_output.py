@@ -75,8 +75,13 @@ def adopt_launch_record(run_dir: Path, record: Path | None) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def recorded_overrides(run_dir: Path) -> tuple[list[str], dict[str, Any]]:
-    """The overrides of the launches that trained the run, the first launch's (`.hydra/`) and then each resume's
+# what a resume's overrides carry on to the next resume (its last.ckpt records them); every other key of a resume
+# starts again from the run's saved config
+LENGTH_KEYS = ("trainer.max_epochs", "trainer.max_steps")
+
+
+def recorded_overrides(run_dir: Path) -> tuple[list[list[str]], dict[str, Any]]:
+    """The overrides of each launch that trained the run, the first launch's (`.hydra/`) and then each resume's
     (`.hydra/resumed-<time>/`, in order), and the option each config group composed at the first launch (None:
     a group left out)."""
     from omegaconf import OmegaConf
@@ -84,7 +89,7 @@ def recorded_overrides(run_dir: Path) -> tuple[list[str], dict[str, Any]]:
     record, overrides = run_dir / RECORD, []
     for path in [record / "overrides.yaml", *sorted(record.glob("resumed-*/overrides.yaml"))]:
         if path.exists():
-            overrides += [str(o) for o in OmegaConf.load(path) or []]
+            overrides.append([str(o) for o in OmegaConf.load(path) or []])
     hydra_file = record / "hydra.yaml"
     choices = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.choices", default=None) if hydra_file.exists() else None
     return overrides, dict(choices or {})

@@ -46,6 +46,7 @@ from binexp.distributed import (
 from binexp.errors import ConfigError, OtherJobThere, raised_from, user_error
 from binexp.hparams import log_hparams
 from binexp.hydra_output import (
+    LENGTH_KEYS,
     adopt_launch_record,
     discard_launch_record,
     discard_refused_first_launch,
@@ -365,10 +366,11 @@ def continue_last_launch(cfg: DictConfig, ckpt: Path, run_dir: Path) -> dict:
     if overrides is not None:  # a config composed by the caller (a test, a script) is taken as it is
         given = {o.partition("=")[0].lstrip("+") for o in overrides}
         before = saved.get("hyper_parameters", {}).get("config", {}).get("trainer", {})
-        for key in ("max_epochs", "max_steps"):
-            if f"trainer.{key}" not in given and key in before:
+        for dotted in LENGTH_KEYS:
+            key = dotted.partition(".")[2]
+            if dotted not in given and key in before:
                 cfg.trainer[key] = before[key]
-            extended = extended or (f"trainer.{key}" in given and cfg.trainer[key] != before.get(key))
+            extended = extended or (dotted in given and cfg.trainer[key] != before.get(key))
     epochs = saved["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
     steps = saved["global_step"]
     if extended:

@@ -226,15 +226,17 @@ def test_a_group_left_at_its_default_shows_the_option_composed_and_a_methods_own
     assert [row.split(",")[:2] for row in over_seeds[1:]] == [["abr", "two_phase"], ["fp", "constant"]]
 
 
-def test_a_resumed_runs_settings_are_its_first_launchs_with_each_resumes_on_top(tmp_path):
+def test_a_resumed_runs_settings_are_its_first_launchs_with_the_last_resumes_on_top(tmp_path):
+    """A resume starts again from the run's saved config, but for its length (last.ckpt carries max_epochs on): an
+    earlier resume's protocol.finetune_epochs=2 was shown although the last launch, which wrote the metrics, ran 10."""
     from binexp.report import load_run
 
     run = _finished_run(tmp_path / "run", "0.5", 0.4)
-    for stamp, items in [("2026-12-06_10-00-00", ["trainer.max_epochs=4"]),
-                         ("2026-12-06_11-00-00", ["trainer.max_epochs=6", "method.t_clip=0.75"])]:
+    for stamp, items in [("2026-12-06_10-00-00", ["trainer.max_epochs=4", "protocol.finetune_epochs=2"]),
+                         ("2026-12-06_11-00-00", ["method.t_clip=0.75"])]:
         (run / ".hydra" / f"resumed-{stamp}").mkdir()
         OmegaConf.save(OmegaConf.create([f"resume={run}", *items]), run / ".hydra" / f"resumed-{stamp}" / "overrides.yaml")
-    assert load_run(run).overrides == {"method.t_clip": "0.75", "trainer.max_epochs": "6"}
+    assert load_run(run).overrides == {"method.t_clip": "0.75", "trainer.max_epochs": "4"}
 
 
 def _seeded_runs(root: Path, settings: list[tuple[list[str], dict]]) -> Path:

@@ -29,7 +29,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from binexp.errors import BinexpError
-from binexp.hydra_output import recorded_overrides
+from binexp.hydra_output import LENGTH_KEYS, recorded_overrides
 from binexp.metric_format import format_metric
 
 
@@ -92,11 +92,17 @@ def load_run(path: Path) -> Run:
     except json.JSONDecodeError as err:
         raise ReportInputError(f"{metrics_file}: not readable as JSON ({err}); move the run aside or rerun it") from None
     overrides: dict[str, str] = {}
-    recorded, choices = recorded_overrides(path)  # each resume's on top of the first launch's
-    for item in recorded:
-        key, _, value = item.partition("=")
-        if not key.startswith("hydra.") and key not in ("resume", "existing_run"):  # how it was launched, not a setting
-            overrides[key.lstrip("+~")] = value
+    launches, choices = recorded_overrides(path)
+    for i, launch in enumerate(launches):
+        for item in launch:
+            key, _, value = item.partition("=")
+            key = key.lstrip("+~")
+            if key.startswith("hydra.") or key in ("resume", "existing_run"):  # how it was launched, not a setting
+                continue
+            # the settings the results come from: the first launch's, and the last resume's on top (an earlier
+            # resume's started again from the saved config, but for the run's length)
+            if i in (0, len(launches) - 1) or key in LENGTH_KEYS:
+                overrides[key] = value
     cfg_file = path / ".hydra" / "config.yaml"
     config = OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=False) if cfg_file.exists() else None
     # the option each config group composed, Hydra's own groups left out
