@@ -89,7 +89,7 @@ def recorded_overrides(run_dir: Path) -> tuple[list[list[str]], dict[str, Any]]:
     record, overrides = run_dir / RECORD, []
     for path in [record / "overrides.yaml", *sorted(record.glob("resumed-*/overrides.yaml"))]:
         if path.exists():
-            overrides.append([str(o) for o in OmegaConf.load(path) or []])
+            overrides.append([str(o) for o in OmegaConf.to_container(OmegaConf.load(path), resolve=False) or []])
     hydra_file = record / "hydra.yaml"
     choices = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.choices", default=None) if hydra_file.exists() else None
     return overrides, dict(choices or {})

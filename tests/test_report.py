@@ -451,3 +451,22 @@ def test_figure_2_draws_the_last_activation_layer_where_the_run_binarizes_activa
     assert figure_layer({"conv1.weight": {}, "conv1.act": {}, "fc2.weight": {}, "fc2.act": {}, "fc3.weight": {}}) == "fc2.act"
     assert figure_layer({"conv1.weight": {}, "fc3.weight": {}}) == "fc3.weight"  # SBN on BC: weights only
     assert figure_layer({"conv1": {}, "fc1": {}}) == "fc1"  # ABR
+
+
+def test_a_setting_holding_an_interpolation_is_drawn_as_text(tmp_path):
+    """One ABR run with phase1_epochs at its default (`${floordiv:...}` in its config) and one with 1: the label's `$`
+    made matplotlib parse math, and the report ended in a traceback."""
+    from binexp.report import report
+
+    for job, (t_clip, phase1, acc) in enumerate([("0.5", None, 0.40), ("1.0", None, 0.42), ("0.5", "1", 0.44),
+                                                 ("1.0", "1", 0.46)]):
+        run = tmp_path / "sweep" / str(job)
+        (run / ".hydra").mkdir(parents=True)
+        config = {"task_name": "train", "seed": 0, "method": {"t_clip": float(t_clip)},
+                  "schedule": {"phase1_epochs": "${floordiv:${trainer.max_epochs},2}" if phase1 is None else 1}}
+        (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+        overrides = [f"method.t_clip={t_clip}", *([f"schedule.phase1_epochs={phase1}"] if phase1 else [])]
+        (run / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(overrides)))
+        (run / "metrics.json").write_text(json.dumps({"test/acc": acc}))
+    _, written = report([tmp_path / "sweep"], out=tmp_path / "out")
+    assert "accuracy-vs-method.t_clip.png" in {p.name for p in written}

@@ -77,6 +77,18 @@ def read_curves(path: Path) -> dict[str, dict[str, list[float]]]:
     return curves
 
 
+def pyplot_to_files():
+    """matplotlib's pyplot drawing into files. Labels and titles are run names and settings, never math: a `$` in
+    them (an interpolation, `${floordiv:...}`) made matplotlib parse math and the report end in a traceback."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def save_figure(fig, path: Path) -> Path:
     """Lay out, write as PNG and free a matplotlib figure; every report plot ends this way."""
     import warnings
@@ -118,10 +130,7 @@ def figure_layer(curves: dict) -> str:
 
 
 def plot_binarization(runs, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot_to_files()
     from matplotlib.ticker import MaxNLocator
 
     from binexp.report import run_labels

@@ -39,13 +39,11 @@ def plot_learning_curves(runs, out: Path) -> list[Path]:
     curves = {labels[r.name]: points for r in runs if (points := learning_curve(r.path))}  # in the table's order
     if not curves:
         return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from binexp.report.curves import add_legend, crowded, save_figure
+    from binexp.report.curves import add_legend, crowded, pyplot_to_files, save_figure
+
+    plt = pyplot_to_files()
 
     fig, ax = plt.subplots(figsize=(8, 4) if crowded(len(curves)) else (6, 4))
     for i, (name, points) in enumerate(curves.items()):

@@ -121,7 +121,7 @@ def plot_seed_means(runs, out: Path, metric: str = "test/acc") -> list[Path]:
     """Settings side by side, each its mean over seeds with a one-sd bar and each run's value faintly; drawn when
     no other swept key is a number (accuracy-vs-<key>.png shows those)."""
     from binexp.report import varying_overrides
-    from binexp.report.curves import save_figure
+    from binexp.report.curves import pyplot_to_files, save_figure
     from binexp.report.sweeps import numeric_keys
 
     keys = varying_overrides(runs)
@@ -130,10 +130,7 @@ def plot_seed_means(runs, out: Path, metric: str = "test/acc") -> list[Path]:
     groups = [g for g in group_over_seeds(runs, keys) if g.summary(metric).n]
     if not groups:
         return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot_to_files()
 
     fig, ax = plt.subplots(figsize=(6, 1.2 + 0.45 * len(groups)))
     for y, g in enumerate(groups):

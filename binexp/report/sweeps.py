@@ -41,16 +41,13 @@ def numeric_keys(runs, keys: list[str]) -> list[str]:
 
 def plot_sweeps(runs, out: Path, metric: str = "test/acc") -> list[Path]:
     from binexp.report import number, varying_overrides
-    from binexp.report.curves import add_legend, crowded, save_figure
+    from binexp.report.curves import add_legend, crowded, pyplot_to_files, save_figure
 
     keys = varying_overrides(runs)
     numeric = numeric_keys(runs, keys)
     if len(runs) < 2 or not numeric:
         return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot_to_files()
 
     written = []
     for key in numeric:
