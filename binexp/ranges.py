@@ -200,10 +200,10 @@ def _check_lr_scheduler_steps(cfg: DictConfig) -> None:
         raise ConfigError(f"lr_scheduler.scheduler.gamma={gamma}: {target} multiplies the lr by gamma at each of its "
                           f"steps, so above 1 the lr grows; allowed is a number in (0, 1]")
     at, total = scheduler.get("at"), scheduler.get("total_epochs")
-    if target == "binexp.optim.MultiStepAt" and _FRACTIONS[0](OmegaConf.to_container(at)) and _COUNT[0](total):
+    fractions = OmegaConf.to_container(at) if OmegaConf.is_config(at) else at  # deleted: build names it
+    if target == "binexp.optim.MultiStepAt" and _FRACTIONS[0](fractions) and _COUNT[0](total):
         from binexp.optim import drop_epochs
 
-        fractions = OmegaConf.to_container(at)
         epochs_of_drops = drop_epochs(total, fractions)
         if len(epochs_of_drops) < len(fractions):
             raise ConfigError(f"lr_scheduler.scheduler.at={fractions} with total_epochs={total}: {len(fractions)} drops "

@@ -167,6 +167,7 @@ def test_multistep_drops_that_round_to_one_epoch_are_refused():
                                           r"distinct epochs$"):
         check_ranges(compose_train(merged))
     check_ranges(compose_train(merged[:-1] + ["trainer.max_epochs=10"]))
+    check_ranges(compose_train(["dataset=synthetic", "lr_scheduler=multistep", "~lr_scheduler.scheduler.at"]))  # build's
 
 
 def test_an_epoch_scheduler_must_step_within_the_run():
